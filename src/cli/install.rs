@@ -1,0 +1,199 @@
+//! `install` and `uninstall`.
+
+use std::io::IsTerminal;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::CronJob;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client};
+use serde_json::Value;
+
+use super::{GlobalArgs, InstallArgs, UninstallArgs};
+use crate::crd::CRD_NAME;
+use crate::error::{Error, Result, is_not_found, kube_error};
+use crate::execute::FIELD_MANAGER;
+use crate::manifests::{self, DEFAULT_OPERATOR_NAMESPACE, OperatorOptions};
+
+fn operator_options(global: &GlobalArgs, args: &InstallArgs) -> Option<OperatorOptions> {
+    args.operator.map(|mode| OperatorOptions {
+        mode,
+        namespace: global
+            .namespace
+            .clone()
+            .unwrap_or_else(|| DEFAULT_OPERATOR_NAMESPACE.to_string()),
+        image: args.image.clone().unwrap_or_else(manifests::default_image),
+    })
+}
+
+/// The API resource of a manifest this tool renders.
+fn resource_of(document: &Value) -> Result<(ApiResource, bool)> {
+    let kind = document["kind"].as_str().unwrap_or_default();
+    let namespaced = !matches!(
+        kind,
+        "Namespace" | "ClusterRole" | "ClusterRoleBinding" | "CustomResourceDefinition"
+    );
+    let resource = match kind {
+        "Namespace" => ApiResource::erase::<Namespace>(&()),
+        "ServiceAccount" => ApiResource::erase::<ServiceAccount>(&()),
+        "ClusterRole" => ApiResource::erase::<ClusterRole>(&()),
+        "ClusterRoleBinding" => ApiResource::erase::<ClusterRoleBinding>(&()),
+        "Role" => ApiResource::erase::<Role>(&()),
+        "RoleBinding" => ApiResource::erase::<RoleBinding>(&()),
+        "CronJob" => ApiResource::erase::<CronJob>(&()),
+        "Deployment" => ApiResource::erase::<Deployment>(&()),
+        "CustomResourceDefinition" => ApiResource::erase::<CustomResourceDefinition>(&()),
+        other => {
+            return Err(Error::Invalid(format!(
+                "no API resource known for kind {other:?}"
+            )));
+        }
+    };
+    Ok((resource, namespaced))
+}
+
+fn api_for(client: &Client, document: &Value) -> Result<(Api<DynamicObject>, String, String)> {
+    let (resource, namespaced) = resource_of(document)?;
+    let name = document["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let kind = resource.kind.clone();
+    let api = match document["metadata"]["namespace"].as_str() {
+        Some(ns) if namespaced => Api::namespaced_with(client.clone(), ns, &resource),
+        _ => Api::all_with(client.clone(), &resource),
+    };
+    Ok((api, kind, name))
+}
+
+/// Server-side applies one manifest.
+pub async fn apply_document(client: &Client, document: &Value) -> Result<String> {
+    let (api, kind, name) = api_for(client, document)?;
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(document),
+    )
+    .await
+    .map_err(kube_error(
+        format!("applying {kind} {name}"),
+        "patch",
+        &kind.to_lowercase(),
+        None,
+    ))?;
+    Ok(format!("{}/{name}", kind.to_lowercase()))
+}
+
+/// A spinner on stderr, only when stderr is a terminal.
+pub fn spinner(message: &str) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_message(message.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(100));
+    Some(bar)
+}
+
+pub async fn install(global: &GlobalArgs, args: InstallArgs) -> Result<i32> {
+    let operator = operator_options(global, &args);
+    let documents = manifests::install_documents(operator.as_ref());
+    if args.print {
+        print!("{}", manifests::to_yaml_documents(&documents));
+        return Ok(0);
+    }
+    let (client, _, _) = crate::client::connect(&global.client_options()).await?;
+    let crd = apply_document(&client, &documents[0]).await?;
+    println!("{crd} serverside-applied");
+    let bar = spinner("waiting for the CRD to be established");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let established = tokio::time::timeout(
+        args.timeout,
+        await_condition(crds, CRD_NAME, conditions::is_crd_established()),
+    )
+    .await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    match established {
+        Ok(Ok(_)) => eprintln!("{CRD_NAME} established"),
+        Ok(Err(e)) => return Err(Error::Invalid(format!("waiting for {CRD_NAME}: {e}"))),
+        Err(_) => {
+            return Err(Error::Timeout(
+                args.timeout,
+                format!("{CRD_NAME} to be established"),
+            ));
+        }
+    }
+    for document in &documents[1..] {
+        let applied = apply_document(&client, document).await?;
+        println!("{applied} serverside-applied");
+    }
+    Ok(0)
+}
+
+pub async fn uninstall(global: &GlobalArgs, args: UninstallArgs) -> Result<i32> {
+    let (client, _, _) = crate::client::connect(&global.client_options()).await?;
+    let namespace = global
+        .namespace
+        .clone()
+        .unwrap_or_else(|| DEFAULT_OPERATOR_NAMESPACE.to_string());
+    // Every operator mode's objects, newest first; those that are absent are skipped.
+    let mut documents = Vec::new();
+    for mode in [manifests::OperatorMode::Cronjob] {
+        let options = OperatorOptions {
+            mode,
+            namespace: namespace.clone(),
+            image: manifests::default_image(),
+        };
+        for document in manifests::operator(&options).into_iter().rev() {
+            // A namespace the user named may hold other things: only ours is deleted.
+            let foreign_namespace =
+                document["kind"] == "Namespace" && namespace != DEFAULT_OPERATOR_NAMESPACE;
+            if !foreign_namespace && !documents.contains(&document) {
+                documents.push(document);
+            }
+        }
+    }
+    for document in &documents {
+        delete_document(&client, document).await?;
+    }
+
+    let hsds: Api<DynamicObject> = Api::all_with(client.clone(), &crate::observe::hsd_resource());
+    match hsds.list(&ListParams::default().limit(1)).await {
+        Ok(list) if !list.items.is_empty() && !args.force => {
+            return Err(Error::Invalid(
+                "HotStandbyDeployments still exist: deleting the CRD would delete them, their Deployments and their pods. \
+                 Delete them first, or pass --force"
+                    .into(),
+            ));
+        }
+        Err(e) if is_not_found(&e) => {
+            eprintln!("the CRD is not installed");
+            return Ok(0);
+        }
+        _ => {}
+    }
+    delete_document(&client, &manifests::crd()).await?;
+    Ok(0)
+}
+
+async fn delete_document(client: &Client, document: &Value) -> Result<()> {
+    let (api, kind, name) = api_for(client, document)?;
+    match api.delete(&name, &DeleteParams::background()).await {
+        Ok(_) => println!("{}/{name} deleted", kind.to_lowercase()),
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => {
+            return Err(kube_error(
+                format!("deleting {kind} {name}"),
+                "delete",
+                &kind.to_lowercase(),
+                None,
+            )(e));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,228 @@
+//! The `kubectl hsd` command line: flags like kubectl's, data on stdout, everything else on
+//! stderr, exit 1 on errors and 2 on usage errors (clap's).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::client::ClientOptions;
+use crate::manifests::OperatorMode;
+use crate::observe::Scope;
+
+mod create;
+mod get;
+mod install;
+mod mark;
+pub mod output;
+mod reconcile;
+
+pub use output::OutputFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kubectl-hsd",
+    bin_name = "kubectl hsd",
+    version,
+    about = "Hot-standby capacity for Kubernetes: keep a buffer of idle, warm pods",
+    long_about = "Keeps a constant buffer of idle, warm pods. The child Deployment of each \
+HotStandbyDeployment runs clamp(busyPods + idleTarget, minReplicas, maxReplicas) replicas."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config, then in-cluster).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+    /// The namespace (default: the context's namespace).
+    #[arg(short = 'n', long, global = true, value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Every namespace.
+    #[arg(short = 'A', long, global = true, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum)]
+    pub output: Option<OutputFormat>,
+    /// Log verbosity on stderr: 0 warnings, 1 info, 2 debug, 3+ trace (like kubectl's -v).
+    #[arg(
+        short = 'v',
+        long = "v",
+        global = true,
+        default_value_t = 0,
+        value_name = "LEVEL"
+    )]
+    pub verbosity: u8,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl GlobalArgs {
+    pub fn client_options(&self) -> ClientOptions {
+        ClientOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+        }
+    }
+
+    /// The scope of namespaced commands.
+    pub fn scope(&self, default_namespace: &str) -> Scope {
+        if self.all_namespaces {
+            Scope::All
+        } else {
+            Scope::Namespace(
+                self.namespace
+                    .clone()
+                    .unwrap_or_else(|| default_namespace.to_string()),
+            )
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Install the CRD (and with --operator, the unattended reconciler).
+    Install(InstallArgs),
+    /// Remove what install made.
+    Uninstall(UninstallArgs),
+    /// Print the CRD as YAML.
+    Crd,
+    /// Create a HotStandbyDeployment.
+    Create(CreateArgs),
+    /// List HotStandbyDeployments.
+    Get {
+        /// Only this one.
+        name: Option<String>,
+    },
+    /// Show a HotStandbyDeployment, its Deployment, each pod's state, conditions and events.
+    Describe { name: String },
+    /// Mark pods busy (inside a pod with no argument: POD_NAME/POD_NAMESPACE).
+    MarkBusy(MarkArgs),
+    /// Mark pods idle.
+    MarkIdle(MarkArgs),
+    /// Run one reconcile pass over the HotStandbyDeployments in scope.
+    Reconcile(ReconcileArgs),
+    /// Print a shell completion script.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the version.
+    Version,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Print the manifests instead of applying them.
+    #[arg(long)]
+    pub print: bool,
+    /// Also install the unattended reconciler.
+    #[arg(long, value_enum)]
+    pub operator: Option<OperatorMode>,
+    /// The image the reconciler runs.
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// How long to wait for the CRD to be established.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Also delete the CRD when HotStandbyDeployments still exist (deletes them, their
+    /// Deployments and their pods).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    pub name: String,
+    /// The container image.
+    #[arg(long)]
+    pub image: String,
+    #[arg(long, default_value_t = 1)]
+    pub idle_target: i32,
+    #[arg(long = "min", default_value_t = 0)]
+    pub min_replicas: i32,
+    #[arg(long = "max")]
+    pub max_replicas: Option<i32>,
+    /// The container port (and the HTTP probe's port in http mode).
+    #[arg(long)]
+    pub port: Option<i32>,
+    #[arg(long, value_enum, default_value_t = ProbeArg::Annotation)]
+    pub probe: ProbeArg,
+    #[arg(long, value_name = "PATH")]
+    pub http_path: Option<String>,
+    /// Print what would be created; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProbeArg {
+    Annotation,
+    Http,
+}
+
+#[derive(Debug, Args)]
+pub struct MarkArgs {
+    /// Pod names (default: $POD_NAME in $POD_NAMESPACE, as the Downward API sets them).
+    pub pods: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReconcileArgs {
+    /// Print the plan; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the API requests the pass made (to stderr).
+    #[arg(long)]
+    pub stats: bool,
+    /// HTTP probes in flight at once.
+    #[arg(long, default_value_t = crate::probe::DEFAULT_CONCURRENCY)]
+    pub probe_concurrency: usize,
+}
+
+/// Runs a parsed command. Returns the process exit code.
+pub async fn run(cli: Cli) -> crate::Result<i32> {
+    let global = cli.global;
+    match cli.command {
+        Command::Crd => {
+            print!("{}", crate::crd::crd_yaml());
+            Ok(0)
+        }
+        Command::Version => {
+            println!("kubectl-hsd v{}", env!("CARGO_PKG_VERSION"));
+            Ok(0)
+        }
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "kubectl-hsd", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Install(args) => install::install(&global, args).await,
+        Command::Uninstall(args) => install::uninstall(&global, args).await,
+        Command::Create(args) => create::create(&global, args).await,
+        Command::Get { name } => get::get(&global, name).await,
+        Command::Describe { name } => get::describe(&global, &name).await,
+        Command::MarkBusy(args) => mark::mark(&global, args, true).await,
+        Command::MarkIdle(args) => mark::mark(&global, args, false).await,
+        Command::Reconcile(args) => reconcile::reconcile(&global, args).await,
+    }
+}

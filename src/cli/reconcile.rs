@@ -1,0 +1,121 @@
+//! `reconcile`: one pass, a summary on stdout, one line per failed HSD on stderr.
+
+use serde_json::json;
+
+use super::output::{self, OutputFormat, table};
+use super::{GlobalArgs, ReconcileArgs};
+use crate::error::Result;
+use crate::reconcile::{PassOptions, PassReport, run_pass};
+
+pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> {
+    let (client, stats, default_ns) = crate::client::connect(&global.client_options()).await?;
+    let scope = global.scope(&default_ns);
+    let options = PassOptions {
+        dry_run: args.dry_run,
+        probe_concurrency: Some(args.probe_concurrency),
+    };
+    let report = run_pass(&client, &scope, &options).await?;
+    for (outcome, error) in report.failures() {
+        eprintln!("error: {}/{}: {error}", outcome.namespace, outcome.name);
+    }
+    match global.output {
+        Some(OutputFormat::Json) => {
+            print!("{}", output::to_json(&report_json(&report, args.dry_run)))
+        }
+        Some(OutputFormat::Yaml) => {
+            print!("{}", output::to_yaml(&report_json(&report, args.dry_run)))
+        }
+        Some(OutputFormat::Name) => {
+            for outcome in &report.outcomes {
+                println!("hotstandbydeployment.apps.paia.tech/{}", outcome.name);
+            }
+        }
+        _ if report.outcomes.is_empty() => eprintln!("No HotStandbyDeployments found in scope."),
+        _ => print!("{}", summary_table(&report, args.dry_run)),
+    }
+    if args.stats {
+        eprintln!(
+            "stats: {} HSDs, {} pods probed, {} API requests ({} reads, {} writes), {:.3}s",
+            report.outcomes.len(),
+            report.probes.len(),
+            stats.total(),
+            stats.reads(),
+            stats.writes(),
+            report.elapsed.as_secs_f64()
+        );
+    }
+    Ok(if report.failures().next().is_some() {
+        1
+    } else {
+        0
+    })
+}
+
+fn action(outcome: &crate::reconcile::HsdOutcome, dry_run: bool) -> String {
+    if !dry_run {
+        return outcome.action();
+    }
+    match (&outcome.plan.deployment, outcome.plan.scale) {
+        (crate::plan::DeploymentAction::Blocked, _) => "blocked".into(),
+        (_, Some((from, to))) => format!("would scale {from}->{to}"),
+        (crate::plan::DeploymentAction::Apply { .. }, None) => "would apply".into(),
+        _ if outcome.plan.status_changed => "would update status".into(),
+        _ => "unchanged".into(),
+    }
+}
+
+fn summary_table(report: &PassReport, dry_run: bool) -> String {
+    let rows = report
+        .outcomes
+        .iter()
+        .map(|o| {
+            let counts = o.plan.counts;
+            vec![
+                o.namespace.clone(),
+                o.name.clone(),
+                counts.busy.to_string(),
+                counts.idle.to_string(),
+                counts.starting.to_string(),
+                counts.unknown.to_string(),
+                o.plan
+                    .recommendation
+                    .map_or("-".into(), |r| r.replicas.to_string()),
+                action(o, dry_run),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAMESPACE",
+            "NAME",
+            "BUSY",
+            "IDLE",
+            "STARTING",
+            "UNKNOWN",
+            "DESIRED",
+            "ACTION",
+        ],
+        rows,
+    )
+}
+
+fn report_json(report: &PassReport, dry_run: bool) -> serde_json::Value {
+    json!({
+        "dryRun": dry_run,
+        "elapsedSeconds": report.elapsed.as_secs_f64(),
+        "writes": report.writes(),
+        "items": report.outcomes.iter().map(|o| json!({
+            "namespace": o.namespace,
+            "name": o.name,
+            "busy": o.plan.counts.busy,
+            "idle": o.plan.counts.idle,
+            "starting": o.plan.counts.starting,
+            "unknown": o.plan.counts.unknown,
+            "desiredReplicas": o.plan.recommendation.map(|r| r.replicas),
+            "scale": o.plan.scale.map(|(from, to)| json!({"from": from, "to": to})),
+            "action": action(o, dry_run),
+            "events": o.plan.events.iter().map(|e| json!({"reason": e.reason, "note": e.note})).collect::<Vec<_>>(),
+            "error": o.result.as_ref().err().map(|e| e.to_string()),
+        })).collect::<Vec<_>>(),
+    })
+}

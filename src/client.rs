@@ -1,0 +1,102 @@
+//! Client configuration like kubectl's (kubeconfig first, in-cluster as fallback) and a request
+//! counter, so that `--stats` reports the API requests a pass really made.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use kube::client::ClientBuilder;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::error::{Error, Result};
+
+/// Where the client configuration comes from.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+}
+
+/// Requests made through one client, by kind.
+#[derive(Debug, Default)]
+pub struct RequestStats {
+    reads: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl RequestStats {
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+    pub fn total(&self) -> u64 {
+        self.reads() + self.writes()
+    }
+    fn record(&self, method: &http::Method) {
+        let counter = if method == http::Method::GET || method == http::Method::HEAD {
+            &self.reads
+        } else {
+            &self.writes
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Loads the configuration: `--kubeconfig`, else `KUBECONFIG` (several paths merged) or
+/// `~/.kube/config`, else the in-cluster service account.
+pub async fn load_config(options: &ClientOptions) -> Result<Config> {
+    let kube_options = KubeConfigOptions {
+        context: options.context.clone(),
+        ..Default::default()
+    };
+    if let Some(path) = &options.kubeconfig {
+        let kubeconfig = Kubeconfig::read_from(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        return Config::from_custom_kubeconfig(kubeconfig, &kube_options)
+            .await
+            .map_err(|e| Error::Config(e.to_string()));
+    }
+    match Config::from_kubeconfig(&kube_options).await {
+        Ok(config) => Ok(config),
+        // An explicit context only makes sense with a kubeconfig.
+        Err(e) if options.context.is_some() => Err(Error::Config(e.to_string())),
+        Err(kubeconfig_error) => Config::incluster().map_err(|in_cluster_error| {
+            Error::Config(format!(
+                "no kubeconfig ({kubeconfig_error}) and not in a cluster ({in_cluster_error}): pass --kubeconfig or set KUBECONFIG"
+            ))
+        }),
+    }
+}
+
+/// Builds a client whose requests are counted in the returned stats.
+pub fn counted_client(config: Config) -> Result<(Client, Arc<RequestStats>)> {
+    let stats = Arc::new(RequestStats::default());
+    let counter = stats.clone();
+    let builder = ClientBuilder::try_from(config).map_err(|e| Error::Config(e.to_string()))?;
+    let client = builder
+        .with_layer(&tower::util::MapRequestLayer::new(
+            move |request: http::Request<kube::client::Body>| {
+                counter.record(request.method());
+                request
+            },
+        ))
+        .build();
+    Ok((client, stats))
+}
+
+/// A client from the options, with its request counter.
+pub async fn connect(options: &ClientOptions) -> Result<(Client, Arc<RequestStats>, String)> {
+    let config = load_config(options).await?;
+    let default_namespace = config.default_namespace.clone();
+    let (client, stats) = counted_client(config)?;
+    Ok((client, stats, default_namespace))
+}
+
+/// Installs ring as the process-wide rustls provider: kube uses it, and no other provider is
+/// compiled in. Safe to call more than once.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -1,0 +1,284 @@
+//! The `HotStandbyDeployment` custom resource (`apps.paia.tech/v1alpha1`).
+//!
+//! Field names, defaults and meaning follow the Python reference operator, so its YAML applies
+//! unchanged; the status adds what users need to see why a pass decided what it did.
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "apps.paia.tech";
+pub const VERSION: &str = "v1alpha1";
+pub const KIND: &str = "HotStandbyDeployment";
+pub const API_VERSION: &str = "apps.paia.tech/v1alpha1";
+pub const CRD_NAME: &str = "hotstandbydeployments.apps.paia.tech";
+/// The busy annotation when the HSD names none.
+pub const DEFAULT_BUSY_ANNOTATION: &str = "paia.tech/busy";
+/// Setting this annotation to "true" on an HSD stops all scaling of it.
+pub const PAUSED_ANNOTATION: &str = "paia.tech/paused";
+
+/// Keeps a constant buffer of idle, warm pods: the child Deployment `<name>-workload` runs
+/// `clamp(busyPods + idleTarget, minReplicas, maxReplicas)` replicas.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "apps.paia.tech",
+    version = "v1alpha1",
+    kind = "HotStandbyDeployment",
+    plural = "hotstandbydeployments",
+    singular = "hotstandbydeployment",
+    shortname = "hsd",
+    category = "paia",
+    namespaced,
+    status = "HotStandbyDeploymentStatus",
+    doc = "Keeps a constant buffer of idle, warm pods in front of busy ones.",
+    printcolumn = r#"{"name": "Busy", "type": "integer", "jsonPath": ".status.busyCount"}"#,
+    printcolumn = r#"{"name": "Idle", "type": "integer", "jsonPath": ".status.idleCount"}"#,
+    printcolumn = r#"{"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"}"#,
+    printcolumn = r#"{"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"}"#,
+    printcolumn = r#"{"name": "Starting", "type": "integer", "jsonPath": ".status.startingCount", "priority": 1}"#,
+    printcolumn = r#"{"name": "Unknown", "type": "integer", "jsonPath": ".status.unknownCount", "priority": 1}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("!has(self.maxReplicas) || self.minReplicas <= self.maxReplicas").message("minReplicas must be less than or equal to maxReplicas").reason(Reason::FieldValueInvalid).field_path(".minReplicas"))]
+#[x_kube(validation = Rule::new("self.selector.matchLabels.all(k, has(self.podTemplate.metadata) && has(self.podTemplate.metadata.labels) && k in self.podTemplate.metadata.labels && self.podTemplate.metadata.labels[k] == self.selector.matchLabels[k])").message("every selector.matchLabels entry must also be in podTemplate.metadata.labels with the same value").reason(Reason::FieldValueInvalid).field_path(".selector.matchLabels"))]
+#[serde(rename_all = "camelCase")]
+pub struct HotStandbyDeploymentSpec {
+    /// Idle (ready, not busy) pods to keep on top of the busy ones.
+    #[schemars(range(min = 0))]
+    pub idle_target: i32,
+
+    /// Lower bound of the child Deployment's replicas.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub min_replicas: i32,
+
+    /// Upper bound of the child Deployment's replicas; unbounded when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_replicas: Option<i32>,
+
+    /// Which pods belong to this HSD; becomes the child Deployment's selector (immutable there).
+    pub selector: Selector,
+
+    /// The pod template of the child Deployment (a Deployment's `spec.template`).
+    #[schemars(schema_with = "pod_template_schema")]
+    pub pod_template: serde_json::Value,
+
+    /// How a pod tells that it is busy.
+    #[serde(default)]
+    pub busy_probe: BusyProbe,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Selector {
+    /// Labels a pod must carry, all of them, to belong to this HSD.
+    #[schemars(schema_with = "match_labels_schema")]
+    pub match_labels: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeMode {
+    /// The pod (or anyone allowed to) sets the busy annotation to "true" or "false".
+    #[default]
+    Annotation,
+    /// The reconciler sends `GET http://<podIP>:<port><path>` to each ready pod.
+    Http,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BusyProbe {
+    /// `annotation` (default) or `http`.
+    #[serde(default)]
+    pub mode: ProbeMode,
+    /// The pod annotation read in annotation mode.
+    #[serde(default = "default_annotation_key")]
+    #[schemars(length(min = 1, max = 317))]
+    pub annotation_key: String,
+    /// The HTTP probe, used in http mode.
+    #[serde(default)]
+    pub http: HttpProbe,
+}
+
+impl Default for BusyProbe {
+    fn default() -> Self {
+        Self {
+            mode: ProbeMode::Annotation,
+            annotation_key: default_annotation_key(),
+            http: HttpProbe::default(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpProbe {
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    #[serde(default = "default_path")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/"))]
+    pub path: String,
+    /// When true (default) a 2xx answer means busy; when false a 2xx answer means idle.
+    #[serde(default = "default_true")]
+    pub success_is_busy: bool,
+    #[serde(default = "default_timeout_seconds")]
+    #[schemars(range(min = 1, max = 60))]
+    pub timeout_seconds: i32,
+    /// How often `reconcile --watch` probes each pod.
+    #[serde(default = "default_period_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub period_seconds: i32,
+}
+
+impl Default for HttpProbe {
+    fn default() -> Self {
+        Self {
+            port: default_port(),
+            path: default_path(),
+            success_is_busy: true,
+            timeout_seconds: default_timeout_seconds(),
+            period_seconds: default_period_seconds(),
+        }
+    }
+}
+
+fn default_annotation_key() -> String {
+    DEFAULT_BUSY_ANNOTATION.to_string()
+}
+fn default_port() -> i32 {
+    8080
+}
+fn default_path() -> String {
+    "/busy".to_string()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_timeout_seconds() -> i32 {
+    1
+}
+fn default_period_seconds() -> i32 {
+    10
+}
+
+/// What the last pass saw and decided.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HotStandbyDeploymentStatus {
+    /// Pods that are busy (annotation or probe).
+    #[serde(default)]
+    pub busy_count: i32,
+    /// Ready pods that are not busy.
+    #[serde(default)]
+    pub idle_count: i32,
+    /// Pods that are not ready yet and not busy.
+    #[serde(default)]
+    pub starting_count: i32,
+    /// Pods whose probe failed (timeout, connection error); counted as busy for scaling.
+    #[serde(default)]
+    pub unknown_count: i32,
+    /// The replicas the formula asks for.
+    #[serde(default)]
+    pub desired_replicas: i32,
+    /// Pods of the HSD that exist now (not terminating).
+    #[serde(default)]
+    pub replicas: i32,
+    /// The HSD generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When the child Deployment's replicas were last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A standard Kubernetes condition (`metav1.Condition`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// "True", "False" or "Unknown".
+    pub status: String,
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+fn pod_template_schema(_: &mut SchemaGenerator) -> Schema {
+    // Unknown fields are kept (the API server validates them when the Deployment is applied);
+    // metadata.labels is declared so that the CEL rule on the selector can read it.
+    json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+        "properties": {
+            "metadata": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true,
+                "properties": {
+                    "labels": {
+                        "type": "object",
+                        "maxProperties": 64,
+                        "additionalProperties": {"type": "string", "maxLength": 63}
+                    }
+                }
+            },
+            "spec": {
+                "type": "object",
+                "x-kubernetes-preserve-unknown-fields": true
+            }
+        }
+    })
+}
+
+fn match_labels_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "minProperties": 1,
+        "maxProperties": 64,
+        "additionalProperties": {"type": "string", "maxLength": 63}
+    })
+}
+
+fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
+    let mut schema = generator.subschema_for::<Vec<Condition>>();
+    schema.insert("x-kubernetes-list-type".into(), "map".into());
+    schema.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
+    schema
+}
+
+/// The CRD as YAML, exactly as committed in `crd/hotstandbydeployment.yaml`.
+pub fn crd_yaml() -> String {
+    crate::manifests::to_yaml_documents(&[
+        serde_json::to_value(HotStandbyDeployment::crd()).expect("a CRD always serializes")
+    ])
+}
+
+impl HotStandbyDeployment {
+    pub fn workload_name(&self) -> String {
+        workload_name(&kube::ResourceExt::name_any(self))
+    }
+    pub fn is_paused(&self) -> bool {
+        kube::ResourceExt::annotations(self)
+            .get(PAUSED_ANNOTATION)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+}
+
+/// The child Deployment's name for the HSD `hsd_name`.
+pub fn workload_name(hsd_name: &str) -> String {
+    format!("{hsd_name}-workload")
+}

@@ -1,0 +1,167 @@
+//! Install manifests, rendered from code: the CRD, least-privilege RBAC and the unattended
+//! operator (a CronJob running one pass a minute). `cronjob/` holds their rendered form,
+//! guarded by a drift test.
+
+use kube::CustomResourceExt;
+use serde_json::{Value, json};
+
+use crate::crd::HotStandbyDeployment;
+
+/// The namespace the operator objects go to unless `-n` says otherwise.
+pub const DEFAULT_OPERATOR_NAMESPACE: &str = "hsd-system";
+pub const OPERATOR_NAME: &str = "kubectl-hsd";
+/// Nonroot uid/gid of the image (distroless's `nonroot`).
+pub const RUN_AS: i64 = 65532;
+
+pub fn default_image() -> String {
+    format!(
+        "ghcr.io/paia-tech/kubectl-hsd:v{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OperatorMode {
+    /// One pass a minute from a CronJob.
+    Cronjob,
+}
+
+#[derive(Clone, Debug)]
+pub struct OperatorOptions {
+    pub mode: OperatorMode,
+    pub namespace: String,
+    pub image: String,
+}
+
+/// Serializes manifests as a YAML stream (`---` between documents).
+pub fn to_yaml_documents(documents: &[Value]) -> String {
+    documents
+        .iter()
+        .map(|doc| serde_saphyr::to_string(doc).expect("JSON values always serialize to YAML"))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+pub fn crd() -> Value {
+    serde_json::to_value(HotStandbyDeployment::crd()).expect("a CRD always serializes")
+}
+
+fn labels() -> Value {
+    json!({
+        "app.kubernetes.io/name": OPERATOR_NAME,
+        "app.kubernetes.io/component": "reconciler",
+        "app.kubernetes.io/managed-by": OPERATOR_NAME,
+    })
+}
+
+/// The rules a one-shot pass needs, and nothing more.
+pub fn pass_rules() -> Value {
+    json!([
+        {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments"], "verbs": ["list"]},
+        {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments/status"], "verbs": ["patch"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "create", "patch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+    ])
+}
+
+/// The manifests of the unattended operator (without the CRD).
+pub fn operator(options: &OperatorOptions) -> Vec<Value> {
+    let ns = &options.namespace;
+    let name = OPERATOR_NAME;
+    let mut documents = vec![
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels()}}),
+        json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": ns, "labels": labels()},
+            "automountServiceAccountToken": true,
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": name, "labels": labels()},
+            "rules": pass_rules(),
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": name, "labels": labels()},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+        }),
+    ];
+    match options.mode {
+        OperatorMode::Cronjob => documents.push(cronjob(options)),
+    }
+    documents
+}
+
+fn pod_security_context() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+fn container_security_context() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]},
+    })
+}
+
+fn cronjob(options: &OperatorOptions) -> Value {
+    json!({
+        "apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": OPERATOR_NAME, "namespace": options.namespace, "labels": labels()},
+        "spec": {
+            "schedule": "* * * * *",
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": 30,
+            "successfulJobsHistoryLimit": 1,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {"spec": {
+                "backoffLimit": 0,
+                "activeDeadlineSeconds": 55,
+                "ttlSecondsAfterFinished": 600,
+                "template": {
+                    "metadata": {"labels": labels()},
+                    "spec": {
+                        "serviceAccountName": OPERATOR_NAME,
+                        "restartPolicy": "Never",
+                        "securityContext": pod_security_context(),
+                        "containers": [{
+                            "name": "reconcile",
+                            "image": options.image,
+                            "args": ["reconcile", "--all-namespaces"],
+                            "securityContext": container_security_context(),
+                            "resources": {
+                                "requests": {"cpu": "50m", "memory": "64Mi"},
+                                "limits": {"memory": "256Mi"},
+                            },
+                        }],
+                    },
+                },
+            }},
+        },
+    })
+}
+
+/// Everything `install` applies, in order: CRD first, then the operator.
+pub fn install_documents(operator_options: Option<&OperatorOptions>) -> Vec<Value> {
+    let mut documents = vec![crd()];
+    if let Some(options) = operator_options {
+        documents.extend(operator(options));
+    }
+    documents
+}
+
+/// The committed rendering of `install --operator cronjob --print` with the defaults.
+pub fn default_cronjob_yaml() -> String {
+    to_yaml_documents(&install_documents(Some(&OperatorOptions {
+        mode: OperatorMode::Cronjob,
+        namespace: DEFAULT_OPERATOR_NAMESPACE.to_string(),
+        image: default_image(),
+    })))
+}

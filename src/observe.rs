@@ -1,0 +1,371 @@
+//! Observe: the reads of a pass. HSDs, Deployments and pods are each listed once per scope (one
+//! namespace, or all with `-A`), never once per HSD, into lean types that keep only what the
+//! plan reads; then HTTP-mode pods are probed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ApiResource, DynamicObject, ListParams, ObjectList};
+use kube::core::object::{NotUsed, Object};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::crd::{
+    HotStandbyDeployment, HotStandbyDeploymentSpec, HotStandbyDeploymentStatus, ProbeMode,
+};
+use crate::error::{Error, Result, is_not_found, kube_error};
+use crate::plan::{self, ObservedDeployment, ObservedHsd, ObservedPod, PodPhase};
+use crate::probe::{ProbeResult, ProbeTarget, Prober};
+
+/// The annotation on the child Deployment that holds the applied template's hash.
+pub const TEMPLATE_HASH_ANNOTATION: &str = "paia.tech/template-hash";
+
+/// Page size of list calls: bounds memory and the API server's work per request.
+const PAGE_SIZE: u32 = 500;
+
+/// Which namespaces a pass covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Namespace(String),
+    All,
+}
+
+impl Scope {
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            Scope::Namespace(ns) => Some(ns),
+            Scope::All => None,
+        }
+    }
+
+    fn api<K>(&self, client: &Client, resource: &ApiResource) -> Api<K>
+    where
+        K: Resource<DynamicType = ApiResource, Scope = kube::core::DynamicResourceScope>,
+    {
+        match self {
+            Scope::Namespace(ns) => Api::namespaced_with(client.clone(), ns, resource),
+            Scope::All => Api::all_with(client.clone(), resource),
+        }
+    }
+}
+
+/// The parts of a pod's spec the plan reads.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeanPodSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LeanPodStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<LeanCondition>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct LeanCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+}
+
+/// A pod as read from the API, without the fields the plan never reads.
+pub type LeanPod = Object<LeanPodSpec, LeanPodStatus>;
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct LeanDeploymentSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+}
+
+/// A Deployment as read from the API: its metadata and replica count.
+pub type LeanDeployment = Object<LeanDeploymentSpec, NotUsed>;
+
+pub fn pod_resource() -> ApiResource {
+    ApiResource::erase::<Pod>(&())
+}
+pub fn deployment_resource() -> ApiResource {
+    ApiResource::erase::<Deployment>(&())
+}
+pub fn hsd_resource() -> ApiResource {
+    ApiResource::erase::<HotStandbyDeployment>(&())
+}
+
+/// What a pass read, before probing and planning.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub hsds: Vec<DynamicObject>,
+    pub deployments: Vec<LeanDeployment>,
+    pub pods: Vec<LeanPod>,
+}
+
+/// Lists everything a pass needs in the scope: three paginated lists.
+pub async fn read_snapshot(client: &Client, scope: &Scope) -> Result<Snapshot> {
+    let namespace = scope.namespace();
+    let hsds = list_all::<DynamicObject>(scope.api(client, &hsd_resource()))
+        .await
+        .map_err(|e| {
+            if is_not_found(&e) {
+                Error::CrdMissing
+            } else {
+                kube_error(
+                    "listing HotStandbyDeployments",
+                    "list",
+                    "hotstandbydeployments.apps.paia.tech",
+                    namespace,
+                )(e)
+            }
+        })?;
+    if hsds.is_empty() {
+        return Ok(Snapshot::default());
+    }
+    let (deployments, pods) = tokio::try_join!(
+        async {
+            list_all::<LeanDeployment>(scope.api(client, &deployment_resource()))
+                .await
+                .map_err(kube_error(
+                    "listing Deployments",
+                    "list",
+                    "deployments.apps",
+                    namespace,
+                ))
+        },
+        async {
+            list_all::<LeanPod>(scope.api(client, &pod_resource()))
+                .await
+                .map_err(kube_error("listing pods", "list", "pods", namespace))
+        },
+    )?;
+    Ok(Snapshot {
+        hsds,
+        deployments,
+        pods,
+    })
+}
+
+async fn list_all<K>(api: Api<K>) -> Result<Vec<K>, kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let mut items = Vec::new();
+    let mut params = ListParams::default().limit(PAGE_SIZE);
+    loop {
+        let page: ObjectList<K> = api.list(&params).await?;
+        items.extend(page.items);
+        match page.metadata.continue_.filter(|token| !token.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(items),
+        }
+    }
+}
+
+/// Turns the raw HSD object into the plan's view, keeping a spec that cannot be read as an
+/// error for that HSD alone.
+pub fn hsd_facts(object: &DynamicObject) -> ObservedHsd {
+    let spec = match object.data.get("spec") {
+        Some(spec) => serde_json::from_value::<HotStandbyDeploymentSpec>(spec.clone())
+            .map_err(|e| e.to_string()),
+        None => Err("spec is missing".to_string()),
+    };
+    let status = object.data.get("status").and_then(|status| {
+        serde_json::from_value::<HotStandbyDeploymentStatus>(status.clone()).ok()
+    });
+    ObservedHsd {
+        name: object.name_any(),
+        namespace: object.namespace().unwrap_or_default(),
+        uid: object.uid().unwrap_or_default(),
+        generation: object.metadata.generation,
+        paused: object
+            .annotations()
+            .get(crate::crd::PAUSED_ANNOTATION)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true")),
+        spec,
+        status,
+        deployment: None,
+        pods: Vec::new(),
+    }
+}
+
+pub fn deployment_facts(deployment: &LeanDeployment, hsd_uid: &str) -> ObservedDeployment {
+    ObservedDeployment {
+        owned: deployment
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|owner| owner.controller == Some(true) && owner.uid == hsd_uid),
+        replicas: deployment.spec.replicas,
+        template_hash: deployment
+            .annotations()
+            .get(TEMPLATE_HASH_ANNOTATION)
+            .cloned(),
+    }
+}
+
+/// The plan's view of one pod for an HSD whose busy annotation is `annotation_key`.
+pub fn pod_facts(pod: &LeanPod, annotation_key: &str) -> ObservedPod {
+    let status = pod.status.as_ref();
+    ObservedPod {
+        name: pod.name_any(),
+        ready: status.is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        }),
+        phase: PodPhase::parse(status.and_then(|s| s.phase.as_deref())),
+        terminating: pod.metadata.deletion_timestamp.is_some(),
+        busy_annotation: pod.annotations().get(annotation_key).cloned(),
+        probe: None,
+    }
+}
+
+/// A pod an HSD in http mode wants probed.
+pub fn probe_target(pod: &LeanPod, spec: &HotStandbyDeploymentSpec) -> Option<ProbeTarget> {
+    if spec.busy_probe.mode != ProbeMode::Http || pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    let ready = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
+    let http = &spec.busy_probe.http;
+    Some(ProbeTarget {
+        ip,
+        port: u16::try_from(http.port).ok().filter(|p| *p > 0)?,
+        path: http.path.clone(),
+        timeout: Duration::from_secs(u64::try_from(http.timeout_seconds.max(1)).unwrap_or(1)),
+    })
+    .filter(|_| ready)
+}
+
+/// One HSD with its objects, and where its pods stand in the snapshot.
+#[derive(Debug)]
+pub struct Assembled {
+    pub hsd: ObservedHsd,
+    pub pod_indexes: Vec<usize>,
+}
+
+/// Groups pods and Deployments under their HSDs. Pods are matched by selector through an index
+/// on one selector label, so the cost is O(pods x labels), not O(pods x HSDs).
+pub fn assemble(snapshot: &Snapshot) -> Vec<Assembled> {
+    let mut observed: Vec<Assembled> = snapshot
+        .hsds
+        .iter()
+        .map(|object| Assembled {
+            hsd: hsd_facts(object),
+            pod_indexes: Vec::new(),
+        })
+        .collect();
+
+    let deployments: HashMap<(&str, &str), &LeanDeployment> = snapshot
+        .deployments
+        .iter()
+        .filter_map(|d| {
+            Some((
+                (
+                    d.metadata.namespace.as_deref()?,
+                    d.metadata.name.as_deref()?,
+                ),
+                d,
+            ))
+        })
+        .collect();
+    for Assembled { hsd, .. } in &mut observed {
+        let name = crate::crd::workload_name(&hsd.name);
+        if let Some(deployment) = deployments.get(&(hsd.namespace.as_str(), name.as_str())) {
+            hsd.deployment = Some(deployment_facts(deployment, &hsd.uid));
+        }
+    }
+
+    // (namespace, key, value) of each HSD's first selector label -> indexes of those HSDs.
+    let selectors: Vec<Option<BTreeMap<String, String>>> = observed
+        .iter()
+        .map(|a| {
+            a.hsd
+                .spec
+                .as_ref()
+                .ok()
+                .map(|spec| spec.selector.match_labels.clone())
+        })
+        .collect();
+    let mut index: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::new();
+    for (i, a) in observed.iter().enumerate() {
+        if let Some((key, value)) = selectors[i]
+            .as_ref()
+            .and_then(|labels| labels.iter().next())
+        {
+            index
+                .entry((a.hsd.namespace.as_str(), key, value))
+                .or_default()
+                .push(i);
+        }
+    }
+    let mut matches: Vec<Vec<usize>> = vec![Vec::new(); observed.len()];
+    let empty = BTreeMap::new();
+    for (p, pod) in snapshot.pods.iter().enumerate() {
+        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
+        let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+        for (key, value) in labels {
+            let Some(candidates) = index.get(&(namespace, key.as_str(), value.as_str())) else {
+                continue;
+            };
+            for &i in candidates {
+                if selectors[i]
+                    .as_ref()
+                    .is_some_and(|selector| plan::selector_matches(selector, labels))
+                {
+                    matches[i].push(p);
+                }
+            }
+        }
+    }
+    for (assembled, pod_indexes) in observed.iter_mut().zip(matches) {
+        if let Ok(spec) = &assembled.hsd.spec {
+            let key = &spec.busy_probe.annotation_key;
+            assembled.hsd.pods = pod_indexes
+                .iter()
+                .map(|&p| pod_facts(&snapshot.pods[p], key))
+                .collect();
+        }
+        assembled.pod_indexes = pod_indexes;
+    }
+    observed
+}
+
+/// Probes the ready pods of HTTP-mode HSDs and records each outcome on its pod.
+pub async fn probe_pods(
+    prober: &Prober,
+    snapshot: &Snapshot,
+    observed: &mut [Assembled],
+) -> Vec<ProbeResult> {
+    let mut targets = Vec::new();
+    for (h, assembled) in observed.iter().enumerate() {
+        let Ok(spec) = &assembled.hsd.spec else {
+            continue;
+        };
+        for (p, &pod) in assembled.pod_indexes.iter().enumerate() {
+            if let Some(target) = probe_target(&snapshot.pods[pod], spec) {
+                targets.push(((h, p), target));
+            }
+        }
+    }
+    let results = prober.probe_all(targets).await;
+    let mut probe_results = Vec::with_capacity(results.len());
+    for ((h, p), result) in results {
+        observed[h].hsd.pods[p].probe = Some(result.outcome.clone());
+        probe_results.push(result);
+    }
+    probe_results
+}

@@ -1,0 +1,752 @@
+//! The scaling plan: a pure function of what a pass observed and the time.
+//!
+//! Nothing here sees a client or the clock, so every rule is unit-tested table-driven
+//! (`tests` below) and property-tested. `execute` carries the plan out.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use jiff::Timestamp;
+use sha2::{Digest, Sha256};
+
+use crate::crd::{Condition, HotStandbyDeploymentSpec, HotStandbyDeploymentStatus, ProbeMode};
+
+/// Condition types on the HSD status.
+pub mod condition {
+    pub const READY: &str = "Ready";
+    pub const SCALING_LIMITED: &str = "ScalingLimited";
+    pub const PROBE_DEGRADED: &str = "ProbeDegraded";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const PAUSED: &str = "Paused";
+}
+
+/// What a pass knows about one HSD and its objects.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedHsd {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub generation: Option<i64>,
+    pub paused: bool,
+    /// The spec, or why it could not be read.
+    pub spec: Result<HotStandbyDeploymentSpec, String>,
+    pub status: Option<HotStandbyDeploymentStatus>,
+    pub deployment: Option<ObservedDeployment>,
+    /// Pods matching the selector, terminating ones included (the plan leaves them out).
+    pub pods: Vec<ObservedPod>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedDeployment {
+    /// Whether this HSD is the Deployment's controller owner.
+    pub owned: bool,
+    pub replicas: Option<i32>,
+    /// The hash of the selector and template this tool last applied (an annotation).
+    pub template_hash: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PodPhase {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+impl PodPhase {
+    pub fn parse(phase: Option<&str>) -> Self {
+        match phase {
+            Some("Running") => Self::Running,
+            Some("Succeeded") => Self::Succeeded,
+            Some("Failed") => Self::Failed,
+            Some("Unknown") => Self::Unknown,
+            _ => Self::Pending,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ObservedPod {
+    pub name: String,
+    pub ready: bool,
+    pub phase: PodPhase,
+    pub terminating: bool,
+    /// The value of the HSD's busy annotation, if the pod has it.
+    pub busy_annotation: Option<String>,
+    /// The HTTP probe's answer this pass (http mode, ready pods with an IP only).
+    pub probe: Option<ProbeOutcome>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// A 2xx answer.
+    Success,
+    /// An answer outside 2xx (redirects included: they are not followed).
+    Failure(u16),
+    /// No answer: timeout, refused connection, invalid HTTP.
+    Error(String),
+}
+
+/// How one pod counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PodState {
+    Busy,
+    Idle,
+    Starting,
+    /// The probe failed: counted as busy for scaling, so a slow busy pod is never scaled away.
+    Unknown,
+}
+
+impl PodState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Busy => "busy",
+            Self::Idle => "idle",
+            Self::Starting => "starting",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// The busy annotation's value as the plan reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BusyAnnotation {
+    Absent,
+    Busy,
+    Idle,
+    /// A value that is none of the accepted spellings: treated as busy (fail-safe).
+    Invalid,
+}
+
+/// Accepted spellings, case-insensitive: true/yes/1 and false/no/0.
+pub fn parse_busy_annotation(value: Option<&str>) -> BusyAnnotation {
+    let Some(value) = value else {
+        return BusyAnnotation::Absent;
+    };
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "1" => BusyAnnotation::Busy,
+        "false" | "no" | "0" => BusyAnnotation::Idle,
+        _ => BusyAnnotation::Invalid,
+    }
+}
+
+/// Whether a pod is part of the HSD's population at all.
+pub fn is_counted(pod: &ObservedPod) -> bool {
+    !pod.terminating && !matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed)
+}
+
+/// Classifies one counted pod.
+pub fn classify(pod: &ObservedPod, mode: ProbeMode, success_is_busy: bool) -> PodState {
+    match mode {
+        ProbeMode::Annotation => match parse_busy_annotation(pod.busy_annotation.as_deref()) {
+            BusyAnnotation::Busy | BusyAnnotation::Invalid => PodState::Busy,
+            BusyAnnotation::Absent | BusyAnnotation::Idle if pod.ready => PodState::Idle,
+            BusyAnnotation::Absent | BusyAnnotation::Idle => PodState::Starting,
+        },
+        ProbeMode::Http => match (&pod.probe, pod.ready) {
+            (_, false) | (None, true) => PodState::Starting,
+            (Some(ProbeOutcome::Success), true) if success_is_busy => PodState::Busy,
+            (Some(ProbeOutcome::Success), true) => PodState::Idle,
+            (Some(ProbeOutcome::Failure(_)), true) if success_is_busy => PodState::Idle,
+            (Some(ProbeOutcome::Failure(_)), true) => PodState::Busy,
+            (Some(ProbeOutcome::Error(_)), true) => PodState::Unknown,
+        },
+    }
+}
+
+/// Pod counts by state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub busy: i32,
+    pub idle: i32,
+    pub starting: i32,
+    pub unknown: i32,
+}
+
+impl Counts {
+    pub fn total(&self) -> i32 {
+        self.busy + self.idle + self.starting + self.unknown
+    }
+    fn add(&mut self, state: PodState) {
+        match state {
+            PodState::Busy => self.busy += 1,
+            PodState::Idle => self.idle += 1,
+            PodState::Starting => self.starting += 1,
+            PodState::Unknown => self.unknown += 1,
+        }
+    }
+}
+
+/// The replica count the formula gives, and which bound (if any) decided it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recommendation {
+    /// `busy + unknown + idleTarget` before the bounds.
+    pub unbounded: i32,
+    pub replicas: i32,
+    pub limited_by: Option<Bound>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bound {
+    Min,
+    Max,
+}
+
+/// `replicas = clamp(busy + unknown + idleTarget, minReplicas, maxReplicas)`.
+pub fn recommend(counts: &Counts, spec: &HotStandbyDeploymentSpec) -> Recommendation {
+    let unbounded = counts
+        .busy
+        .saturating_add(counts.unknown)
+        .saturating_add(spec.idle_target.max(0));
+    let min = spec.min_replicas.max(0);
+    let (replicas, limited_by) = match spec.max_replicas {
+        Some(max) if unbounded > max => (max, Some(Bound::Max)),
+        _ if unbounded < min => (min, Some(Bound::Min)),
+        _ => (unbounded, None),
+    };
+    Recommendation {
+        unbounded,
+        replicas,
+        limited_by,
+    }
+}
+
+/// Checks what the CRD schema and its CEL rules enforce, for objects that slipped past them
+/// (created before a rule existed). The message names the fix.
+pub fn validate_spec(spec: &HotStandbyDeploymentSpec) -> Result<(), String> {
+    let mut problems = Vec::new();
+    if spec.idle_target < 0 {
+        problems.push(format!(
+            "spec.idleTarget is {}: set it to 0 or more",
+            spec.idle_target
+        ));
+    }
+    if spec.min_replicas < 0 {
+        problems.push(format!(
+            "spec.minReplicas is {}: set it to 0 or more",
+            spec.min_replicas
+        ));
+    }
+    if let Some(max) = spec.max_replicas {
+        if max < 1 {
+            problems.push(format!(
+                "spec.maxReplicas is {max}: set it to 1 or more, or remove it"
+            ));
+        }
+        if spec.min_replicas > max {
+            problems.push(format!(
+                "spec.minReplicas ({}) is greater than spec.maxReplicas ({max}): lower minReplicas or raise maxReplicas",
+                spec.min_replicas
+            ));
+        }
+    }
+    if spec.selector.match_labels.is_empty() {
+        problems.push(
+            "spec.selector.matchLabels is empty: name at least one label of the pod template"
+                .into(),
+        );
+    }
+    let template_labels = template_labels(&spec.pod_template);
+    let missing: Vec<String> = spec
+        .selector
+        .match_labels
+        .iter()
+        .filter(|(k, v)| template_labels.get(*k) != Some(v))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !missing.is_empty() {
+        problems.push(format!(
+            "spec.podTemplate.metadata.labels lacks {}: add the selector's labels to the template",
+            missing.join(",")
+        ));
+    }
+    if !spec.pod_template.is_object() {
+        problems.push("spec.podTemplate is not an object: give a Deployment pod template".into());
+    }
+    let http = &spec.busy_probe.http;
+    if spec.busy_probe.mode == ProbeMode::Http {
+        if !(1..=65535).contains(&http.port) {
+            problems.push(format!(
+                "spec.busyProbe.http.port is {}: use 1-65535",
+                http.port
+            ));
+        }
+        if http.timeout_seconds < 1 {
+            problems.push(format!(
+                "spec.busyProbe.http.timeoutSeconds is {}: use 1 or more",
+                http.timeout_seconds
+            ));
+        }
+        if !http.path.starts_with('/') {
+            problems.push(format!(
+                "spec.busyProbe.http.path {:?} must start with /",
+                http.path
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems.join("; "))
+    }
+}
+
+/// The labels of a pod template, ignoring anything malformed.
+pub fn template_labels(pod_template: &serde_json::Value) -> BTreeMap<String, String> {
+    pod_template
+        .pointer("/metadata/labels")
+        .and_then(|labels| labels.as_object())
+        .map(|labels| {
+            labels
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `labels` carry every entry of `match_labels`. An empty selector matches nothing
+/// (the API server refuses an empty one; a pass must not adopt every pod of a namespace).
+pub fn selector_matches(
+    match_labels: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    !match_labels.is_empty() && match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// A stable hash of what this tool applies to the child Deployment besides the replica count,
+/// stored as an annotation there so that a pass with nothing to change writes nothing.
+pub fn template_hash(spec: &HotStandbyDeploymentSpec) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(serde_json::to_vec(&spec.selector).unwrap_or_default());
+    hasher.update([0]);
+    hasher.update(serde_json::to_vec(&spec.pod_template).unwrap_or_default());
+    let digest = hasher.finalize();
+    let mut hex = String::with_capacity(16);
+    for byte in &digest[..8] {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// An event to publish on the HSD.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedEvent {
+    pub type_: EventType,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+/// What to do with the child Deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeploymentAction {
+    /// It is as it should be.
+    Keep,
+    /// Server-side apply it (create, template change or replica change).
+    Apply {
+        replicas: i32,
+        template_hash: String,
+    },
+    /// Something stops the pass from touching it (invalid spec, paused, not ours).
+    Blocked,
+}
+
+/// The plan for one HSD.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub counts: Counts,
+    /// Each counted pod and its state, for `describe` and `--dry-run`.
+    pub pod_states: Vec<(String, PodState)>,
+    pub recommendation: Option<Recommendation>,
+    pub deployment: DeploymentAction,
+    /// `(from, to)` when the replica count changes.
+    pub scale: Option<(i32, i32)>,
+    pub status: HotStandbyDeploymentStatus,
+    /// Whether `status` differs from the HSD's current status (a write is needed).
+    pub status_changed: bool,
+    pub events: Vec<PlannedEvent>,
+}
+
+/// Plans one HSD.
+pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
+    let previous = observed.status.clone().unwrap_or_default();
+    let mut conditions = Conditions::new(&previous.conditions, now);
+    let mut events = Vec::new();
+
+    let spec = match &observed.spec {
+        Ok(spec) => validate_spec(spec).map(|()| spec),
+        Err(parse_error) => Err(format!("the spec cannot be read: {parse_error}")),
+    };
+    let spec = match spec {
+        Ok(spec) => spec,
+        Err(message) => {
+            if conditions.set(condition::INVALID_SPEC, true, "InvalidSpec", &message) {
+                events.push(warning("InvalidSpec", message.clone()));
+            }
+            conditions.set(condition::READY, false, "InvalidSpec", &message);
+            let status = HotStandbyDeploymentStatus {
+                conditions: conditions.finish(),
+                observed_generation: observed.generation,
+                ..previous.clone()
+            };
+            return Plan {
+                counts: Counts::default(),
+                pod_states: Vec::new(),
+                recommendation: None,
+                deployment: DeploymentAction::Blocked,
+                scale: None,
+                status_changed: status != previous,
+                status,
+                events,
+            };
+        }
+    };
+    conditions.set(condition::INVALID_SPEC, false, "Valid", "the spec is valid");
+
+    let mode = spec.busy_probe.mode;
+    let mut counts = Counts::default();
+    let mut pod_states = Vec::new();
+    let mut probe_failures = Vec::new();
+    let mut invalid_annotations = Vec::new();
+    for pod in observed.pods.iter().filter(|pod| is_counted(pod)) {
+        let state = classify(pod, mode, spec.busy_probe.http.success_is_busy);
+        counts.add(state);
+        pod_states.push((pod.name.clone(), state));
+        if let (PodState::Unknown, Some(ProbeOutcome::Error(error))) = (state, &pod.probe) {
+            probe_failures.push(format!("{}: {error}", pod.name));
+        }
+        if mode == ProbeMode::Annotation
+            && parse_busy_annotation(pod.busy_annotation.as_deref()) == BusyAnnotation::Invalid
+        {
+            invalid_annotations.push(format!(
+                "{}={:?}",
+                pod.name,
+                pod.busy_annotation.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    pod_states.sort();
+
+    let degraded = probe_degraded_message(
+        &probe_failures,
+        &invalid_annotations,
+        &spec.busy_probe.annotation_key,
+    );
+    match &degraded {
+        Some((reason, message)) => {
+            if conditions.set(condition::PROBE_DEGRADED, true, reason, message) {
+                events.push(warning(reason, message.clone()));
+            }
+        }
+        None => {
+            conditions.set(
+                condition::PROBE_DEGRADED,
+                false,
+                "ProbesHealthy",
+                "every probe answered",
+            );
+        }
+    }
+
+    let recommendation = recommend(&counts, spec);
+    let desired = recommendation.replicas;
+    let limit_message = match recommendation.limited_by {
+        Some(Bound::Max) => Some((
+            "TooManyReplicas",
+            format!(
+                "the formula asks for {} replicas but maxReplicas is {desired}: raise maxReplicas to keep the idle buffer",
+                recommendation.unbounded
+            ),
+        )),
+        Some(Bound::Min) => Some((
+            "TooFewReplicas",
+            format!(
+                "the formula asks for {} replicas; minReplicas {desired} holds",
+                recommendation.unbounded
+            ),
+        )),
+        None => None,
+    };
+    match &limit_message {
+        Some((reason, message)) => {
+            let changed = conditions.set(condition::SCALING_LIMITED, true, reason, message);
+            // Being held at minReplicas is normal operation; running out of room is worth a warning.
+            if changed && recommendation.limited_by == Some(Bound::Max) {
+                events.push(warning("ScalingLimited", message.clone()));
+            }
+        }
+        None => {
+            conditions.set(
+                condition::SCALING_LIMITED,
+                false,
+                "DesiredWithinRange",
+                "the formula is within the bounds",
+            );
+        }
+    }
+
+    let hash = template_hash(spec);
+    let mut scale = None;
+    let deployment_action = if observed.paused {
+        conditions.set(
+            condition::PAUSED,
+            true,
+            "Paused",
+            &format!(
+                "the {} annotation stops all scaling",
+                crate::crd::PAUSED_ANNOTATION
+            ),
+        );
+        DeploymentAction::Blocked
+    } else {
+        conditions.remove(condition::PAUSED);
+        match &observed.deployment {
+            Some(deployment) if !deployment.owned => {
+                let message = format!(
+                    "a Deployment named {}-workload exists and is not owned by this HotStandbyDeployment: delete or rename it, or rename the HotStandbyDeployment",
+                    observed.name
+                );
+                if conditions.set(condition::READY, false, "DeploymentNotOwned", &message) {
+                    events.push(warning("DeploymentNotOwned", message));
+                }
+                DeploymentAction::Blocked
+            }
+            Some(deployment) => {
+                let current = deployment.replicas.unwrap_or(1);
+                if current != desired {
+                    scale = Some((current, desired));
+                }
+                if current == desired && deployment.template_hash.as_deref() == Some(hash.as_str())
+                {
+                    DeploymentAction::Keep
+                } else {
+                    DeploymentAction::Apply {
+                        replicas: desired,
+                        template_hash: hash,
+                    }
+                }
+            }
+            None => {
+                events.push(normal(
+                    "Created",
+                    format!(
+                        "created Deployment {}-workload with {desired} replicas",
+                        observed.name
+                    ),
+                ));
+                DeploymentAction::Apply {
+                    replicas: desired,
+                    template_hash: hash,
+                }
+            }
+        }
+    };
+
+    if let Some((from, to)) = scale {
+        let reason = if to > from { "ScaledUp" } else { "ScaledDown" };
+        events.push(normal(
+            reason,
+            scale_message(from, to, &counts, spec, &recommendation),
+        ));
+    }
+    if deployment_action != DeploymentAction::Blocked || observed.paused {
+        // The same words before and after the scale, so that the next pass writes nothing.
+        let message = if observed.paused {
+            "paused: no scaling until the annotation is removed".to_string()
+        } else {
+            format!("the child Deployment is kept at {desired} replicas")
+        };
+        conditions.set(
+            condition::READY,
+            !observed.paused,
+            if observed.paused {
+                "Paused"
+            } else {
+                "Reconciled"
+            },
+            &message,
+        );
+    }
+
+    let last_scale_time = match scale {
+        Some(_) if !observed.paused => Some(now.to_string()),
+        _ => previous.last_scale_time.clone(),
+    };
+    let status = HotStandbyDeploymentStatus {
+        busy_count: counts.busy,
+        idle_count: counts.idle,
+        starting_count: counts.starting,
+        unknown_count: counts.unknown,
+        desired_replicas: desired,
+        replicas: counts.total(),
+        observed_generation: observed.generation,
+        last_scale_time,
+        conditions: conditions.finish(),
+    };
+    Plan {
+        counts,
+        pod_states,
+        recommendation: Some(recommendation),
+        deployment: deployment_action,
+        scale,
+        status_changed: status != previous,
+        status,
+        events,
+    }
+}
+
+fn probe_degraded_message(
+    probe_failures: &[String],
+    invalid_annotations: &[String],
+    annotation_key: &str,
+) -> Option<(&'static str, String)> {
+    const SHOWN: usize = 5;
+    let list = |items: &[String]| {
+        let mut text = items
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if items.len() > SHOWN {
+            let _ = write!(text, " and {} more", items.len() - SHOWN);
+        }
+        text
+    };
+    if !probe_failures.is_empty() {
+        Some((
+            "ProbeFailed",
+            format!(
+                "{} pod(s) did not answer the busy probe and count as busy: {}",
+                probe_failures.len(),
+                list(probe_failures)
+            ),
+        ))
+    } else if !invalid_annotations.is_empty() {
+        Some((
+            "InvalidBusyAnnotation",
+            format!(
+                "{} pod(s) carry a {annotation_key} value that is not true/false (counted as busy): {}",
+                invalid_annotations.len(),
+                list(invalid_annotations)
+            ),
+        ))
+    } else {
+        None
+    }
+}
+
+fn scale_message(
+    from: i32,
+    to: i32,
+    counts: &Counts,
+    spec: &HotStandbyDeploymentSpec,
+    recommendation: &Recommendation,
+) -> String {
+    let mut message = format!("from {from} to {to}: {} busy", counts.busy);
+    if counts.unknown > 0 {
+        let _ = write!(message, " + {} unknown", counts.unknown);
+    }
+    let _ = write!(message, " + idle target {}", spec.idle_target);
+    match recommendation.limited_by {
+        Some(Bound::Max) => {
+            let _ = write!(message, " (limited by maxReplicas {to})");
+        }
+        Some(Bound::Min) => {
+            let _ = write!(message, " (held at minReplicas {to})");
+        }
+        None => {}
+    }
+    message
+}
+
+fn normal(reason: &'static str, note: String) -> PlannedEvent {
+    PlannedEvent {
+        type_: EventType::Normal,
+        reason,
+        note,
+    }
+}
+
+fn warning(reason: &'static str, note: String) -> PlannedEvent {
+    PlannedEvent {
+        type_: EventType::Warning,
+        reason,
+        note,
+    }
+}
+
+/// Builds the new condition list, keeping each condition's transition time while its status
+/// holds, so that an unchanged world gives an identical status (and no write).
+pub struct Conditions {
+    previous: Vec<Condition>,
+    current: Vec<Condition>,
+    now: String,
+}
+
+impl Conditions {
+    pub fn new(previous: &[Condition], now: Timestamp) -> Self {
+        Self {
+            previous: previous.to_vec(),
+            current: previous.to_vec(),
+            now: now.to_string(),
+        }
+    }
+
+    /// Sets a condition; returns whether its status or reason changed (a transition worth an event).
+    pub fn set(&mut self, type_: &str, status: bool, reason: &str, message: &str) -> bool {
+        let status = if status { "True" } else { "False" };
+        let before = self.previous.iter().find(|c| c.type_ == type_);
+        let transitioned = before.is_none_or(|c| c.status != status);
+        let changed = before.is_none_or(|c| c.status != status || c.reason != reason);
+        let last_transition_time = match before {
+            Some(c) if !transitioned => c.last_transition_time.clone(),
+            _ => self.now.clone(),
+        };
+        let condition = Condition {
+            type_: type_.to_string(),
+            status: status.to_string(),
+            reason: reason.to_string(),
+            message: message.to_string(),
+            last_transition_time,
+            observed_generation: None,
+        };
+        match self.current.iter_mut().find(|c| c.type_ == type_) {
+            Some(slot) => *slot = condition,
+            None => self.current.push(condition),
+        }
+        changed
+    }
+
+    pub fn remove(&mut self, type_: &str) {
+        self.current.retain(|c| c.type_ != type_);
+    }
+
+    pub fn finish(mut self) -> Vec<Condition> {
+        let order = |t: &str| {
+            [
+                condition::READY,
+                condition::SCALING_LIMITED,
+                condition::PROBE_DEGRADED,
+                condition::INVALID_SPEC,
+                condition::PAUSED,
+            ]
+            .iter()
+            .position(|known| *known == t)
+            .unwrap_or(usize::MAX)
+        };
+        self.current.sort_by_key(|c| order(&c.type_));
+        self.current
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,112 @@
+//! The HTTP busy probe: `GET http://<podIP>:<port><path>`, no redirects, no proxy, no body read,
+//! bounded by its own timeout and run concurrently with a bound.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+
+use crate::plan::ProbeOutcome;
+
+/// Concurrent probes per pass unless told otherwise.
+pub const DEFAULT_CONCURRENCY: usize = 64;
+
+/// One probe to make.
+#[derive(Clone, Debug)]
+pub struct ProbeTarget {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub path: String,
+    pub timeout: Duration,
+}
+
+impl ProbeTarget {
+    pub fn url(&self) -> String {
+        match self.ip {
+            IpAddr::V4(ip) => format!("http://{ip}:{}{}", self.port, self.path),
+            IpAddr::V6(ip) => format!("http://[{ip}]:{}{}", self.port, self.path),
+        }
+    }
+}
+
+/// A probe's result and how long it took.
+#[derive(Clone, Debug)]
+pub struct ProbeResult {
+    pub outcome: ProbeOutcome,
+    pub latency: Duration,
+}
+
+#[derive(Clone)]
+pub struct Prober {
+    http: reqwest::Client,
+    concurrency: usize,
+}
+
+impl Prober {
+    pub fn new(concurrency: usize) -> Self {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            // Pod IPs are reached directly: a proxy from the environment must never see them.
+            .no_proxy()
+            .pool_max_idle_per_host(1)
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!(
+                "kubectl-hsd/",
+                env!("CARGO_PKG_VERSION"),
+                " busy-probe"
+            ))
+            .build()
+            .expect("a plain HTTP client without TLS always builds");
+        Self {
+            http,
+            concurrency: concurrency.max(1),
+        }
+    }
+
+    /// Probes one pod. Only the status line and headers are read; the body is dropped unread.
+    pub async fn probe(&self, target: &ProbeTarget) -> ProbeResult {
+        let started = Instant::now();
+        let request = self.http.get(target.url()).timeout(target.timeout).send();
+        let outcome = match tokio::time::timeout(target.timeout, request).await {
+            Err(_) => ProbeOutcome::Error(format!(
+                "no answer within {}s",
+                target.timeout.as_secs_f32()
+            )),
+            Ok(Err(error)) => ProbeOutcome::Error(describe_error(&error)),
+            Ok(Ok(response)) if response.status().is_success() => ProbeOutcome::Success,
+            Ok(Ok(response)) => ProbeOutcome::Failure(response.status().as_u16()),
+        };
+        ProbeResult {
+            outcome,
+            latency: started.elapsed(),
+        }
+    }
+
+    /// Probes all targets, at most `concurrency` at once. Unordered, so that one server that
+    /// never answers holds one slot for its timeout and delays no other probe.
+    pub async fn probe_all<K: Clone>(
+        &self,
+        targets: Vec<(K, ProbeTarget)>,
+    ) -> Vec<(K, ProbeResult)> {
+        stream::iter(targets)
+            .map(|(key, target)| async move { (key, self.probe(&target).await) })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await
+    }
+}
+
+fn describe_error(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        "timed out".to_string()
+    } else if error.is_connect() {
+        "connection failed".to_string()
+    } else {
+        // The innermost cause says most ("invalid HTTP version", "connection reset", ...).
+        let mut source: &dyn std::error::Error = error;
+        while let Some(next) = source.source() {
+            source = next;
+        }
+        format!("invalid answer: {source}")
+    }
+}

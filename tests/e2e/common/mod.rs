@@ -1,0 +1,195 @@
+//! The shared test fixture: one real local control plane per test process (started from the
+//! cached binaries, or the one named by `HSD_TEST_KUBECONFIG`), one namespace per test.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+static KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
+static CRD_INSTALLED: OnceLock<()> = OnceLock::new();
+
+/// The kubeconfig of the shared cluster, starting it on first use.
+pub fn kubeconfig() -> &'static Path {
+    KUBECONFIG.get_or_init(|| {
+        if let Some(path) = std::env::var_os("HSD_TEST_KUBECONFIG") {
+            return PathBuf::from(path);
+        }
+        let dir = std::env::var_os("HSD_TEST_CLUSTER_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/e2e-cluster"));
+        let output = Command::new(repo_root().join("hack/cluster.sh"))
+            .arg("up")
+            .env("HSD_CLUSTER_DIR", &dir)
+            // The cluster tears itself down when this test process exits.
+            .env("HSD_CLUSTER_OWNER_PID", std::process::id().to_string())
+            .output()
+            .expect("cannot run hack/cluster.sh");
+        if !output.status.success() {
+            panic!(
+                "the local control plane did not start (if its binaries are missing, run `hack/cluster.sh build`):\n{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let path = stdout.lines().last().expect("cluster.sh up prints the kubeconfig path").trim();
+        PathBuf::from(path)
+    })
+}
+
+pub async fn client() -> Client {
+    kubectl_hsd::client::install_crypto_provider();
+    let kubeconfig = Kubeconfig::read_from(kubeconfig()).expect("the test kubeconfig is readable");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("the test kubeconfig is valid");
+    Client::try_from(config).expect("a client")
+}
+
+/// Runs the real binary against the test cluster.
+pub fn hsd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kubectl-hsd"))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig())
+        .env_remove("POD_NAME")
+        .env_remove("POD_NAMESPACE")
+        .output()
+        .expect("cannot run kubectl-hsd")
+}
+
+/// Runs the binary and requires success; returns stdout.
+pub fn hsd_ok(args: &[&str]) -> String {
+    let output = hsd(args);
+    assert!(
+        output.status.success(),
+        "kubectl-hsd {} failed ({}):\nstdout: {}\nstderr: {}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Installs the CRD once per test process, through the real `install` command.
+pub fn ensure_crd() {
+    CRD_INSTALLED.get_or_init(|| {
+        hsd_ok(&["install"]);
+    });
+}
+
+/// A namespace for one test, deleted when the test ends (pass or fail).
+pub struct TestNs {
+    pub client: Client,
+    pub name: String,
+}
+
+impl TestNs {
+    pub async fn new(prefix: &str) -> Self {
+        let client = client().await;
+        let name = format!(
+            "{prefix}-{:x}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_micros()
+                & 0xffffff
+        );
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let namespace: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        namespaces
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("create the test namespace");
+        Self { client, name }
+    }
+
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.name)
+    }
+
+    /// Runs the binary with `-n <this namespace>` appended.
+    pub fn hsd(&self, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-n", &self.name]);
+        hsd(&all)
+    }
+
+    pub fn hsd_ok(&self, args: &[&str]) -> String {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-n", &self.name]);
+        hsd_ok(&all)
+    }
+
+    /// Pods of the namespace that are not terminating.
+    pub async fn live_pods(&self, selector: &str) -> Vec<Pod> {
+        let pods: Api<Pod> = self.api();
+        pods.list(&ListParams::default().labels(selector))
+            .await
+            .expect("list pods")
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect()
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop cannot await: delete from a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let namespaces: Api<Namespace> = Api::all(client().await);
+                let _ = namespaces.delete(&name, &DeleteParams::background()).await;
+            });
+        })
+        .join();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}

@@ -1,0 +1,452 @@
+//! The core product against the real control plane: the CRD, one-shot passes, both busy probes
+//! and the CLI, as a user would check them (Deployment replicas, status, events).
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::common::{TestNs, ensure_crd, is_ready, repo_root, wait_for};
+use kubectl_hsd::observe::hsd_resource;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn example(name: &str) -> Value {
+    let text = std::fs::read_to_string(repo_root().join("examples").join(name)).unwrap();
+    serde_saphyr::from_str(&text).unwrap()
+}
+
+pub async fn create_hsd(ns: &TestNs, manifest: &Value) -> Result<DynamicObject, kube::Error> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ns.client.clone(), &ns.name, &hsd_resource());
+    let object: DynamicObject = serde_json::from_value(manifest.clone()).unwrap();
+    api.create(&PostParams::default(), &object).await
+}
+
+pub async fn hsd_status(ns: &TestNs, name: &str) -> Value {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ns.client.clone(), &ns.name, &hsd_resource());
+    api.get(name)
+        .await
+        .unwrap()
+        .data
+        .get("status")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+pub async fn replicas(ns: &TestNs, deployment: &str) -> Option<i32> {
+    let deployments: Api<Deployment> = ns.api();
+    deployments
+        .get_opt(deployment)
+        .await
+        .unwrap()
+        .and_then(|d| d.spec?.replicas)
+}
+
+/// Waits until `n` pods of the selector are Ready (and none more exist).
+pub async fn ready_pods(ns: &TestNs, selector: &str, n: usize) -> Vec<Pod> {
+    wait_for(
+        &format!("{n} ready pods of {selector}"),
+        TIMEOUT,
+        || async {
+            let pods = ns.live_pods(selector).await;
+            (pods.len() == n && pods.iter().all(is_ready)).then_some(pods)
+        },
+    )
+    .await
+}
+
+pub async fn event_reasons(ns: &TestNs) -> Vec<(String, String, String)> {
+    let events: Api<Event> = ns.api();
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+fn with_namespace(mut manifest: Value, ns: &TestNs) -> Value {
+    manifest["metadata"]["namespace"] = json!(ns.name);
+    manifest
+}
+
+#[tokio::test]
+async fn the_annotation_example_scales_3_to_5_and_back() {
+    ensure_crd();
+    let ns = TestNs::new("core-annotation").await;
+    create_hsd(&ns, &with_namespace(example("hsd-annotation.yaml"), &ns))
+        .await
+        .unwrap();
+
+    ns.hsd_ok(&["reconcile"]);
+    assert_eq!(replicas(&ns, "game-ws-workload").await, Some(3));
+    let pods = ready_pods(&ns, "app=game-ws", 3).await;
+    let deployments: Api<Deployment> = ns.api();
+    let deployment = deployments.get("game-ws-workload").await.unwrap();
+    let owner = &deployment.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("HotStandbyDeployment", "game-ws", Some(true))
+    );
+
+    let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+    let marked = ns.hsd_ok(&["mark-busy", &names[0], &names[1]]);
+    assert!(marked.contains("marked busy"), "{marked}");
+    let summary = ns.hsd_ok(&["reconcile"]);
+    assert!(summary.contains("scaled 3->5"), "{summary}");
+    assert_eq!(replicas(&ns, "game-ws-workload").await, Some(5));
+    ready_pods(&ns, "app=game-ws", 5).await;
+    ns.hsd_ok(&["reconcile"]);
+    let status = hsd_status(&ns, "game-ws").await;
+    assert_eq!(status["busyCount"], 2);
+    assert_eq!(status["idleCount"], 3);
+    assert_eq!(status["desiredReplicas"], 5);
+    assert_eq!(status["replicas"], 5);
+    assert!(status["lastScaleTime"].is_string());
+    let events = event_reasons(&ns).await;
+    assert!(
+        events.iter().any(|(t, r, m)| t == "Normal"
+            && r == "ScaledUp"
+            && m == "from 3 to 5: 2 busy + idle target 3"),
+        "{events:?}"
+    );
+
+    // `get` shows the numbers a user looks for.
+    let table = ns.hsd_ok(&["get"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("game-ws"))
+        .expect(&table);
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        &cells[1..8],
+        ["2", "3", "0", "0", "5", "5", cells[7]],
+        "{table}"
+    );
+
+    ns.hsd_ok(&["mark-idle", &names[0], &names[1]]);
+    let summary = ns.hsd_ok(&["reconcile"]);
+    assert!(summary.contains("scaled 5->3"), "{summary}");
+    assert_eq!(replicas(&ns, "game-ws-workload").await, Some(3));
+    let remaining = ready_pods(&ns, "app=game-ws", 3).await;
+    assert_eq!(remaining.len(), 3);
+}
+
+#[tokio::test]
+async fn clamped_at_max_replicas_with_scaling_limited() {
+    ensure_crd();
+    let ns = TestNs::new("core-clamp").await;
+    let mut manifest = with_namespace(example("hsd-annotation.yaml"), &ns);
+    manifest["spec"]["idleTarget"] = json!(2);
+    manifest["spec"]["maxReplicas"] = json!(3);
+    create_hsd(&ns, &manifest).await.unwrap();
+    ns.hsd_ok(&["reconcile"]);
+    let pods = ready_pods(&ns, "app=game-ws", 2).await;
+    let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
+    ns.hsd_ok(&["mark-busy", &names[0], &names[1]]);
+    ns.hsd_ok(&["reconcile"]);
+    assert_eq!(
+        replicas(&ns, "game-ws-workload").await,
+        Some(3),
+        "2 busy + 2 idle is clamped to max 3"
+    );
+    let status = hsd_status(&ns, "game-ws").await;
+    let limited = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "ScalingLimited")
+        .unwrap();
+    assert_eq!(limited["status"], "True");
+    assert_eq!(limited["reason"], "TooManyReplicas");
+    let events = event_reasons(&ns).await;
+    assert!(
+        events
+            .iter()
+            .any(|(t, r, _)| t == "Warning" && r == "ScalingLimited"),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_pass_with_nothing_to_change_writes_nothing() {
+    ensure_crd();
+    let ns = TestNs::new("core-noop").await;
+    create_hsd(&ns, &with_namespace(example("hsd-annotation.yaml"), &ns))
+        .await
+        .unwrap();
+    ns.hsd_ok(&["reconcile"]);
+    ready_pods(&ns, "app=game-ws", 3).await;
+    ns.hsd_ok(&["reconcile"]);
+
+    let hsds: Api<DynamicObject> =
+        Api::namespaced_with(ns.client.clone(), &ns.name, &hsd_resource());
+    let deployments: Api<Deployment> = ns.api();
+    let hsd_version = hsds.get("game-ws").await.unwrap().resource_version();
+    let deployment_version = deployments
+        .get("game-ws-workload")
+        .await
+        .unwrap()
+        .resource_version();
+    let events_before = event_reasons(&ns).await.len();
+
+    let output = ns.hsd(&["reconcile", "--stats"]);
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(" 0 writes)"), "{stderr}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("unchanged"));
+    assert_eq!(
+        hsds.get("game-ws").await.unwrap().resource_version(),
+        hsd_version
+    );
+    assert_eq!(
+        deployments
+            .get("game-ws-workload")
+            .await
+            .unwrap()
+            .resource_version(),
+        deployment_version
+    );
+    assert_eq!(event_reasons(&ns).await.len(), events_before);
+}
+
+#[tokio::test]
+async fn deleting_the_hsd_garbage_collects_its_deployment_and_pods() {
+    ensure_crd();
+    let ns = TestNs::new("core-gc").await;
+    create_hsd(&ns, &with_namespace(example("hsd-annotation.yaml"), &ns))
+        .await
+        .unwrap();
+    ns.hsd_ok(&["reconcile"]);
+    ready_pods(&ns, "app=game-ws", 3).await;
+    let hsds: Api<DynamicObject> =
+        Api::namespaced_with(ns.client.clone(), &ns.name, &hsd_resource());
+    hsds.delete("game-ws", &DeleteParams::background())
+        .await
+        .unwrap();
+    wait_for(
+        "the Deployment and pods to be garbage-collected",
+        TIMEOUT,
+        || async {
+            let gone = replicas(&ns, "game-ws-workload").await.is_none()
+                && ns.live_pods("app=game-ws").await.is_empty();
+            gone.then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_unowned_deployment_of_the_same_name_is_left_alone() {
+    ensure_crd();
+    let ns = TestNs::new("core-unowned").await;
+    let deployments: Api<Deployment> = ns.api();
+    let theirs: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "game-ws-workload"},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": "someone-else"}},
+            "template": {"metadata": {"labels": {"app": "someone-else"}}, "spec": {"containers": [{"name": "c", "image": "x:1"}]}},
+        },
+    }))
+    .unwrap();
+    deployments
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let version = deployments
+        .get("game-ws-workload")
+        .await
+        .unwrap()
+        .resource_version();
+    create_hsd(&ns, &with_namespace(example("hsd-annotation.yaml"), &ns))
+        .await
+        .unwrap();
+
+    let output = ns.hsd(&["reconcile"]);
+    assert!(
+        output.status.success(),
+        "a blocked HSD is reported, not an error of the pass"
+    );
+    let after = deployments.get("game-ws-workload").await.unwrap();
+    assert_eq!(after.resource_version(), version, "not touched");
+    assert!(after.owner_references().is_empty());
+    let status = hsd_status(&ns, "game-ws").await;
+    let ready = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(ready["status"], "False");
+    assert_eq!(ready["reason"], "DeploymentNotOwned");
+    let events = event_reasons(&ns).await;
+    assert!(
+        events
+            .iter()
+            .any(|(t, r, _)| t == "Warning" && r == "DeploymentNotOwned"),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_specs_are_rejected_at_admission_with_the_reason() {
+    ensure_crd();
+    let ns = TestNs::new("core-invalid").await;
+    let base = with_namespace(example("hsd-annotation.yaml"), &ns);
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+        (
+            "min above max",
+            Box::new(|m| m["spec"]["minReplicas"] = json!(60)),
+            "minReplicas must be less than or equal to maxReplicas",
+        ),
+        (
+            "negative idle target",
+            Box::new(|m| m["spec"]["idleTarget"] = json!(-1)),
+            "spec.idleTarget",
+        ),
+        (
+            "max zero",
+            Box::new(|m| m["spec"]["maxReplicas"] = json!(0)),
+            "spec.maxReplicas",
+        ),
+        (
+            "selector not in template",
+            Box::new(|m| m["spec"]["selector"]["matchLabels"] = json!({"app": "other"})),
+            "every selector.matchLabels entry must also be in podTemplate.metadata.labels",
+        ),
+        (
+            "empty selector",
+            Box::new(|m| m["spec"]["selector"]["matchLabels"] = json!({})),
+            "spec.selector.matchLabels",
+        ),
+        (
+            "unknown probe mode",
+            Box::new(|m| m["spec"]["busyProbe"]["mode"] = json!("exec")),
+            "spec.busyProbe.mode",
+        ),
+        (
+            "port out of range",
+            Box::new(|m| m["spec"]["busyProbe"]["http"] = json!({"port": 70000})),
+            "spec.busyProbe.http.port",
+        ),
+        (
+            "missing idle target",
+            Box::new(|m| {
+                m["spec"].as_object_mut().unwrap().remove("idleTarget");
+            }),
+            "idleTarget",
+        ),
+    ];
+    for (name, mutate, expected) in cases {
+        let mut manifest = base.clone();
+        manifest["metadata"]["name"] = json!(format!("bad-{}", name.replace(' ', "-")));
+        mutate(&mut manifest);
+        match create_hsd(&ns, &manifest).await {
+            Ok(_) => panic!("{name}: the API server accepted an invalid HSD"),
+            Err(kube::Error::Api(status)) => {
+                assert_eq!(status.code, 422, "{name}: {status:?}");
+                assert!(
+                    status.message.contains(expected),
+                    "{name}: {}",
+                    status.message
+                );
+            }
+            Err(other) => panic!("{name}: {other}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn dry_run_plans_without_writing() {
+    ensure_crd();
+    let ns = TestNs::new("core-dry").await;
+    create_hsd(&ns, &with_namespace(example("hsd-annotation.yaml"), &ns))
+        .await
+        .unwrap();
+    let output = ns.hsd(&["reconcile", "--dry-run", "--stats"]);
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("would apply") || stdout.contains("would scale"),
+        "{stdout}"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains(" 0 writes)"));
+    assert_eq!(
+        replicas(&ns, "game-ws-workload").await,
+        None,
+        "nothing was created"
+    );
+}
+
+#[tokio::test]
+async fn mark_busy_refuses_a_pod_that_does_not_exist() {
+    ensure_crd();
+    let ns = TestNs::new("core-mark").await;
+    let output = ns.hsd(&["mark-busy", "no-such-pod"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("pod \"no-such-pod\" in namespace") && stderr.contains("not found"),
+        "{stderr}"
+    );
+    let pods: Api<Pod> = ns.api();
+    assert!(
+        pods.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "no pod was created"
+    );
+}
+
+#[tokio::test]
+async fn create_makes_an_hsd_that_reconciles() {
+    ensure_crd();
+    let ns = TestNs::new("core-create").await;
+    let out = ns.hsd_ok(&[
+        "create",
+        "sandbox",
+        "--image",
+        "registry.invalid/sandbox:1",
+        "--idle-target",
+        "2",
+        "--max",
+        "4",
+    ]);
+    assert!(
+        out.contains("hotstandbydeployment.apps.paia.tech/sandbox created"),
+        "{out}"
+    );
+    ns.hsd_ok(&["reconcile"]);
+    assert_eq!(replicas(&ns, "sandbox-workload").await, Some(2));
+    let again = ns.hsd(&["create", "sandbox", "--image", "x:1"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+}
+
+/// Patches a pod annotation directly, as an application would.
+pub async fn annotate(ns: &TestNs, pod: &str, key: &str, value: &str) {
+    let pods: Api<Pod> = ns.api();
+    pods.patch(
+        pod,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {key: value}}})),
+    )
+    .await
+    .unwrap();
+}

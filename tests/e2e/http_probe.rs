@@ -1,0 +1,125 @@
+//! HTTP mode with real HTTP servers bound on the pods' loopback IPs.
+
+use std::net::SocketAddr;
+
+use kube::ResourceExt;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::common::TestNs;
+use crate::core::{create_hsd, example, hsd_status, ready_pods, replicas};
+
+#[derive(Clone, Copy, Debug)]
+pub enum Behaviour {
+    Status(u16),
+    /// Accepts the connection and never answers.
+    Silent,
+}
+
+/// Serves `behaviour` on `addr` until the returned task is aborted.
+pub async fn serve(addr: SocketAddr, behaviour: Behaviour) -> tokio::task::JoinHandle<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 1024];
+                let _ = socket.read(&mut buffer).await;
+                match behaviour {
+                    Behaviour::Status(code) => {
+                        let response = format!(
+                            "HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        );
+                        let _ = socket.write_all(response.as_bytes()).await;
+                    }
+                    Behaviour::Silent => {
+                        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                    }
+                }
+            });
+        }
+    })
+}
+
+/// A port unlikely to collide with other tests binding on the same loopback addresses.
+pub fn test_port() -> u16 {
+    20000 + (std::process::id() % 1000) as u16 * 10 + (rand_u16() % 10)
+}
+
+fn rand_u16() -> u16 {
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos()
+        % 65521) as u16
+}
+
+#[tokio::test]
+async fn http_probes_count_busy_idle_and_unknown() {
+    crate::common::ensure_crd();
+    let ns = TestNs::new("http").await;
+    let port = test_port();
+    let mut manifest = example("hsd-http.yaml");
+    manifest["metadata"]["namespace"] = json!(ns.name);
+    manifest["spec"]["busyProbe"]["http"]["port"] = json!(port);
+    create_hsd(&ns, &manifest).await.unwrap();
+    ns.hsd_ok(&["reconcile"]);
+    let pods = ready_pods(&ns, "app=game-ws", 3).await;
+    let addr = |i: usize| -> SocketAddr {
+        let ip = pods[i].status.as_ref().unwrap().pod_ip.as_deref().unwrap();
+        format!("{ip}:{port}").parse().unwrap()
+    };
+    // 200 busy, 503 idle, silent unknown.
+    let servers = vec![
+        serve(addr(0), Behaviour::Status(200)).await,
+        serve(addr(1), Behaviour::Status(503)).await,
+        serve(addr(2), Behaviour::Silent).await,
+    ];
+    let summary = ns.hsd_ok(&["reconcile"]);
+    assert!(
+        summary.contains("scaled 3->5"),
+        "1 busy + 1 unknown + 3 idle target: {summary}"
+    );
+    let status = hsd_status(&ns, "game-ws").await;
+    assert_eq!(
+        (
+            status["busyCount"].as_i64(),
+            status["idleCount"].as_i64(),
+            status["unknownCount"].as_i64()
+        ),
+        (Some(1), Some(1), Some(1))
+    );
+    let degraded = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "ProbeDegraded")
+        .unwrap();
+    assert_eq!(degraded["status"], "True");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains(&pods[2].name_any()),
+        "{degraded}"
+    );
+    assert_eq!(replicas(&ns, "game-ws-workload").await, Some(5));
+
+    // The new pods have no server: connection refused is unknown too, so the count holds
+    // (never scaled away while unanswered).
+    ready_pods(&ns, "app=game-ws", 5).await;
+    ns.hsd_ok(&["reconcile"]);
+    assert_eq!(
+        replicas(&ns, "game-ws-workload").await,
+        Some(7),
+        "1 busy + 3 unknown + 3"
+    );
+    for server in servers {
+        server.abort();
+    }
+}

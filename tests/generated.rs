@@ -1,0 +1,101 @@
+//! Generated files are build output: the committed copies must equal what the code renders.
+//! `HSD_REGENERATE=1 cargo test --test generated` rewrites them.
+
+use std::path::Path;
+
+use kubectl_hsd::crd::HotStandbyDeployment;
+
+fn check(relative: &str, rendered: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    if std::env::var_os("HSD_REGENERATE").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, rendered).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == rendered,
+        "{relative} differs from what the code renders: run `HSD_REGENERATE=1 cargo test --test generated` and commit"
+    );
+}
+
+#[test]
+fn crd_yaml_is_up_to_date() {
+    check(
+        "crd/hotstandbydeployment.yaml",
+        &kubectl_hsd::crd::crd_yaml(),
+    );
+}
+
+#[test]
+fn cronjob_manifests_are_up_to_date() {
+    check(
+        "cronjob/cronjob.yaml",
+        &kubectl_hsd::manifests::default_cronjob_yaml(),
+    );
+}
+
+#[test]
+fn the_examples_parse_as_hotstandbydeployments() {
+    for name in ["hsd-annotation.yaml", "hsd-http.yaml"] {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples")
+                .join(name),
+        )
+        .unwrap();
+        let hsd: HotStandbyDeployment =
+            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(hsd.spec.idle_target, 3, "{name}");
+        assert_eq!(
+            (hsd.spec.min_replicas, hsd.spec.max_replicas),
+            (0, Some(50)),
+            "{name}"
+        );
+        assert_eq!(
+            kubectl_hsd::plan::validate_spec(&hsd.spec),
+            Ok(()),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn the_cronjob_runs_one_pass_a_minute_as_non_root_with_least_privilege() {
+    let documents: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&kubectl_hsd::manifests::default_cronjob_yaml()).unwrap();
+    let cronjob = documents
+        .iter()
+        .find(|d| d["kind"] == "CronJob")
+        .expect("a CronJob");
+    assert_eq!(cronjob["spec"]["schedule"], "* * * * *");
+    assert_eq!(cronjob["spec"]["concurrencyPolicy"], "Forbid");
+    let pod = &cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["args"],
+        serde_json::json!(["reconcile", "--all-namespaces"])
+    );
+    let role = documents
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole")
+        .expect("a ClusterRole");
+    for rule in role["rules"].as_array().unwrap() {
+        for verb in rule["verbs"].as_array().unwrap() {
+            assert!(
+                ["get", "list", "watch", "create", "patch"].contains(&verb.as_str().unwrap()),
+                "unexpected verb {verb} in {rule}"
+            );
+        }
+        assert!(
+            !rule["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r == "*"),
+            "no wildcards: {rule}"
+        );
+    }
+}
