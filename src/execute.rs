@@ -28,6 +28,10 @@ pub struct Written {
     pub deployment: bool,
     pub status: bool,
     pub events: usize,
+    /// The resourceVersion each write returned, so that a watcher can tell when its caches
+    /// have caught up with its own writes.
+    pub deployment_version: Option<String>,
+    pub status_version: Option<String>,
 }
 
 impl Written {
@@ -85,7 +89,8 @@ pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &hsd.namespace, &deployment_resource());
         let body = desired_deployment(hsd, spec, *replicas, template_hash);
-        api.patch(&workload_name(&hsd.name), &params, &Patch::Apply(&body))
+        let applied = api
+            .patch(&workload_name(&hsd.name), &params, &Patch::Apply(&body))
             .await
             .map_err(kube_error(
                 format!(
@@ -98,9 +103,10 @@ pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<
                 Some(&hsd.namespace),
             ))?;
         written.deployment = true;
+        written.deployment_version = applied.metadata.resource_version;
     }
     if plan.status_changed {
-        write_status(client, hsd, &plan.status).await?;
+        written.status_version = write_status(client, hsd, &plan.status).await?;
         written.status = true;
     }
     for event in &plan.events {
@@ -110,28 +116,29 @@ pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<
     Ok(written)
 }
 
-/// Applies the HSD's status subresource.
+/// Applies the HSD's status subresource; returns the new resourceVersion.
 pub async fn write_status(
     client: &Client,
     hsd: &ObservedHsd,
     status: &crate::crd::HotStandbyDeploymentStatus,
-) -> Result<()> {
+) -> Result<Option<String>> {
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &hsd.namespace, &hsd_resource());
     let body = json!({ "apiVersion": API_VERSION, "kind": KIND, "status": status });
-    api.patch_status(
-        &hsd.name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(kube_error(
-        format!("writing the status of {}/{}", hsd.namespace, hsd.name),
-        "patch",
-        "hotstandbydeployments/status",
-        Some(&hsd.namespace),
-    ))?;
-    Ok(())
+    let written = api
+        .patch_status(
+            &hsd.name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(kube_error(
+            format!("writing the status of {}/{}", hsd.namespace, hsd.name),
+            "patch",
+            "hotstandbydeployments/status",
+            Some(&hsd.namespace),
+        ))?;
+    Ok(written.metadata.resource_version)
 }
 
 /// Creates one `events.k8s.io/v1` Event about the HSD.

@@ -10,9 +10,11 @@ pub mod crd;
 pub mod error;
 pub mod execute;
 pub mod manifests;
+pub mod metrics;
 pub mod observe;
 pub mod plan;
 pub mod probe;
 pub mod reconcile;
+pub mod watch;
 
 pub use error::{Error, Result};

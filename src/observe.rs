@@ -66,7 +66,7 @@ pub struct LeanPodSpec {
 pub struct LeanPodStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
     pub pod_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<LeanCondition>,
@@ -229,6 +229,34 @@ pub fn pod_facts(pod: &LeanPod, annotation_key: &str) -> ObservedPod {
     }
 }
 
+/// The plan's view of an HSD's pods, each with its probe outcome if it has one.
+pub fn pods_facts<'a>(
+    hsd: &ObservedHsd,
+    pods: impl Iterator<Item = &'a LeanPod>,
+    probe: impl Fn(&LeanPod) -> Option<crate::plan::ProbeOutcome>,
+) -> Vec<ObservedPod> {
+    let Ok(spec) = &hsd.spec else {
+        return Vec::new();
+    };
+    let key = &spec.busy_probe.annotation_key;
+    pods.map(|pod| ObservedPod {
+        probe: probe(pod),
+        ..pod_facts(pod, key)
+    })
+    .collect()
+}
+
+/// Whether the pod belongs to the HSD (same namespace, selector matches).
+pub fn hsd_selects(hsd: &ObservedHsd, pod: &LeanPod) -> bool {
+    let Ok(spec) = &hsd.spec else { return false };
+    pod.metadata.namespace.as_deref() == Some(hsd.namespace.as_str())
+        && pod
+            .metadata
+            .labels
+            .as_ref()
+            .is_some_and(|labels| plan::selector_matches(&spec.selector.match_labels, labels))
+}
+
 /// A pod an HSD in http mode wants probed.
 pub fn probe_target(pod: &LeanPod, spec: &HotStandbyDeploymentSpec) -> Option<ProbeTarget> {
     if spec.busy_probe.mode != ProbeMode::Http || pod.metadata.deletion_timestamp.is_some() {
@@ -332,13 +360,11 @@ pub fn assemble(snapshot: &Snapshot) -> Vec<Assembled> {
         }
     }
     for (assembled, pod_indexes) in observed.iter_mut().zip(matches) {
-        if let Ok(spec) = &assembled.hsd.spec {
-            let key = &spec.busy_probe.annotation_key;
-            assembled.hsd.pods = pod_indexes
-                .iter()
-                .map(|&p| pod_facts(&snapshot.pods[p], key))
-                .collect();
-        }
+        assembled.hsd.pods = pods_facts(
+            &assembled.hsd,
+            pod_indexes.iter().map(|&p| &snapshot.pods[p]),
+            |_| None,
+        );
         assembled.pod_indexes = pod_indexes;
     }
     observed

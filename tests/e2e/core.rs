@@ -267,11 +267,12 @@ async fn an_unowned_deployment_of_the_same_name_is_left_alone() {
         .create(&PostParams::default(), &theirs)
         .await
         .unwrap();
-    let version = deployments
+    let generation = deployments
         .get("game-ws-workload")
         .await
         .unwrap()
-        .resource_version();
+        .metadata
+        .generation;
     create_hsd(&ns, &with_namespace(example("hsd-annotation.yaml"), &ns))
         .await
         .unwrap();
@@ -282,8 +283,21 @@ async fn an_unowned_deployment_of_the_same_name_is_left_alone() {
         "a blocked HSD is reported, not an error of the pass"
     );
     let after = deployments.get("game-ws-workload").await.unwrap();
-    assert_eq!(after.resource_version(), version, "not touched");
+    // The Deployment controller writes its status; only the spec's generation tells a takeover.
+    assert_eq!(
+        after.metadata.generation, generation,
+        "the spec was not touched"
+    );
     assert!(after.owner_references().is_empty());
+    let managers: Vec<_> = after
+        .managed_fields()
+        .iter()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert!(
+        !managers.iter().any(|m| m.starts_with("kubectl-hsd")),
+        "{managers:?}"
+    );
     let status = hsd_status(&ns, "game-ws").await;
     let ready = status["conditions"]
         .as_array()

@@ -59,7 +59,8 @@ fn rand_u16() -> u16 {
         % 65521) as u16
 }
 
-#[tokio::test]
+// Multi-threaded: the test servers must answer while a blocking CLI call runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_probes_count_busy_idle_and_unknown() {
     crate::common::ensure_crd();
     let ns = TestNs::new("http").await;

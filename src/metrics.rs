@@ -1,0 +1,236 @@
+//! Prometheus metrics of `reconcile --watch`, in the text exposition format, and the HTTP port
+//! that serves them with `/healthz` and `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::crd::HotStandbyDeploymentStatus;
+use crate::plan::ProbeOutcome;
+
+type Labels = Vec<(&'static str, String)>;
+
+fn seconds_histogram() -> Histogram {
+    // 1 ms to about 16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    hsd_pods: Family<Labels, Gauge>,
+    hsd_desired: Family<Labels, Gauge>,
+    hsd_replicas: Family<Labels, Gauge>,
+    reconciles: Family<Labels, Counter>,
+    reconcile_errors: Family<Labels, Counter>,
+    reconcile_duration: Histogram,
+    probes: Family<Labels, Counter>,
+    probe_duration: Histogram,
+    leader: Gauge,
+    ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("hsd");
+        let hsd_pods = Family::<Labels, Gauge>::default();
+        let hsd_desired = Family::<Labels, Gauge>::default();
+        let hsd_replicas = Family::<Labels, Gauge>::default();
+        let reconciles = Family::<Labels, Counter>::default();
+        let reconcile_errors = Family::<Labels, Counter>::default();
+        let reconcile_duration = seconds_histogram();
+        let probes = Family::<Labels, Counter>::default();
+        let probe_duration = seconds_histogram();
+        let leader = Gauge::default();
+        registry.register(
+            "pods",
+            "Pods of a HotStandbyDeployment by state (busy, idle, starting, unknown)",
+            hsd_pods.clone(),
+        );
+        registry.register(
+            "desired_replicas",
+            "Replicas the formula asks for",
+            hsd_desired.clone(),
+        );
+        registry.register(
+            "replicas",
+            "Pods of the HotStandbyDeployment that exist (not terminating)",
+            hsd_replicas.clone(),
+        );
+        registry.register("reconciles", "Reconciles by result", reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by reason",
+            reconcile_errors.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time of one HSD's reconcile",
+            reconcile_duration.clone(),
+        );
+        registry.register("probes", "HTTP busy probes by outcome", probes.clone());
+        registry.register(
+            "probe_duration_seconds",
+            "Time of one HTTP busy probe",
+            probe_duration.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this process holds the lease and reconciles",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            hsd_pods,
+            hsd_desired,
+            hsd_replicas,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            probes,
+            probe_duration,
+            leader,
+            ready: AtomicBool::new(false),
+        }
+    }
+
+    fn hsd_labels(namespace: &str, name: &str) -> Labels {
+        vec![
+            ("namespace", namespace.to_string()),
+            ("name", name.to_string()),
+        ]
+    }
+
+    /// Publishes an HSD's numbers exactly as its status has them.
+    pub fn set_status(&self, namespace: &str, name: &str, status: &HotStandbyDeploymentStatus) {
+        for (state, value) in [
+            ("busy", status.busy_count),
+            ("idle", status.idle_count),
+            ("starting", status.starting_count),
+            ("unknown", status.unknown_count),
+        ] {
+            let mut labels = Self::hsd_labels(namespace, name);
+            labels.push(("state", state.to_string()));
+            self.hsd_pods.get_or_create(&labels).set(i64::from(value));
+        }
+        let labels = Self::hsd_labels(namespace, name);
+        self.hsd_desired
+            .get_or_create(&labels)
+            .set(i64::from(status.desired_replicas));
+        self.hsd_replicas
+            .get_or_create(&labels)
+            .set(i64::from(status.replicas));
+    }
+
+    /// Drops the series of a deleted HSD.
+    pub fn forget(&self, namespace: &str, name: &str) {
+        for state in ["busy", "idle", "starting", "unknown"] {
+            let mut labels = Self::hsd_labels(namespace, name);
+            labels.push(("state", state.to_string()));
+            self.hsd_pods.remove(&labels);
+        }
+        let labels = Self::hsd_labels(namespace, name);
+        self.hsd_desired.remove(&labels);
+        self.hsd_replicas.remove(&labels);
+    }
+
+    pub fn reconciled(&self, duration: Duration, error_reason: Option<&'static str>) {
+        self.reconcile_duration.observe(duration.as_secs_f64());
+        let result = if error_reason.is_some() {
+            "error"
+        } else {
+            "ok"
+        };
+        self.reconciles
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+        if let Some(reason) = error_reason {
+            self.reconcile_errors
+                .get_or_create(&vec![("reason", reason.to_string())])
+                .inc();
+        }
+    }
+
+    pub fn probed(&self, outcome: &ProbeOutcome, duration: Duration) {
+        let outcome = match outcome {
+            ProbeOutcome::Success => "success",
+            ProbeOutcome::Failure(_) => "failure",
+            ProbeOutcome::Error(_) => "error",
+        };
+        self.probes
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
+        self.probe_duration.observe(duration.as_secs_f64());
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
+}
+
+async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    if metrics.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// Binds the metrics port; returns the bound address (port 0 picks a free one) and the server.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(metrics);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+    });
+    Ok((bound, task))
+}
