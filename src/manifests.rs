@@ -24,6 +24,8 @@ pub fn default_image() -> String {
 pub enum OperatorMode {
     /// One pass a minute from a CronJob.
     Cronjob,
+    /// `reconcile --watch` in a 2-replica Deployment with leader election.
+    Deployment,
 }
 
 #[derive(Clone, Debug)]
@@ -54,15 +56,31 @@ fn labels() -> Value {
     })
 }
 
-/// The rules a one-shot pass needs, and nothing more.
-pub fn pass_rules() -> Value {
+/// The cluster-wide rules each mode needs, and nothing more: a one-shot pass lists, a watcher
+/// lists and watches.
+pub fn reconcile_rules(mode: OperatorMode) -> Value {
+    let read: &[&str] = match mode {
+        OperatorMode::Cronjob => &["list"],
+        OperatorMode::Deployment => &["list", "watch"],
+    };
+    let write_deployments = [read, &["create", "patch"]].concat();
     json!([
-        {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments"], "verbs": ["list"]},
+        {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments"], "verbs": read},
         {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments/status"], "verbs": ["patch"]},
-        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["list", "create", "patch"]},
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": write_deployments},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": read},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
     ])
+}
+
+/// The Lease rules, in the operator's namespace only: a pass reads the lease to stand aside
+/// while a watcher holds it; a watcher takes and renews it.
+pub fn lease_rules(mode: OperatorMode) -> Value {
+    let verbs: &[&str] = match mode {
+        OperatorMode::Cronjob => &["get"],
+        OperatorMode::Deployment => &["get", "create", "update", "patch"],
+    };
+    json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": verbs}])
 }
 
 /// The manifests of the unattended operator (without the CRD).
@@ -79,7 +97,7 @@ pub fn operator(options: &OperatorOptions) -> Vec<Value> {
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
             "metadata": {"name": name, "labels": labels()},
-            "rules": pass_rules(),
+            "rules": reconcile_rules(options.mode),
         }),
         json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
@@ -87,9 +105,21 @@ pub fn operator(options: &OperatorOptions) -> Vec<Value> {
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
         }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": format!("{name}-lease"), "namespace": ns, "labels": labels()},
+            "rules": lease_rules(options.mode),
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": format!("{name}-lease"), "namespace": ns, "labels": labels()},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": format!("{name}-lease")},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
+        }),
     ];
     match options.mode {
         OperatorMode::Cronjob => documents.push(cronjob(options)),
+        OperatorMode::Deployment => documents.push(deployment(options)),
     }
     documents
 }
@@ -148,6 +178,48 @@ fn cronjob(options: &OperatorOptions) -> Value {
     })
 }
 
+fn downward_api_env() -> Value {
+    json!([
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ])
+}
+
+fn deployment(options: &OperatorOptions) -> Value {
+    let probe = |path: &str| json!({"httpGet": {"path": path, "port": "metrics"}, "periodSeconds": 10, "timeoutSeconds": 2});
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": OPERATOR_NAME, "namespace": options.namespace, "labels": labels()},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": OPERATOR_NAME, "app.kubernetes.io/component": "reconciler"}},
+            "template": {
+                "metadata": {"labels": labels()},
+                "spec": {
+                    "serviceAccountName": OPERATOR_NAME,
+                    "securityContext": pod_security_context(),
+                    // The standby takes over within the lease duration; SIGTERM releases the lease at once.
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [{
+                        "name": "reconcile",
+                        "image": options.image,
+                        "args": ["reconcile", "--watch", "--all-namespaces", "--log-format", "json", "--v", "1"],
+                        "env": downward_api_env(),
+                        "ports": [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}],
+                        "livenessProbe": probe("/healthz"),
+                        "readinessProbe": probe("/readyz"),
+                        "securityContext": container_security_context(),
+                        "resources": {
+                            "requests": {"cpu": "100m", "memory": "64Mi"},
+                            "limits": {"memory": "512Mi"},
+                        },
+                    }],
+                },
+            },
+        },
+    })
+}
+
 /// Everything `install` applies, in order: CRD first, then the operator.
 pub fn install_documents(operator_options: Option<&OperatorOptions>) -> Vec<Value> {
     let mut documents = vec![crd()];
@@ -157,10 +229,10 @@ pub fn install_documents(operator_options: Option<&OperatorOptions>) -> Vec<Valu
     documents
 }
 
-/// The committed rendering of `install --operator cronjob --print` with the defaults.
-pub fn default_cronjob_yaml() -> String {
+/// The committed rendering of `install --operator <mode> --print` with the defaults.
+pub fn default_operator_yaml(mode: OperatorMode) -> String {
     to_yaml_documents(&install_documents(Some(&OperatorOptions {
-        mode: OperatorMode::Cronjob,
+        mode,
         namespace: DEFAULT_OPERATOR_NAMESPACE.to_string(),
         image: default_image(),
     })))

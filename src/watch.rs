@@ -483,3 +483,47 @@ async fn probe_loop(
         }
     }
 }
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
+
+/// The holder of the Lease if it is held and not expired. Anything that prevents reading it
+/// (absent, no permission) means no live holder is known.
+pub async fn live_holder(client: &Client, namespace: &str, name: &str) -> Option<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), namespace);
+    let lease = match leases.get_opt(name).await {
+        Ok(lease) => lease?,
+        Err(error) => {
+            tracing::info!(%error, namespace, name, "cannot read the lease; assuming no watcher");
+            return None;
+        }
+    };
+    let spec = lease.spec?;
+    let holder = spec.holder_identity.filter(|h| !h.is_empty())?;
+    let renewed = spec.renew_time.or(spec.acquire_time)?.0;
+    let duration =
+        jiff::SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
+    (renewed + duration > jiff::Timestamp::now()).then_some(holder)
+}

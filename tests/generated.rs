@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use kubectl_hsd::crd::HotStandbyDeployment;
+use kubectl_hsd::manifests::OperatorMode;
 
 fn check(relative: &str, rendered: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
@@ -31,7 +32,11 @@ fn crd_yaml_is_up_to_date() {
 fn cronjob_manifests_are_up_to_date() {
     check(
         "cronjob/cronjob.yaml",
-        &kubectl_hsd::manifests::default_cronjob_yaml(),
+        &kubectl_hsd::manifests::default_operator_yaml(OperatorMode::Cronjob),
+    );
+    check(
+        "cronjob/deployment.yaml",
+        &kubectl_hsd::manifests::default_operator_yaml(OperatorMode::Deployment),
     );
 }
 
@@ -62,8 +67,10 @@ fn the_examples_parse_as_hotstandbydeployments() {
 
 #[test]
 fn the_cronjob_runs_one_pass_a_minute_as_non_root_with_least_privilege() {
-    let documents: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple(&kubectl_hsd::manifests::default_cronjob_yaml()).unwrap();
+    let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(
+        &kubectl_hsd::manifests::default_operator_yaml(OperatorMode::Cronjob),
+    )
+    .unwrap();
     let cronjob = documents
         .iter()
         .find(|d| d["kind"] == "CronJob")
@@ -85,7 +92,7 @@ fn the_cronjob_runs_one_pass_a_minute_as_non_root_with_least_privilege() {
     for rule in role["rules"].as_array().unwrap() {
         for verb in rule["verbs"].as_array().unwrap() {
             assert!(
-                ["get", "list", "watch", "create", "patch"].contains(&verb.as_str().unwrap()),
+                ["list", "create", "patch"].contains(&verb.as_str().unwrap()),
                 "unexpected verb {verb} in {rule}"
             );
         }
@@ -98,4 +105,42 @@ fn the_cronjob_runs_one_pass_a_minute_as_non_root_with_least_privilege() {
             "no wildcards: {rule}"
         );
     }
+}
+
+#[test]
+fn the_watch_deployment_is_highly_available_non_root_and_probed() {
+    let documents: Vec<serde_json::Value> = serde_saphyr::from_multiple(
+        &kubectl_hsd::manifests::default_operator_yaml(OperatorMode::Deployment),
+    )
+    .unwrap();
+    let deployment = documents
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        container["args"].as_array().unwrap()[0..3],
+        serde_json::json!(["reconcile", "--watch", "--all-namespaces"])
+            .as_array()
+            .unwrap()[..]
+    );
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["ports"][0]["containerPort"], 8080);
+    let lease_role = documents
+        .iter()
+        .find(|d| d["kind"] == "Role")
+        .expect("a lease Role");
+    assert_eq!(
+        lease_role["rules"][0]["resources"],
+        serde_json::json!(["leases"])
+    );
+    assert_eq!(
+        lease_role["metadata"]["namespace"], "hsd-system",
+        "lease rights only in the operator namespace"
+    );
 }

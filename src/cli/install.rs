@@ -143,7 +143,10 @@ pub async fn uninstall(global: &GlobalArgs, args: UninstallArgs) -> Result<i32> 
         .unwrap_or_else(|| DEFAULT_OPERATOR_NAMESPACE.to_string());
     // Every operator mode's objects, newest first; those that are absent are skipped.
     let mut documents = Vec::new();
-    for mode in [manifests::OperatorMode::Cronjob] {
+    for mode in [
+        manifests::OperatorMode::Deployment,
+        manifests::OperatorMode::Cronjob,
+    ] {
         let options = OperatorOptions {
             mode,
             namespace: namespace.clone(),

@@ -187,9 +187,36 @@ pub struct MarkArgs {
 
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
+    /// Keep running: react to every pod, Deployment and HSD change (leader-elected).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub watch: bool,
     /// Print the plan; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Reconcile even while a watcher holds the lease (one-shot pass only).
+    #[arg(long)]
+    pub force: bool,
+    /// With --watch: where to serve /metrics, /healthz and /readyz ("off" to disable).
+    #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR")]
+    pub metrics_addr: String,
+    /// With --watch: take part in leader election on a Lease (false: reconcile at once, alone).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub leader_elect: bool,
+    /// The Lease's name.
+    #[arg(long, default_value = crate::watch::DEFAULT_LEASE_NAME, value_name = "NAME")]
+    pub lease_name: String,
+    /// The Lease's namespace (default: the watched namespace, or $POD_NAMESPACE / hsd-system with -A).
+    #[arg(long, value_name = "NS")]
+    pub lease_namespace: Option<String>,
+    /// How long a lease holder may be silent before another replica takes over.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub lease_duration: std::time::Duration,
+    /// This replica's identity in the Lease (default: $POD_NAME or the host name, with the pid).
+    #[arg(long, value_name = "ID")]
+    pub identity: Option<String>,
+    /// With --watch: reconcile every HSD at least this often, even without changes.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub resync: std::time::Duration,
     /// Print the API requests the pass made (to stderr).
     #[arg(long)]
     pub stats: bool,

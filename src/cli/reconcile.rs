@@ -10,6 +10,31 @@ use crate::reconcile::{PassOptions, PassReport, run_pass};
 pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> {
     let (client, stats, default_ns) = crate::client::connect(&global.client_options()).await?;
     let scope = global.scope(&default_ns);
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| crate::watch::default_lease_namespace(&scope));
+    if args.watch {
+        return watch(client, scope, lease_namespace, args).await;
+    }
+    if !args.force && !args.dry_run {
+        let mut namespaces = vec![lease_namespace];
+        let cluster_wide = crate::watch::default_lease_namespace(&crate::observe::Scope::All);
+        if !namespaces.contains(&cluster_wide) {
+            namespaces.push(cluster_wide);
+        }
+        for namespace in namespaces {
+            if let Some(holder) =
+                crate::watch::live_holder(&client, &namespace, &args.lease_name).await
+            {
+                eprintln!(
+                    "a watcher ({holder}) holds Lease {namespace}/{}: it reconciles; this pass does nothing (--force to run anyway)",
+                    args.lease_name
+                );
+                return Ok(0);
+            }
+        }
+    }
     let options = PassOptions {
         dry_run: args.dry_run,
         probe_concurrency: Some(args.probe_concurrency),
@@ -49,6 +74,41 @@ pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> 
     } else {
         0
     })
+}
+
+async fn watch(
+    client: kube::Client,
+    scope: crate::observe::Scope,
+    lease_namespace: String,
+    args: ReconcileArgs,
+) -> Result<i32> {
+    let metrics_addr = match args.metrics_addr.as_str() {
+        "off" | "" => None,
+        addr => Some(
+            addr.parse()
+                .map_err(|e| crate::Error::Invalid(format!("--metrics-addr {addr:?}: {e}")))?,
+        ),
+    };
+    let options = crate::watch::WatchOptions {
+        scope,
+        metrics_addr,
+        leader_elect: args.leader_elect,
+        lease_name: args.lease_name,
+        lease_namespace,
+        lease_duration: args.lease_duration,
+        identity: args.identity.unwrap_or_else(crate::watch::default_identity),
+        resync: args.resync,
+        probe_concurrency: args.probe_concurrency,
+    };
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        crate::watch::shutdown_signal().await;
+        eprintln!("shutting down");
+        on_signal.cancel();
+    });
+    crate::watch::run(client, options, shutdown).await?;
+    Ok(0)
 }
 
 fn action(outcome: &crate::reconcile::HsdOutcome, dry_run: bool) -> String {

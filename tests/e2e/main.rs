@@ -5,3 +5,4 @@ mod cluster;
 mod common;
 mod core;
 mod http_probe;
+mod watch;

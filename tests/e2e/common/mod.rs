@@ -193,3 +193,120 @@ pub fn is_ready(pod: &Pod) -> bool {
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
+
+/// A `reconcile --watch` process of the real binary, killed when dropped.
+pub struct Watcher {
+    pub child: std::process::Child,
+    pub metrics: String,
+    stderr_log: PathBuf,
+}
+
+impl Watcher {
+    /// Starts a watcher on `namespace` and waits until it serves metrics.
+    pub fn start(namespace: &str, identity: &str, extra: &[&str]) -> Self {
+        let stderr_log = std::env::temp_dir().join(format!("hsd-watch-{namespace}-{identity}.log"));
+        let log = std::fs::File::create(&stderr_log).unwrap();
+        let mut args = vec![
+            "reconcile",
+            "--watch",
+            "-n",
+            namespace,
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--identity",
+            identity,
+            "--lease-duration",
+            "3s",
+            "-v",
+            "1",
+        ];
+        args.extend(extra);
+        let child = Command::new(env!("CARGO_BIN_EXE_kubectl-hsd"))
+            .args(&args)
+            .env("KUBECONFIG", kubeconfig())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the watcher");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let metrics = loop {
+            let text = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.starts_with("serving /metrics")) {
+                break format!("http://{}", line.rsplit(' ').next().unwrap());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the watcher did not start:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Self {
+            child,
+            metrics,
+            stderr_log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// The value of one metric line (exact name and labels), if present.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = http_get(&format!("{}/metrics", self.metrics)).await.ok()?.1;
+        text.lines()
+            .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain HTTP GET to a loopback address (the watcher's metrics port): (status, body).
+pub async fn http_get(url: &str) -> Result<(u16, String), String> {
+    let rest = url.strip_prefix("http://").ok_or("not http")?;
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let addr: std::net::SocketAddr = authority.parse().map_err(|e| format!("{e}"))?;
+    assert!(addr.ip().is_loopback(), "tests only talk to loopback");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or("no status")?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}

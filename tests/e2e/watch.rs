@@ -1,0 +1,221 @@
+//! `reconcile --watch` against the real control plane: it reacts without any command, elects
+//! one leader, hands over, shuts down cleanly, and its metrics match the HSD status.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use crate::common::{TestNs, Watcher, ensure_crd, http_get, wait_for};
+use crate::core::{annotate, create_hsd, example, hsd_status, ready_pods, replicas};
+
+async fn annotation_hsd(ns: &TestNs) {
+    let mut manifest = example("hsd-annotation.yaml");
+    manifest["metadata"]["namespace"] = json!(ns.name);
+    create_hsd(ns, &manifest).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_busy_pod_scales_the_deployment_without_any_command() {
+    ensure_crd();
+    let ns = TestNs::new("watch-react").await;
+    annotation_hsd(&ns).await;
+    let watcher = Watcher::start(&ns.name, "solo", &[]);
+    wait_for(
+        "the watcher to create the Deployment",
+        Duration::from_secs(10),
+        || async { (replicas(&ns, "game-ws-workload").await == Some(3)).then_some(()) },
+    )
+    .await;
+    let pods = ready_pods(&ns, "app=game-ws", 3).await;
+    let started = Instant::now();
+    annotate(&ns, &pods[0].name_any(), "paia.tech/busy", "true").await;
+    wait_for(
+        "4 replicas after one pod turned busy",
+        Duration::from_secs(5),
+        || async { (replicas(&ns, "game-ws-workload").await == Some(4)).then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "reacted in {:?} (generous bound 5 s; speed is measured by hack/bench.sh)",
+        started.elapsed()
+    );
+
+    // /metrics matches the status once the status has settled.
+    ready_pods(&ns, "app=game-ws", 4).await;
+    let status = wait_for(
+        "the status to show 1 busy and 3 idle",
+        Duration::from_secs(10),
+        || async {
+            let status = hsd_status(&ns, "game-ws").await;
+            (status["busyCount"] == 1 && status["idleCount"] == 3).then_some(status)
+        },
+    )
+    .await;
+    let series = |state: &str| {
+        format!(
+            "hsd_pods{{namespace=\"{}\",name=\"game-ws\",state=\"{state}\"}}",
+            ns.name
+        )
+    };
+    for (state, field) in [
+        ("busy", "busyCount"),
+        ("idle", "idleCount"),
+        ("starting", "startingCount"),
+        ("unknown", "unknownCount"),
+    ] {
+        assert_eq!(
+            watcher.metric(&series(state)).await,
+            status[field].as_f64(),
+            "{state}"
+        );
+    }
+    let desired = format!(
+        "hsd_desired_replicas{{namespace=\"{}\",name=\"game-ws\"}}",
+        ns.name
+    );
+    assert_eq!(
+        watcher.metric(&desired).await,
+        status["desiredReplicas"].as_f64()
+    );
+    assert_eq!(watcher.metric("hsd_leader").await, Some(1.0));
+    assert!(
+        watcher
+            .metric("hsd_reconciles_total{result=\"ok\"}")
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    let (code, body) = http_get(&format!("{}/healthz", watcher.metrics))
+        .await
+        .unwrap();
+    assert_eq!((code, body.trim()), (200, "ok"));
+    let (code, _) = http_get(&format!("{}/readyz", watcher.metrics))
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+}
+
+#[tokio::test]
+async fn two_watchers_elect_one_leader_and_hand_over_when_it_dies() {
+    ensure_crd();
+    let ns = TestNs::new("watch-ha").await;
+    annotation_hsd(&ns).await;
+    let first = Watcher::start(&ns.name, "first", &[]);
+    let second = Watcher::start(&ns.name, "second", &[]);
+    let leases: Api<Lease> = ns.api();
+    let holder = wait_for("a lease holder", Duration::from_secs(10), || async {
+        leases
+            .get_opt("kubectl-hsd")
+            .await
+            .unwrap()?
+            .spec?
+            .holder_identity
+    })
+    .await;
+    let (leader, standby, standby_name) = if holder.starts_with("first") {
+        (first, second, "second")
+    } else {
+        (second, first, "first")
+    };
+    wait_for(
+        "the leader to create the Deployment",
+        Duration::from_secs(10),
+        || async { (replicas(&ns, "game-ws-workload").await == Some(3)).then_some(()) },
+    )
+    .await;
+    assert_eq!(leader.metric("hsd_leader").await, Some(1.0));
+    assert_eq!(standby.metric("hsd_leader").await, Some(0.0));
+    assert_eq!(
+        standby.metric("hsd_reconciles_total{result=\"ok\"}").await,
+        None,
+        "the standby never reconciles"
+    );
+
+    // Kill the leader without a chance to release the lease; the standby takes over.
+    let mut leader = leader;
+    leader.child.kill().unwrap();
+    leader.child.wait().unwrap();
+    let killed = Instant::now();
+    let pods = ready_pods(&ns, "app=game-ws", 3).await;
+    annotate(&ns, &pods[0].name_any(), "paia.tech/busy", "true").await;
+    wait_for(
+        "the standby to take over and scale to 4",
+        Duration::from_secs(15),
+        || async { (replicas(&ns, "game-ws-workload").await == Some(4)).then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "handed over and scaled {:?} after the leader died (lease 3 s)",
+        killed.elapsed()
+    );
+    assert_eq!(
+        standby.metric("hsd_leader").await,
+        Some(1.0),
+        "{}",
+        standby.log()
+    );
+    let holder = leases
+        .get("kubectl-hsd")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .holder_identity
+        .unwrap();
+    assert!(
+        holder.starts_with(standby_name),
+        "the lease moved to the standby, holder {holder}"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_exits_zero_and_releases_the_lease() {
+    ensure_crd();
+    let ns = TestNs::new("watch-term").await;
+    let mut watcher = Watcher::start(&ns.name, "term", &[]);
+    let leases: Api<Lease> = ns.api();
+    wait_for(
+        "the watcher to hold the lease",
+        Duration::from_secs(10),
+        || async {
+            let holder = leases
+                .get_opt("kubectl-hsd")
+                .await
+                .unwrap()?
+                .spec?
+                .holder_identity?;
+            holder.starts_with("term").then_some(())
+        },
+    )
+    .await;
+    // A one-shot pass stands aside while the watcher holds the lease.
+    let output = ns.hsd(&["reconcile"]);
+    assert!(output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("holds Lease"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    watcher.signal("TERM");
+    let status = wait_for("the watcher to exit", Duration::from_secs(10), || {
+        let status = watcher.child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    assert!(status.success(), "exit status {status}: {}", watcher.log());
+    let lease = leases.get("kubectl-hsd").await.unwrap();
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    assert!(
+        holder.is_empty(),
+        "the lease was released, holder {holder:?}"
+    );
+    // With the lease free, a one-shot pass runs again.
+    let output = ns.hsd(&["reconcile"]);
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("holds Lease"));
+}
