@@ -321,7 +321,8 @@ async fn invalid_specs_are_rejected_at_admission_with_the_reason() {
     ensure_crd();
     let ns = TestNs::new("core-invalid").await;
     let base = with_namespace(example("hsd-annotation.yaml"), &ns);
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+    type Mutation = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Mutation, &str)> = vec![
         (
             "min above max",
             Box::new(|m| m["spec"]["minReplicas"] = json!(60)),
