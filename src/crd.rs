@@ -69,6 +69,18 @@ pub struct HotStandbyDeploymentSpec {
     /// How a pod tells that it is busy.
     #[serde(default)]
     pub busy_probe: BusyProbe,
+
+    /// Replicas drop only after the lower count has held this long (the highest recommendation
+    /// of the window wins, like the HPA's stabilization window). Scale-up is never delayed.
+    /// 0 (the default) scales down at once, as the reference operator does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub scale_down_delay_seconds: Option<i32>,
+
+    /// Grows the buffer with load: idle target = max(idleTarget, ceil(busy * idlePercent / 100)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub idle_percent: Option<i32>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -182,6 +194,9 @@ pub struct HotStandbyDeploymentStatus {
     /// Pods whose probe failed (timeout, connection error); counted as busy for scaling.
     #[serde(default)]
     pub unknown_count: i32,
+    /// Pods being deleted (not counted anywhere else).
+    #[serde(default)]
+    pub terminating_count: i32,
     /// The replicas the formula asks for.
     #[serde(default)]
     pub desired_replicas: i32,
@@ -194,9 +209,21 @@ pub struct HotStandbyDeploymentStatus {
     /// When the child Deployment's replicas were last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<String>,
+    /// Recommendations inside the scale-down delay window, each from when it was first made
+    /// (kept here so that separate one-shot passes share the window).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recent_recommendations: Vec<TimedRecommendation>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// A replica count the formula gave, and since when.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TimedRecommendation {
+    pub replicas: i32,
+    pub since: String,
 }
 
 /// A standard Kubernetes condition (`metav1.Condition`).

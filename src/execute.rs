@@ -12,7 +12,9 @@ use serde_json::json;
 use crate::crd::{API_VERSION, HotStandbyDeploymentSpec, KIND, workload_name};
 use crate::error::{Result, kube_error};
 use crate::observe::{TEMPLATE_HASH_ANNOTATION, deployment_resource, hsd_resource};
-use crate::plan::{DeploymentAction, EventType, ObservedHsd, Plan, PlannedEvent};
+use crate::plan::{
+    DELETION_COST_ANNOTATION, DeploymentAction, EventType, ObservedHsd, Plan, PlannedEvent,
+};
 
 /// The one field manager of every write this tool makes.
 pub const FIELD_MANAGER: &str = "kubectl-hsd";
@@ -25,6 +27,7 @@ pub const HSD_LABEL: &str = "paia.tech/hotstandbydeployment";
 /// What one execution wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Written {
+    pub pod_costs: usize,
     pub deployment: bool,
     pub status: bool,
     pub events: usize,
@@ -36,7 +39,7 @@ pub struct Written {
 
 impl Written {
     pub fn count(&self) -> usize {
-        usize::from(self.deployment) + usize::from(self.status) + self.events
+        self.pod_costs + usize::from(self.deployment) + usize::from(self.status) + self.events
     }
 }
 
@@ -78,6 +81,35 @@ pub fn desired_deployment(
 pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<Written> {
     let mut written = Written::default();
     let params = PatchParams::apply(FIELD_MANAGER).force();
+    // Deletion costs go first, so that the ReplicaSet ranks busy pods last when replicas drop.
+    if !plan.cost_writes.is_empty() {
+        let pods: Api<k8s_openapi::api::core::v1::Pod> =
+            Api::namespaced(client.clone(), &hsd.namespace);
+        for (pod, cost) in &plan.cost_writes {
+            let body = json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": pod,
+                    "namespace": hsd.namespace,
+                    "annotations": { DELETION_COST_ANNOTATION: cost.to_string() },
+                },
+            });
+            match pods.patch(pod, &params, &Patch::Apply(&body)).await {
+                Ok(_) => written.pod_costs += 1,
+                // Gone already: nothing left to protect or to delete.
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(error) => {
+                    return Err(kube_error(
+                        format!("setting the deletion cost of pod {}/{pod}", hsd.namespace),
+                        "patch",
+                        "pods",
+                        Some(&hsd.namespace),
+                    )(error));
+                }
+            }
+        }
+    }
     if let (
         DeploymentAction::Apply {
             replicas,

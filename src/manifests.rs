@@ -64,11 +64,13 @@ pub fn reconcile_rules(mode: OperatorMode) -> Value {
         OperatorMode::Deployment => &["list", "watch"],
     };
     let write_deployments = [read, &["create", "patch"]].concat();
+    let patch_pods = [read, &["patch"]].concat();
     json!([
         {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments"], "verbs": read},
         {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments/status"], "verbs": ["patch"]},
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": write_deployments},
-        {"apiGroups": [""], "resources": ["pods"], "verbs": read},
+        // patch: the deletion cost that keeps busy pods out of a scale-down.
+        {"apiGroups": [""], "resources": ["pods"], "verbs": patch_pods},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
     ])
 }

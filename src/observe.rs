@@ -73,10 +73,15 @@ pub struct LeanPodStatus {
 }
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LeanCondition {
     #[serde(rename = "type")]
     pub type_: String,
     pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
 }
 
 /// A pod as read from the API, without the fields the plan never reads.
@@ -226,6 +231,26 @@ pub fn pod_facts(pod: &LeanPod, annotation_key: &str) -> ObservedPod {
         terminating: pod.metadata.deletion_timestamp.is_some(),
         busy_annotation: pod.annotations().get(annotation_key).cloned(),
         probe: None,
+        scheduled: pod.spec.node_name.as_deref().is_some_and(|n| !n.is_empty()),
+        deletion_cost: pod
+            .annotations()
+            .get(plan::DELETION_COST_ANNOTATION)
+            .and_then(|v| v.trim().parse().ok()),
+        unschedulable_since: status.and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| {
+                    c.type_ == "PodScheduled"
+                        && c.status == "False"
+                        && c.reason.as_deref() == Some("Unschedulable")
+                })
+                .map(|c| {
+                    c.last_transition_time
+                        .as_deref()
+                        .and_then(|t| t.parse().ok())
+                        .unwrap_or_default()
+                })
+        }),
     }
 }
 

@@ -6,10 +6,21 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use jiff::Timestamp;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
 use sha2::{Digest, Sha256};
 
-use crate::crd::{Condition, HotStandbyDeploymentSpec, HotStandbyDeploymentStatus, ProbeMode};
+use crate::crd::{
+    Condition, HotStandbyDeploymentSpec, HotStandbyDeploymentStatus, ProbeMode, TimedRecommendation,
+};
+
+/// The annotation the ReplicaSet reads to choose which pods go first on scale-down.
+pub const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";
+/// The deletion cost of busy and unknown pods: far above the default 0 of idle ones.
+pub const BUSY_DELETION_COST: i32 = 1_000_000;
+/// A pod unschedulable for longer than this gets a Warning and a condition.
+pub const UNSCHEDULABLE_WARNING_AFTER: Duration = Duration::from_secs(60);
 
 /// Condition types on the HSD status.
 pub mod condition {
@@ -18,6 +29,7 @@ pub mod condition {
     pub const PROBE_DEGRADED: &str = "ProbeDegraded";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const PAUSED: &str = "Paused";
+    pub const PODS_UNSCHEDULABLE: &str = "PodsUnschedulable";
 }
 
 /// What a pass knows about one HSD and its objects.
@@ -77,6 +89,12 @@ pub struct ObservedPod {
     pub busy_annotation: Option<String>,
     /// The HTTP probe's answer this pass (http mode, ready pods with an IP only).
     pub probe: Option<ProbeOutcome>,
+    /// Bound to a node (`spec.nodeName`).
+    pub scheduled: bool,
+    /// `controller.kubernetes.io/pod-deletion-cost`, if set and readable.
+    pub deletion_cost: Option<i32>,
+    /// Since when the scheduler has reported the pod unschedulable, if it does.
+    pub unschedulable_since: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,12 +212,28 @@ pub enum Bound {
     Max,
 }
 
-/// `replicas = clamp(busy + unknown + idleTarget, minReplicas, maxReplicas)`.
+/// The idle target in force: `max(idleTarget, ceil(busy * idlePercent / 100))`, busy counting
+/// unknown pods. Returns it and the percent part, if a percent is set.
+pub fn idle_target(counts: &Counts, spec: &HotStandbyDeploymentSpec) -> (i32, Option<i32>) {
+    let fixed = spec.idle_target.max(0);
+    match spec.idle_percent {
+        Some(percent) => {
+            let busy = i64::from(counts.busy) + i64::from(counts.unknown);
+            let from_percent = (busy * i64::from(percent.max(0)) + 99) / 100;
+            let from_percent = i32::try_from(from_percent).unwrap_or(i32::MAX);
+            (fixed.max(from_percent), Some(from_percent))
+        }
+        None => (fixed, None),
+    }
+}
+
+/// `replicas = clamp(busy + unknown + idle target, minReplicas, maxReplicas)`.
 pub fn recommend(counts: &Counts, spec: &HotStandbyDeploymentSpec) -> Recommendation {
+    let (target, _) = idle_target(counts, spec);
     let unbounded = counts
         .busy
         .saturating_add(counts.unknown)
-        .saturating_add(spec.idle_target.max(0));
+        .saturating_add(target);
     let min = spec.min_replicas.max(0);
     let (replicas, limited_by) = match spec.max_replicas {
         Some(max) if unbounded > max => (max, Some(Bound::Max)),
@@ -210,6 +244,92 @@ pub fn recommend(counts: &Counts, spec: &HotStandbyDeploymentSpec) -> Recommenda
         unbounded,
         replicas,
         limited_by,
+    }
+}
+
+/// The scale-down delay: the highest recommendation of the last `window`, and the history to
+/// keep (each value from when it was first made; an entry lasts until the next one starts).
+pub fn stabilize(
+    recommendation: i32,
+    history: &[TimedRecommendation],
+    window: Duration,
+    now: Timestamp,
+) -> (i32, Vec<TimedRecommendation>) {
+    if window.is_zero() {
+        return (recommendation, Vec::new());
+    }
+    let window_start = now - SignedDuration::try_from(window).unwrap_or(SignedDuration::MAX);
+    let mut kept: Vec<TimedRecommendation> = Vec::new();
+    let parsed: Vec<(i32, Timestamp)> = history
+        .iter()
+        .filter_map(|entry| Some((entry.replicas, entry.since.parse::<Timestamp>().ok()?)))
+        .collect();
+    for (i, (replicas, since)) in parsed.iter().enumerate() {
+        // An entry still counts if it was in force at some point of the window.
+        let ended = parsed.get(i + 1).map(|(_, next)| *next);
+        if ended.is_none_or(|end| end > window_start) {
+            kept.push(TimedRecommendation {
+                replicas: *replicas,
+                since: since.to_string(),
+            });
+        }
+    }
+    if kept
+        .last()
+        .is_none_or(|last| last.replicas != recommendation)
+    {
+        kept.push(TimedRecommendation {
+            replicas: recommendation,
+            since: now.to_string(),
+        });
+    }
+    let highest = kept
+        .iter()
+        .map(|entry| entry.replicas)
+        .max()
+        .unwrap_or(recommendation);
+    (highest.max(recommendation), kept)
+}
+
+/// The ReplicaSet's scale-down ranking, as far as it is decided before the tie-breakers
+/// (node spread, ready time, restarts, age): unscheduled, then Pending < Unknown < Running,
+/// then not ready, then lower deletion cost go first. Lower keys are deleted first.
+pub fn deletion_rank(pod: &ObservedPod, cost: i32) -> (u8, u8, u8, i32) {
+    let phase = match pod.phase {
+        PodPhase::Pending => 0,
+        PodPhase::Unknown => 1,
+        _ => 2,
+    };
+    (u8::from(pod.scheduled), phase, u8::from(pod.ready), cost)
+}
+
+/// How many pods the ReplicaSet can delete before it could reach a busy (or unknown) one:
+/// those ranking strictly before every busy pod, given the deletion costs the plan sets.
+pub fn safe_deletions(pods: &[(&ObservedPod, PodState, i32)]) -> i32 {
+    let is_busy = |state: &PodState| matches!(state, PodState::Busy | PodState::Unknown);
+    let first_busy = pods
+        .iter()
+        .filter(|(_, state, _)| is_busy(state))
+        .map(|(pod, _, cost)| deletion_rank(pod, *cost))
+        .min();
+    let safe = pods
+        .iter()
+        .filter(|(pod, state, cost)| {
+            !is_busy(state) && first_busy.is_none_or(|busy| deletion_rank(pod, *cost) < busy)
+        })
+        .count();
+    i32::try_from(safe).unwrap_or(i32::MAX)
+}
+
+/// The deletion cost a pod should carry before a scale-down, if it must change: busy and
+/// unknown pods high, others not high (a cost left high from a busy past is lowered to 0).
+pub fn wanted_cost(state: PodState, current: Option<i32>) -> Option<i32> {
+    match state {
+        PodState::Busy | PodState::Unknown if current != Some(BUSY_DELETION_COST) => {
+            Some(BUSY_DELETION_COST)
+        }
+        PodState::Idle | PodState::Starting if current == Some(BUSY_DELETION_COST) => Some(0),
+        _ => None,
     }
 }
 
@@ -359,6 +479,39 @@ pub enum DeploymentAction {
     Blocked,
 }
 
+/// Why the plan chose its replica count, step by step (what `explain` prints).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    pub busy_by_annotation: i32,
+    pub busy_by_probe: i32,
+    /// Busy pods whose annotation value is not an accepted spelling (counted as busy).
+    pub busy_by_invalid_annotation: i32,
+    pub unknown: i32,
+    pub idle: i32,
+    pub starting: i32,
+    pub terminating: i32,
+    pub unschedulable: i32,
+    pub idle_target_fixed: i32,
+    /// `ceil(busy * idlePercent / 100)` when idlePercent is set.
+    pub idle_target_from_percent: Option<i32>,
+    pub idle_target: i32,
+    pub min_replicas: i32,
+    pub max_replicas: Option<i32>,
+    /// `busy + unknown + idle target`.
+    pub formula: i32,
+    /// The formula within the bounds.
+    pub bounded: i32,
+    pub scale_down_delay_seconds: i32,
+    /// The highest recommendation of the delay window, when it holds replicas up.
+    pub held_by_delay: Option<i32>,
+    /// The lowest count the ReplicaSet's ranking makes safe, when it holds replicas up.
+    pub held_to_protect_busy: Option<i32>,
+    pub current_replicas: Option<i32>,
+    pub replicas: i32,
+    pub why: Vec<String>,
+}
+
 /// The plan for one HSD.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Plan {
@@ -366,6 +519,9 @@ pub struct Plan {
     /// Each counted pod and its state, for `describe` and `--dry-run`.
     pub pod_states: Vec<(String, PodState)>,
     pub recommendation: Option<Recommendation>,
+    pub decision: Option<Decision>,
+    /// Deletion costs to write, before the replicas drop.
+    pub cost_writes: Vec<(String, i32)>,
     pub deployment: DeploymentAction,
     /// `(from, to)` when the replica count changes.
     pub scale: Option<(i32, i32)>,
@@ -401,6 +557,8 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
                 counts: Counts::default(),
                 pod_states: Vec::new(),
                 recommendation: None,
+                decision: None,
+                cost_writes: Vec::new(),
                 deployment: DeploymentAction::Blocked,
                 scale: None,
                 status_changed: status != previous,
@@ -411,28 +569,56 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
     };
     conditions.set(condition::INVALID_SPEC, false, "Valid", "the spec is valid");
 
+    // Classify.
     let mode = spec.busy_probe.mode;
     let mut counts = Counts::default();
-    let mut pod_states = Vec::new();
+    let mut decision = Decision::default();
+    let mut classified: Vec<(&ObservedPod, PodState)> = Vec::new();
     let mut probe_failures = Vec::new();
     let mut invalid_annotations = Vec::new();
-    for pod in observed.pods.iter().filter(|pod| is_counted(pod)) {
+    let mut unschedulable = Vec::new();
+    for pod in &observed.pods {
+        if pod.terminating {
+            decision.terminating += 1;
+            continue;
+        }
+        if !is_counted(pod) {
+            continue;
+        }
         let state = classify(pod, mode, spec.busy_probe.http.success_is_busy);
         counts.add(state);
-        pod_states.push((pod.name.clone(), state));
+        classified.push((pod, state));
         if let (PodState::Unknown, Some(ProbeOutcome::Error(error))) = (state, &pod.probe) {
             probe_failures.push(format!("{}: {error}", pod.name));
         }
-        if mode == ProbeMode::Annotation
-            && parse_busy_annotation(pod.busy_annotation.as_deref()) == BusyAnnotation::Invalid
-        {
-            invalid_annotations.push(format!(
-                "{}={:?}",
-                pod.name,
-                pod.busy_annotation.as_deref().unwrap_or_default()
-            ));
+        let annotation = parse_busy_annotation(pod.busy_annotation.as_deref());
+        if state == PodState::Busy {
+            match (mode, annotation) {
+                (ProbeMode::Annotation, BusyAnnotation::Invalid) => {
+                    decision.busy_by_invalid_annotation += 1;
+                    invalid_annotations.push(format!(
+                        "{}={:?}",
+                        pod.name,
+                        pod.busy_annotation.as_deref().unwrap_or_default()
+                    ));
+                }
+                (ProbeMode::Annotation, _) => decision.busy_by_annotation += 1,
+                (ProbeMode::Http, _) => decision.busy_by_probe += 1,
+            }
+        }
+        if let Some(since) = pod.unschedulable_since {
+            decision.unschedulable += 1;
+            if now.duration_since(since)
+                >= SignedDuration::try_from(UNSCHEDULABLE_WARNING_AFTER).unwrap_or_default()
+            {
+                unschedulable.push(pod.name.clone());
+            }
         }
     }
+    let mut pod_states: Vec<(String, PodState)> = classified
+        .iter()
+        .map(|(pod, state)| (pod.name.clone(), *state))
+        .collect();
     pod_states.sort();
 
     let degraded = probe_degraded_message(
@@ -455,22 +641,46 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
             );
         }
     }
+    if unschedulable.is_empty() {
+        conditions.remove(condition::PODS_UNSCHEDULABLE);
+    } else {
+        let message = format!(
+            "{} pod(s) unschedulable for over {}s (they count as starting, never as capacity): {}",
+            unschedulable.len(),
+            UNSCHEDULABLE_WARNING_AFTER.as_secs(),
+            unschedulable
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if conditions.set(
+            condition::PODS_UNSCHEDULABLE,
+            true,
+            "Unschedulable",
+            &message,
+        ) {
+            events.push(warning("PodsUnschedulable", message));
+        }
+    }
 
+    // The formula and its bounds.
     let recommendation = recommend(&counts, spec);
-    let desired = recommendation.replicas;
+    let (target, from_percent) = idle_target(&counts, spec);
     let limit_message = match recommendation.limited_by {
         Some(Bound::Max) => Some((
             "TooManyReplicas",
             format!(
-                "the formula asks for {} replicas but maxReplicas is {desired}: raise maxReplicas to keep the idle buffer",
-                recommendation.unbounded
+                "the formula asks for {} replicas but maxReplicas is {}: raise maxReplicas to keep the idle buffer",
+                recommendation.unbounded, recommendation.replicas
             ),
         )),
         Some(Bound::Min) => Some((
             "TooFewReplicas",
             format!(
-                "the formula asks for {} replicas; minReplicas {desired} holds",
-                recommendation.unbounded
+                "the formula asks for {} replicas; minReplicas {} holds",
+                recommendation.unbounded, recommendation.replicas
             ),
         )),
         None => None,
@@ -493,8 +703,35 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
         }
     }
 
+    // The scale-down delay.
+    let delay_seconds = spec.scale_down_delay_seconds.unwrap_or(0).max(0);
+    let window = Duration::from_secs(u64::try_from(delay_seconds).unwrap_or(0));
+    let (stabilized, recent_recommendations) = stabilize(
+        recommendation.replicas,
+        &previous.recent_recommendations,
+        window,
+        now,
+    );
+
+    decision.unknown = counts.unknown;
+    decision.idle = counts.idle;
+    decision.starting = counts.starting;
+    decision.idle_target_fixed = spec.idle_target;
+    decision.idle_target_from_percent = from_percent;
+    decision.idle_target = target;
+    decision.min_replicas = spec.min_replicas;
+    decision.max_replicas = spec.max_replicas;
+    decision.formula = recommendation.unbounded;
+    decision.bounded = recommendation.replicas;
+    decision.scale_down_delay_seconds = delay_seconds;
+    if stabilized > recommendation.replicas {
+        decision.held_by_delay = Some(stabilized);
+    }
+
     let hash = template_hash(spec);
     let mut scale = None;
+    let mut cost_writes = Vec::new();
+    let mut desired = stabilized;
     let deployment_action = if observed.paused {
         conditions.set(
             condition::PAUSED,
@@ -521,6 +758,35 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
             }
             Some(deployment) => {
                 let current = deployment.replicas.unwrap_or(1);
+                decision.current_replicas = Some(current);
+                // Busy-safe scale-down: the ReplicaSet deletes pods whenever replicas fall below
+                // the pods that exist (whatever the Deployment said before). Costs go first, and
+                // no step goes deeper than the ranking makes safe.
+                let active = i32::try_from(classified.len()).unwrap_or(i32::MAX);
+                if desired < active {
+                    let with_costs: Vec<(&ObservedPod, PodState, i32)> = classified
+                        .iter()
+                        .map(|(pod, state)| {
+                            let cost = wanted_cost(*state, pod.deletion_cost)
+                                .or(pod.deletion_cost)
+                                .unwrap_or(0);
+                            (*pod, *state, cost)
+                        })
+                        .collect();
+                    let lowest_safe = active - safe_deletions(&with_costs);
+                    if lowest_safe > desired {
+                        decision.held_to_protect_busy = Some(lowest_safe);
+                        desired = lowest_safe;
+                    }
+                    if desired < active {
+                        cost_writes = classified
+                            .iter()
+                            .filter_map(|(pod, state)| {
+                                Some((pod.name.clone(), wanted_cost(*state, pod.deletion_cost)?))
+                            })
+                            .collect();
+                    }
+                }
                 if current != desired {
                     scale = Some((current, desired));
                 }
@@ -549,12 +815,14 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
             }
         }
     };
+    decision.replicas = desired;
+    decision.why = explain_steps(&decision, observed.paused, &deployment_action);
 
     if let Some((from, to)) = scale {
         let reason = if to > from { "ScaledUp" } else { "ScaledDown" };
         events.push(normal(
             reason,
-            scale_message(from, to, &counts, spec, &recommendation),
+            scale_message(from, to, &counts, target, &recommendation, &decision),
         ));
     }
     if deployment_action != DeploymentAction::Blocked || observed.paused {
@@ -585,22 +853,86 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
         idle_count: counts.idle,
         starting_count: counts.starting,
         unknown_count: counts.unknown,
-        desired_replicas: desired,
+        terminating_count: decision.terminating,
+        desired_replicas: recommendation.replicas,
         replicas: counts.total(),
         observed_generation: observed.generation,
         last_scale_time,
+        recent_recommendations,
         conditions: conditions.finish(),
     };
     Plan {
         counts,
         pod_states,
         recommendation: Some(recommendation),
+        decision: Some(decision),
+        cost_writes,
         deployment: deployment_action,
         scale,
         status_changed: status != previous,
         status,
         events,
     }
+}
+
+fn explain_steps(decision: &Decision, paused: bool, action: &DeploymentAction) -> Vec<String> {
+    let mut why = Vec::new();
+    let busy =
+        decision.busy_by_annotation + decision.busy_by_probe + decision.busy_by_invalid_annotation;
+    let target = match decision.idle_target_from_percent {
+        Some(percent) => format!(
+            "idle target {} = max(idleTarget {}, {percent} from idlePercent)",
+            decision.idle_target, decision.idle_target_fixed
+        ),
+        None => format!("idle target {}", decision.idle_target),
+    };
+    why.push(format!(
+        "{busy} busy + {} unknown + {target} = {}",
+        decision.unknown, decision.formula
+    ));
+    if decision.bounded != decision.formula {
+        why.push(format!(
+            "bounded to {} by {}",
+            decision.bounded,
+            if decision.bounded > decision.formula {
+                "minReplicas"
+            } else {
+                "maxReplicas"
+            }
+        ));
+    }
+    if let Some(held) = decision.held_by_delay {
+        why.push(format!(
+            "held at {held}: the highest recommendation of the last {}s (scaleDownDelaySeconds)",
+            decision.scale_down_delay_seconds
+        ));
+    }
+    if let Some(held) = decision.held_to_protect_busy {
+        why.push(format!(
+            "held at {held}: a deeper step could reach a busy pod that the ReplicaSet deletes first (not ready or unscheduled)"
+        ));
+    }
+    match (paused, action, decision.current_replicas) {
+        (true, _, _) => why.push("paused: the Deployment is left as it is".into()),
+        (_, DeploymentAction::Blocked, _) => {
+            why.push("blocked: the Deployment is not touched".into())
+        }
+        (_, _, Some(current)) if current != decision.replicas => {
+            why.push(format!(
+                "the Deployment goes from {current} to {} replicas",
+                decision.replicas
+            ));
+        }
+        (_, _, Some(_)) => why.push(format!(
+            "the Deployment already has {} replicas",
+            decision.replicas
+        )),
+        (_, _, None) => why.push(format!(
+            "the Deployment is created with {} replicas",
+            decision.replicas
+        )),
+    }
+    why
 }
 
 fn probe_degraded_message(
@@ -648,22 +980,37 @@ fn scale_message(
     from: i32,
     to: i32,
     counts: &Counts,
-    spec: &HotStandbyDeploymentSpec,
+    idle_target: i32,
     recommendation: &Recommendation,
+    decision: &Decision,
 ) -> String {
     let mut message = format!("from {from} to {to}: {} busy", counts.busy);
     if counts.unknown > 0 {
         let _ = write!(message, " + {} unknown", counts.unknown);
     }
-    let _ = write!(message, " + idle target {}", spec.idle_target);
+    let _ = write!(message, " + idle target {idle_target}");
     match recommendation.limited_by {
         Some(Bound::Max) => {
-            let _ = write!(message, " (limited by maxReplicas {to})");
+            let _ = write!(
+                message,
+                " (limited by maxReplicas {})",
+                recommendation.replicas
+            );
         }
         Some(Bound::Min) => {
-            let _ = write!(message, " (held at minReplicas {to})");
+            let _ = write!(
+                message,
+                " (held at minReplicas {})",
+                recommendation.replicas
+            );
         }
         None => {}
+    }
+    if decision.held_by_delay == Some(to) {
+        let _ = write!(message, " (held by the scale-down delay)");
+    }
+    if decision.held_to_protect_busy == Some(to) {
+        let _ = write!(message, " (step limited to protect busy pods)");
     }
     message
 }

@@ -10,6 +10,7 @@ use crate::manifests::OperatorMode;
 use crate::observe::Scope;
 
 mod create;
+mod explain;
 mod get;
 mod install;
 mod mark;
@@ -110,6 +111,8 @@ pub enum Command {
     },
     /// Show a HotStandbyDeployment, its Deployment, each pod's state, conditions and events.
     Describe { name: String },
+    /// Explain the replica count a pass would choose for a HotStandbyDeployment, step by step.
+    Explain { name: String },
     /// Mark pods busy (inside a pod with no argument: POD_NAME/POD_NAMESPACE).
     MarkBusy(MarkArgs),
     /// Mark pods idle.
@@ -248,6 +251,7 @@ pub async fn run(cli: Cli) -> crate::Result<i32> {
         Command::Create(args) => create::create(&global, args).await,
         Command::Get { name } => get::get(&global, name).await,
         Command::Describe { name } => get::describe(&global, &name).await,
+        Command::Explain { name } => explain::explain(&global, &name).await,
         Command::MarkBusy(args) => mark::mark(&global, args, true).await,
         Command::MarkIdle(args) => mark::mark(&global, args, false).await,
         Command::Reconcile(args) => reconcile::reconcile(&global, args).await,

@@ -6,7 +6,12 @@ use jiff::Timestamp;
 use proptest::prelude::*;
 use serde_json::json;
 
+use std::time::Duration;
+
+use jiff::SignedDuration;
+
 use super::*;
+use crate::crd::TimedRecommendation;
 use crate::crd::{BusyProbe, HttpProbe, Selector};
 
 fn spec(idle_target: i32, min: i32, max: Option<i32>) -> HotStandbyDeploymentSpec {
@@ -22,6 +27,8 @@ fn spec(idle_target: i32, min: i32, max: Option<i32>) -> HotStandbyDeploymentSpe
             "spec": {"containers": [{"name": "ws", "image": "game-ws:1"}]},
         }),
         busy_probe: BusyProbe::default(),
+        scale_down_delay_seconds: None,
+        idle_percent: None,
     }
 }
 
@@ -50,6 +57,9 @@ fn pod(name: &str, ready: bool, busy: Option<&str>) -> ObservedPod {
         terminating: false,
         busy_annotation: busy.map(String::from),
         probe: None,
+        scheduled: true,
+        deletion_cost: None,
+        unschedulable_since: None,
     }
 }
 
@@ -746,24 +756,359 @@ proptest! {
     }
 
     #[test]
-    fn the_plan_never_panics_and_a_second_pass_is_a_no_op(
+    fn passes_converge_to_one_that_writes_nothing(
         states in proptest::collection::vec((any::<bool>(), prop_oneof![Just(None), Just(Some("true")), Just(Some("false")), Just(Some("zzz"))]), 0..30),
         idle_target in 0..10i32,
         current in 0..40i32,
     ) {
-        let pods: Vec<ObservedPod> = states
+        let mut pods: Vec<ObservedPod> = states
             .iter()
             .enumerate()
             .map(|(i, (ready, busy))| pod(&format!("p{i}"), *ready, *busy))
             .collect();
-        let hsd = observed(spec(idle_target, 0, Some(30)), Some(current), pods);
-        let first = plan(&hsd, now());
-        let mut converged = hsd.clone();
-        converged.status = Some(first.status.clone());
-        converged.deployment.as_mut().unwrap().replicas = Some(first.recommendation.unwrap().replicas);
-        let second = plan(&converged, now() + jiff::SignedDuration::from_secs(60));
-        prop_assert_eq!(second.deployment, DeploymentAction::Keep);
-        prop_assert!(second.events.is_empty());
-        prop_assert!(!second.status_changed, "{:?} -> {:?}", first.status, second.status);
+        let mut hsd = observed(spec(idle_target, 0, Some(30)), Some(current), pods.clone());
+        let mut quiet = false;
+        for round in 0..6 {
+            let at = now() + SignedDuration::from_secs(60 * round);
+            let plan = plan(&hsd, at);
+            if plan.deployment == DeploymentAction::Keep && plan.events.is_empty() && !plan.status_changed && plan.cost_writes.is_empty() {
+                quiet = true;
+                break;
+            }
+            // The world follows: costs written, the ReplicaSet deletes or adds (ready, idle) pods.
+            let costs: BTreeMap<String, i32> = plan.cost_writes.iter().cloned().collect();
+            for p in &mut pods {
+                if let Some(cost) = costs.get(&p.name) { p.deletion_cost = Some(*cost); }
+            }
+            let replicas = plan.decision.as_ref().unwrap().replicas;
+            let active = pods.len() as i32;
+            if replicas < active {
+                let victims: Vec<String> = replicaset_victims(&pods, &BTreeMap::new(), (active - replicas) as usize).iter().map(|p| p.name.clone()).collect();
+                for victim in &victims {
+                    prop_assert!(pods.iter().find(|p| &p.name == victim).unwrap().busy_annotation.as_deref() != Some("true"));
+                }
+                pods.retain(|p| !victims.contains(&p.name));
+            }
+            for i in 0..(replicas - active).max(0) {
+                pods.push(pod(&format!("new{round}-{i}"), true, None));
+            }
+            hsd.pods = pods.clone();
+            hsd.status = Some(plan.status.clone());
+            hsd.deployment.as_mut().unwrap().replicas = Some(replicas);
+        }
+        prop_assert!(quiet, "no quiet pass within 6 rounds");
+    }
+}
+
+// --- Busy-safe scale-down, delay, percent ---------------------------------------------------
+
+fn not_ready_busy(name: &str) -> ObservedPod {
+    pod(name, false, Some("true"))
+}
+
+fn unscheduled(mut pod: ObservedPod) -> ObservedPod {
+    pod.scheduled = false;
+    pod.phase = PodPhase::Pending;
+    pod
+}
+
+#[test]
+fn scale_down_sets_costs_first_and_only_where_they_must_change() {
+    let mut pods = busy_pods(2);
+    pods[1].deletion_cost = Some(BUSY_DELETION_COST); // already right: no write
+    let mut stale = pod("was-busy", true, Some("false"));
+    stale.deletion_cost = Some(BUSY_DELETION_COST); // idle now: lowered
+    pods.push(stale);
+    pods.extend(idle_pods(4));
+    let plan = plan(&observed(spec(3, 0, None), Some(7), pods), now());
+    assert_eq!(plan.scale, Some((7, 5)));
+    assert_eq!(
+        plan.cost_writes,
+        vec![
+            ("busy-0".to_string(), BUSY_DELETION_COST),
+            ("was-busy".to_string(), 0)
+        ]
+    );
+    // No scale-down, no cost writes at all.
+    let steady = plan_for(
+        spec(3, 0, None),
+        Some(5),
+        [busy_pods(2), idle_pods(3)].concat(),
+    );
+    assert_eq!(steady.scale, None);
+    assert!(steady.cost_writes.is_empty());
+}
+
+fn plan_for(spec: HotStandbyDeploymentSpec, replicas: Option<i32>, pods: Vec<ObservedPod>) -> Plan {
+    plan(&observed(spec, replicas, pods), now())
+}
+
+#[test]
+fn step_limit_table() {
+    // (name, pods, current replicas, expected replicas)
+    let cases: Vec<(&str, Vec<ObservedPod>, i32, i32)> = vec![
+        (
+            "all ready: costs make any step safe",
+            [busy_pods(1), idle_pods(6)].concat(),
+            7,
+            4,
+        ),
+        (
+            "a not-ready busy pod ranks before ready idle ones: no step",
+            [vec![not_ready_busy("nr-busy")], idle_pods(6)].concat(),
+            7,
+            7,
+        ),
+        (
+            "not-ready idle pods rank before it: the step stops at them",
+            [
+                vec![
+                    not_ready_busy("nr-busy"),
+                    pod("nr-idle-1", false, None),
+                    pod("nr-idle-2", false, None),
+                ],
+                idle_pods(4),
+            ]
+            .concat(),
+            7,
+            5,
+        ),
+        (
+            "an unscheduled busy pod goes first of all: no step",
+            [
+                vec![unscheduled(pod("pending-busy", false, Some("true")))],
+                idle_pods(6),
+            ]
+            .concat(),
+            7,
+            7,
+        ),
+        (
+            "unscheduled idle pods go before a not-ready busy one",
+            [
+                vec![
+                    not_ready_busy("nr-busy"),
+                    unscheduled(pod("pending-idle", false, None)),
+                ],
+                idle_pods(5),
+            ]
+            .concat(),
+            7,
+            6,
+        ),
+    ];
+    for (name, pods, current, expected) in cases {
+        let plan = plan_for(spec(3, 0, None), Some(current), pods);
+        assert_eq!(plan.decision.as_ref().unwrap().replicas, expected, "{name}");
+        let held = plan.decision.as_ref().unwrap().held_to_protect_busy;
+        assert_eq!(
+            held.is_some(),
+            expected > 4 || name.contains("not-ready busy pod") || name.contains("unscheduled"),
+            "{name}: {held:?}"
+        );
+    }
+}
+
+#[test]
+fn the_delay_holds_the_highest_recommendation_of_the_window() {
+    let mut delayed = spec(3, 0, None);
+    delayed.scale_down_delay_seconds = Some(120);
+    // Pass 1: 2 busy -> 5 replicas, recorded.
+    let mut hsd = observed(
+        delayed.clone(),
+        Some(5),
+        [busy_pods(2), idle_pods(3)].concat(),
+    );
+    let first = plan(&hsd, now());
+    assert_eq!(first.scale, None);
+    assert_eq!(first.status.recent_recommendations.len(), 1);
+    // Pass 2, 60 s later: nothing busy -> formula 3, but the window holds 5.
+    hsd.status = Some(first.status.clone());
+    hsd.pods = idle_pods(5);
+    let second = plan(&hsd, now() + SignedDuration::from_secs(60));
+    assert_eq!(second.scale, None, "held by the delay");
+    assert_eq!(second.decision.as_ref().unwrap().held_by_delay, Some(5));
+    assert_eq!(
+        second.status.desired_replicas, 3,
+        "desired shows the formula"
+    );
+    // Pass 3, 10 s later: still inside the window.
+    hsd.status = Some(second.status.clone());
+    let third = plan(&hsd, now() + SignedDuration::from_secs(70));
+    assert_eq!(third.scale, None);
+    assert!(!third.status_changed, "nothing new to record: no write");
+    // Pass 4, after the window of the last 5: released.
+    hsd.status = Some(third.status.clone());
+    let fourth = plan(&hsd, now() + SignedDuration::from_secs(181));
+    assert_eq!(fourth.scale, Some((5, 3)));
+    // Scale-up is never delayed.
+    hsd.status = Some(fourth.status.clone());
+    hsd.deployment.as_mut().unwrap().replicas = Some(3);
+    hsd.pods = [busy_pods(3), idle_pods(0)].concat();
+    let up = plan(&hsd, now() + SignedDuration::from_secs(182));
+    assert_eq!(up.scale, Some((3, 6)));
+}
+
+#[test]
+fn stabilize_table() {
+    let t = |s: i64| (now() + SignedDuration::from_secs(s)).to_string();
+    let entry = |replicas, s| TimedRecommendation {
+        replicas,
+        since: t(s),
+    };
+    let window = Duration::from_secs(100);
+    // (history, recommendation now, now offset, expected replicas, expected history length)
+    let cases = vec![
+        (vec![], 3, 0, 3, 1),
+        (vec![entry(5, 0)], 3, 50, 5, 2),
+        (vec![entry(5, 0), entry(3, 50)], 3, 149, 5, 2),
+        (vec![entry(5, 0), entry(3, 50)], 3, 151, 3, 1),
+        (vec![entry(3, 0)], 7, 10, 7, 2),
+        (vec![entry(5, 0), entry(4, 10), entry(3, 20)], 3, 115, 4, 2),
+    ];
+    for (history, recommendation, offset, expected, kept) in cases {
+        let (replicas, new_history) = stabilize(
+            recommendation,
+            &history,
+            window,
+            now() + SignedDuration::from_secs(offset),
+        );
+        assert_eq!(replicas, expected, "{history:?} at +{offset}s");
+        assert_eq!(
+            new_history.len(),
+            kept,
+            "{history:?} at +{offset}s: {new_history:?}"
+        );
+    }
+    let (replicas, history) = stabilize(3, &[entry(9, 0)], Duration::ZERO, now());
+    assert_eq!(
+        (replicas, history.len()),
+        (3, 0),
+        "no window: no history kept"
+    );
+}
+
+#[test]
+fn percent_idle_target_grows_with_load() {
+    let mut percent = spec(2, 0, None);
+    percent.idle_percent = Some(25);
+    for (busy, expected_target) in [(0, 2), (4, 2), (8, 2), (9, 3), (20, 5)] {
+        let counts = Counts {
+            busy,
+            idle: 0,
+            starting: 0,
+            unknown: 0,
+        };
+        assert_eq!(
+            idle_target(&counts, &percent).0,
+            expected_target,
+            "{busy} busy"
+        );
+        assert_eq!(
+            recommend(&counts, &percent).replicas,
+            busy + expected_target
+        );
+    }
+}
+
+#[test]
+fn unschedulable_pods_warn_after_a_minute_and_never_add_replicas() {
+    let mut stuck = unscheduled(pod("stuck", false, None));
+    stuck.unschedulable_since = Some(now() - SignedDuration::from_secs(30));
+    let pods = [vec![stuck.clone()], idle_pods(2)].concat();
+    let young = plan_for(spec(3, 0, None), Some(3), pods.clone());
+    assert_eq!(
+        young.recommendation.unwrap().replicas,
+        3,
+        "pending pods add nothing"
+    );
+    assert!(
+        !young
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == condition::PODS_UNSCHEDULABLE)
+    );
+    stuck.unschedulable_since = Some(now() - SignedDuration::from_secs(90));
+    let old = plan_for(
+        spec(3, 0, None),
+        Some(3),
+        [vec![stuck], idle_pods(2)].concat(),
+    );
+    assert!(
+        old.status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == condition::PODS_UNSCHEDULABLE && c.status == "True")
+    );
+    assert!(
+        old.events
+            .iter()
+            .any(|e| e.reason == "PodsUnschedulable" && e.type_ == EventType::Warning)
+    );
+    assert_eq!(old.recommendation.unwrap().replicas, 3);
+}
+
+#[test]
+fn explain_says_why() {
+    let mut percent = spec(2, 0, Some(6));
+    percent.idle_percent = Some(50);
+    let plan = plan_for(percent, Some(4), busy_pods(4));
+    let why = plan.decision.unwrap().why.join("\n");
+    assert!(
+        why.contains(
+            "4 busy + 0 unknown + idle target 2 = max(idleTarget 2, 2 from idlePercent) = 6"
+        ),
+        "{why}"
+    );
+    assert!(why.contains("the Deployment goes from 4 to 6"), "{why}");
+}
+
+/// The ReplicaSet's choice, as the API server's controller makes it (before tie-breakers, which
+/// the test resolves against the plan: busy pods win ties).
+fn replicaset_victims<'a>(
+    pods: &'a [ObservedPod],
+    costs: &BTreeMap<String, i32>,
+    deletions: usize,
+) -> Vec<&'a ObservedPod> {
+    let mut ranked: Vec<&ObservedPod> = pods.iter().filter(|p| is_counted(p)).collect();
+    ranked.sort_by_key(|p| {
+        let cost = costs.get(&p.name).copied().or(p.deletion_cost).unwrap_or(0);
+        let busy_first = u8::from(p.busy_annotation.as_deref() != Some("true"));
+        (deletion_rank(p, cost), busy_first)
+    });
+    ranked.into_iter().take(deletions).collect()
+}
+
+proptest! {
+    #[test]
+    fn no_step_reaches_a_busy_pod(
+        pods in proptest::collection::vec((any::<bool>(), any::<bool>(), any::<bool>(), prop_oneof![Just(None), Just(Some(BUSY_DELETION_COST)), Just(Some(0))]), 0..25),
+        idle_target in 0..6i32,
+        current_extra in 0..10i32,
+    ) {
+        let pods: Vec<ObservedPod> = pods
+            .iter()
+            .enumerate()
+            .map(|(i, (busy, ready, scheduled, cost))| {
+                let mut p = pod(&format!("p{i}"), *ready, Some(if *busy { "true" } else { "false" }));
+                p.scheduled = *scheduled;
+                if !scheduled { p.phase = PodPhase::Pending; }
+                p.deletion_cost = *cost;
+                p
+            })
+            .collect();
+        let active = pods.len() as i32;
+        let current = active + current_extra;
+        let plan = plan_for(spec(idle_target, 0, None), Some(current), pods.clone());
+        let replicas = plan.decision.unwrap().replicas;
+        let costs: BTreeMap<String, i32> = plan.cost_writes.iter().cloned().collect();
+        let deletions = (active - replicas).max(0) as usize;
+        for victim in replicaset_victims(&pods, &costs, deletions) {
+            prop_assert!(victim.busy_annotation.as_deref() != Some("true"), "busy victim {}", victim.name);
+        }
+        // Never below the busy pods.
+        let busy = pods.iter().filter(|p| p.busy_annotation.as_deref() == Some("true")).count() as i32;
+        prop_assert!(replicas >= busy.min(current));
     }
 }
