@@ -11,7 +11,9 @@ use serde_json::json;
 
 use crate::crd::{API_VERSION, HotStandbyDeploymentSpec, KIND, workload_name};
 use crate::error::{Result, kube_error};
-use crate::observe::{TEMPLATE_HASH_ANNOTATION, deployment_resource, hsd_resource};
+use crate::observe::{
+    APPLIED_REPLICAS_ANNOTATION, TEMPLATE_HASH_ANNOTATION, deployment_resource, hsd_resource,
+};
 use crate::plan::{
     DELETION_COST_ANNOTATION, DeploymentAction, EventType, ObservedHsd, Plan, PlannedEvent,
 };
@@ -60,7 +62,10 @@ pub fn desired_deployment(
                 MANAGED_BY_LABEL: FIELD_MANAGER,
                 HSD_LABEL: hsd.name,
             },
-            "annotations": { TEMPLATE_HASH_ANNOTATION: template_hash },
+            "annotations": {
+                TEMPLATE_HASH_ANNOTATION: template_hash,
+                APPLIED_REPLICAS_ANNOTATION: replicas.to_string(),
+            },
             "ownerReferences": [{
                 "apiVersion": API_VERSION,
                 "kind": KIND,

@@ -33,6 +33,8 @@ pub struct OperatorOptions {
     pub mode: OperatorMode,
     pub namespace: String,
     pub image: String,
+    /// Watch only `namespace`, with a Role there instead of a ClusterRole.
+    pub namespace_scoped: bool,
 }
 
 /// Serializes manifests as a YAML stream (`---` between documents).
@@ -89,6 +91,7 @@ pub fn lease_rules(mode: OperatorMode) -> Value {
 pub fn operator(options: &OperatorOptions) -> Vec<Value> {
     let ns = &options.namespace;
     let name = OPERATOR_NAME;
+    let subjects = json!([{"kind": "ServiceAccount", "name": name, "namespace": ns}]);
     let mut documents = vec![
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels()}}),
         json!({
@@ -96,34 +99,72 @@ pub fn operator(options: &OperatorOptions) -> Vec<Value> {
             "metadata": {"name": name, "namespace": ns, "labels": labels()},
             "automountServiceAccountToken": true,
         }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": name, "labels": labels()},
-            "rules": reconcile_rules(options.mode),
-        }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": name, "labels": labels()},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
-        }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": {"name": format!("{name}-lease"), "namespace": ns, "labels": labels()},
-            "rules": lease_rules(options.mode),
-        }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": format!("{name}-lease"), "namespace": ns, "labels": labels()},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": format!("{name}-lease")},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ns}],
-        }),
     ];
+    if options.namespace_scoped {
+        // One Role in the watched namespace holds every right, the Lease's included.
+        let mut rules = reconcile_rules(options.mode)
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        rules.extend(
+            lease_rules(options.mode)
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        documents.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": name, "namespace": ns, "labels": labels()},
+            "rules": rules,
+        }));
+        documents.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": ns, "labels": labels()},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": subjects,
+        }));
+    } else {
+        documents.extend([
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": name, "labels": labels()},
+                "rules": reconcile_rules(options.mode),
+            }),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": name, "labels": labels()},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+                "subjects": subjects,
+            }),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": format!("{name}-lease"), "namespace": ns, "labels": labels()},
+                "rules": lease_rules(options.mode),
+            }),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": format!("{name}-lease"), "namespace": ns, "labels": labels()},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": format!("{name}-lease")},
+                "subjects": subjects,
+            }),
+        ]);
+    }
     match options.mode {
         OperatorMode::Cronjob => documents.push(cronjob(options)),
         OperatorMode::Deployment => documents.push(deployment(options)),
     }
     documents
+}
+
+/// The reconciler's arguments with its scope: `--all-namespaces`, or its own namespace.
+fn scope_args(options: &OperatorOptions, args: &[&str]) -> Value {
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    if options.namespace_scoped {
+        all.extend(["--namespace".to_string(), options.namespace.clone()]);
+    } else {
+        all.push("--all-namespaces".to_string());
+    }
+    json!(all)
 }
 
 fn pod_security_context() -> Value {
@@ -166,7 +207,7 @@ fn cronjob(options: &OperatorOptions) -> Value {
                         "containers": [{
                             "name": "reconcile",
                             "image": options.image,
-                            "args": ["reconcile", "--all-namespaces"],
+                            "args": scope_args(options, &["reconcile"]),
                             "securityContext": container_security_context(),
                             "resources": {
                                 "requests": {"cpu": "50m", "memory": "64Mi"},
@@ -205,7 +246,7 @@ fn deployment(options: &OperatorOptions) -> Value {
                     "containers": [{
                         "name": "reconcile",
                         "image": options.image,
-                        "args": ["reconcile", "--watch", "--all-namespaces", "--log-format", "json", "--v", "1"],
+                        "args": scope_args(options, &["reconcile", "--watch", "--log-format", "json", "--v", "1"]),
                         "env": downward_api_env(),
                         "ports": [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}],
                         "livenessProbe": probe("/healthz"),
@@ -237,5 +278,66 @@ pub fn default_operator_yaml(mode: OperatorMode) -> String {
         mode,
         namespace: DEFAULT_OPERATOR_NAMESPACE.to_string(),
         image: default_image(),
+        namespace_scoped: false,
     })))
+}
+
+pub const POD_POLICY_NAME: &str = "kubectl-hsd-pods-mark-only-themselves";
+
+/// A ValidatingAdmissionPolicy and its binding: a request made with a pod-bound ServiceAccount
+/// token may update only the pod the token is bound to, and in it only the busy annotation.
+/// The reconciler's own ServiceAccount (it writes deletion costs) is exempt.
+pub fn pod_policy(operator_namespace: &str, annotation_key: &str) -> Vec<Value> {
+    let reconciler = format!("system:serviceaccount:{operator_namespace}:{OPERATOR_NAME}");
+    let key = annotation_key.replace('\'', "");
+    vec![
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": POD_POLICY_NAME, "labels": labels()},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {"resourceRules": [{
+                    "apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods"],
+                }]},
+                "matchConditions": [
+                    {
+                        "name": "pod-bound-token",
+                        "expression": "has(request.userInfo.extra) && 'authentication.kubernetes.io/pod-name' in request.userInfo.extra",
+                    },
+                    {"name": "not-the-reconciler", "expression": format!("request.userInfo.username != '{reconciler}'")},
+                ],
+                "variables": [
+                    {"name": "oldAnnotations", "expression": "has(oldObject.metadata.annotations) ? oldObject.metadata.annotations : {}"},
+                    {"name": "newAnnotations", "expression": "has(object.metadata.annotations) ? object.metadata.annotations : {}"},
+                    {"name": "oldLabels", "expression": "has(oldObject.metadata.labels) ? oldObject.metadata.labels : {}"},
+                    {"name": "newLabels", "expression": "has(object.metadata.labels) ? object.metadata.labels : {}"},
+                ],
+                "validations": [
+                    {
+                        "expression": "object.metadata.name == request.userInfo.extra['authentication.kubernetes.io/pod-name'][0]",
+                        "messageExpression": "'a pod may mark only itself: this token is bound to pod ' + request.userInfo.extra['authentication.kubernetes.io/pod-name'][0] + ', not ' + object.metadata.name",
+                        "reason": "Forbidden",
+                    },
+                    {
+                        "expression": format!(
+                            "variables.newAnnotations.all(k, k == '{key}' || (k in variables.oldAnnotations && variables.oldAnnotations[k] == variables.newAnnotations[k])) && variables.oldAnnotations.all(k, k == '{key}' || k in variables.newAnnotations) && variables.newLabels == variables.oldLabels && object.spec == oldObject.spec"
+                        ),
+                        "message": format!("a pod may change only its own {key} annotation"),
+                        "reason": "Forbidden",
+                    },
+                ],
+            },
+        }),
+        json!({
+            "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": POD_POLICY_NAME, "labels": labels()},
+            "spec": {
+                "policyName": POD_POLICY_NAME,
+                "validationActions": ["Deny"],
+                "matchResources": {"namespaceSelector": {"matchExpressions": [{
+                    "key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"],
+                }]}},
+            },
+        }),
+    ]
 }

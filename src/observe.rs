@@ -23,6 +23,8 @@ use crate::probe::{ProbeResult, ProbeTarget, Prober};
 
 /// The annotation on the child Deployment that holds the applied template's hash.
 pub const TEMPLATE_HASH_ANNOTATION: &str = "paia.tech/template-hash";
+/// The annotation on the child Deployment that holds the replicas this tool last applied.
+pub const APPLIED_REPLICAS_ANNOTATION: &str = "paia.tech/applied-replicas";
 
 /// Page size of list calls: bounds memory and the API server's work per request.
 const PAGE_SIZE: u32 = 500;
@@ -214,6 +216,10 @@ pub fn deployment_facts(deployment: &LeanDeployment, hsd_uid: &str) -> ObservedD
             .annotations()
             .get(TEMPLATE_HASH_ANNOTATION)
             .cloned(),
+        applied_replicas: deployment
+            .annotations()
+            .get(APPLIED_REPLICAS_ANNOTATION)
+            .and_then(|v| v.parse().ok()),
     }
 }
 

@@ -55,6 +55,8 @@ pub struct ObservedDeployment {
     pub replicas: Option<i32>,
     /// The hash of the selector and template this tool last applied (an annotation).
     pub template_hash: Option<String>,
+    /// The replicas this tool last applied (an annotation), to tell another writer's change.
+    pub applied_replicas: Option<i32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -789,6 +791,18 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
                 }
                 if current != desired {
                     scale = Some((current, desired));
+                    if let Some(applied) = deployment
+                        .applied_replicas
+                        .filter(|applied| *applied != current)
+                    {
+                        events.push(warning(
+                            "ReplicasOverridden",
+                            format!(
+                                "spec.replicas of {}-workload was set to {current} by another writer (this tool set {applied}); setting it to {desired}. Scale the HotStandbyDeployment's bounds instead",
+                                observed.name
+                            ),
+                        ));
+                    }
                 }
                 if current == desired && deployment.template_hash.as_deref() == Some(hash.as_str())
                 {

@@ -373,6 +373,7 @@ async fn reconcile(
                     owned: true,
                     replicas: Some(*replicas),
                     template_hash: Some(template_hash.clone()),
+                    applied_replicas: Some(*replicas),
                 },
             ));
         }

@@ -122,12 +122,14 @@ fn the_watch_deployment_is_highly_available_non_root_and_probed() {
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     let container = &pod["containers"][0];
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
-    assert_eq!(
-        container["args"].as_array().unwrap()[0..3],
-        serde_json::json!(["reconcile", "--watch", "--all-namespaces"])
-            .as_array()
-            .unwrap()[..]
-    );
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(&args[..2], ["reconcile", "--watch"]);
+    assert!(args.contains(&"--all-namespaces"), "{args:?}");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["ports"][0]["containerPort"], 8080);
@@ -143,4 +145,42 @@ fn the_watch_deployment_is_highly_available_non_root_and_probed() {
         lease_role["metadata"]["namespace"], "hsd-system",
         "lease rights only in the operator namespace"
     );
+}
+
+#[test]
+fn namespace_scoped_installs_use_a_role_and_watch_one_namespace() {
+    use kubectl_hsd::manifests::{OperatorOptions, operator};
+    for mode in [OperatorMode::Cronjob, OperatorMode::Deployment] {
+        let documents = operator(&OperatorOptions {
+            mode,
+            namespace: "team-a".into(),
+            image: "img:1".into(),
+            namespace_scoped: true,
+        });
+        assert!(
+            !documents
+                .iter()
+                .any(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding"),
+            "{mode:?}"
+        );
+        let role = documents
+            .iter()
+            .find(|d| d["kind"] == "Role")
+            .expect("a Role");
+        assert_eq!(role["metadata"]["namespace"], "team-a");
+        let rules = role["rules"].as_array().unwrap();
+        assert!(
+            rules.iter().any(|r| r["resources"][0] == "leases"),
+            "the lease rights are in the same Role"
+        );
+        let workload = documents
+            .iter()
+            .find(|d| d["kind"] == "CronJob" || d["kind"] == "Deployment")
+            .unwrap();
+        let text = workload.to_string();
+        assert!(
+            text.contains("\"--namespace\",\"team-a\"") && !text.contains("--all-namespaces"),
+            "{text}"
+        );
+    }
 }

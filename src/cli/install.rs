@@ -2,6 +2,9 @@
 
 use std::io::IsTerminal;
 
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -21,12 +24,17 @@ use crate::manifests::{self, DEFAULT_OPERATOR_NAMESPACE, OperatorOptions};
 fn operator_options(global: &GlobalArgs, args: &InstallArgs) -> Option<OperatorOptions> {
     args.operator.map(|mode| OperatorOptions {
         mode,
-        namespace: global
-            .namespace
-            .clone()
-            .unwrap_or_else(|| DEFAULT_OPERATOR_NAMESPACE.to_string()),
+        namespace: operator_namespace(global),
         image: args.image.clone().unwrap_or_else(manifests::default_image),
+        namespace_scoped: args.namespace_scoped,
     })
+}
+
+fn operator_namespace(global: &GlobalArgs) -> String {
+    global
+        .namespace
+        .clone()
+        .unwrap_or_else(|| DEFAULT_OPERATOR_NAMESPACE.to_string())
 }
 
 /// The API resource of a manifest this tool renders.
@@ -46,6 +54,10 @@ fn resource_of(document: &Value) -> Result<(ApiResource, bool)> {
         "CronJob" => ApiResource::erase::<CronJob>(&()),
         "Deployment" => ApiResource::erase::<Deployment>(&()),
         "CustomResourceDefinition" => ApiResource::erase::<CustomResourceDefinition>(&()),
+        "ValidatingAdmissionPolicy" => ApiResource::erase::<ValidatingAdmissionPolicy>(&()),
+        "ValidatingAdmissionPolicyBinding" => {
+            ApiResource::erase::<ValidatingAdmissionPolicyBinding>(&())
+        }
         other => {
             return Err(Error::Invalid(format!(
                 "no API resource known for kind {other:?}"
@@ -100,7 +112,13 @@ pub fn spinner(message: &str) -> Option<indicatif::ProgressBar> {
 
 pub async fn install(global: &GlobalArgs, args: InstallArgs) -> Result<i32> {
     let operator = operator_options(global, &args);
-    let documents = manifests::install_documents(operator.as_ref());
+    let mut documents = manifests::install_documents(operator.as_ref());
+    if args.pod_policy {
+        documents.extend(manifests::pod_policy(
+            &operator_namespace(global),
+            &args.annotation_key,
+        ));
+    }
     if args.print {
         print!("{}", manifests::to_yaml_documents(&documents));
         return Ok(0);
@@ -147,12 +165,17 @@ pub async fn uninstall(global: &GlobalArgs, args: UninstallArgs) -> Result<i32> 
         manifests::OperatorMode::Deployment,
         manifests::OperatorMode::Cronjob,
     ] {
-        let options = OperatorOptions {
+        let scoped = [false, true].map(|namespace_scoped| OperatorOptions {
             mode,
             namespace: namespace.clone(),
             image: manifests::default_image(),
-        };
-        for document in manifests::operator(&options).into_iter().rev() {
+            namespace_scoped,
+        });
+        let rendered = scoped
+            .iter()
+            .flat_map(manifests::operator)
+            .chain(manifests::pod_policy(&namespace, ""));
+        for document in rendered.collect::<Vec<_>>().into_iter().rev() {
             // A namespace the user named may hold other things: only ours is deleted.
             let foreign_namespace =
                 document["kind"] == "Namespace" && namespace != DEFAULT_OPERATOR_NAMESPACE;

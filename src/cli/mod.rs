@@ -139,6 +139,17 @@ pub struct InstallArgs {
     /// The image the reconciler runs.
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,
+    /// Watch only the namespace given by -n (default hsd-system), with a Role there instead
+    /// of a ClusterRole.
+    #[arg(long, requires = "operator")]
+    pub namespace_scoped: bool,
+    /// Also install a ValidatingAdmissionPolicy: a pod's own token may change only that pod,
+    /// and only its busy annotation.
+    #[arg(long)]
+    pub pod_policy: bool,
+    /// The busy annotation the pod policy lets pods change.
+    #[arg(long, default_value = crate::crd::DEFAULT_BUSY_ANNOTATION, value_name = "KEY")]
+    pub annotation_key: String,
     /// How long to wait for the CRD to be established.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,

@@ -88,6 +88,7 @@ fn observed(
             owned: true,
             replicas: Some(replicas),
             template_hash: Some(hash),
+            applied_replicas: Some(replicas),
         }),
         pods,
     }
@@ -1111,4 +1112,27 @@ proptest! {
         let busy = pods.iter().filter(|p| p.busy_annotation.as_deref() == Some("true")).count() as i32;
         prop_assert!(replicas >= busy.min(current));
     }
+}
+
+#[test]
+fn another_writer_changing_replicas_is_reverted_with_a_warning() {
+    let mut hsd = observed(spec(3, 0, None), Some(7), idle_pods(3));
+    hsd.deployment.as_mut().unwrap().applied_replicas = Some(3);
+    let plan = plan(&hsd, now());
+    assert_eq!(plan.scale, Some((7, 3)));
+    let event = plan
+        .events
+        .iter()
+        .find(|e| e.reason == "ReplicasOverridden")
+        .expect("a warning");
+    assert!(
+        event
+            .note
+            .contains("set to 7 by another writer (this tool set 3)"),
+        "{}",
+        event.note
+    );
+    // Our own earlier value: an ordinary scale, no warning.
+    let ours = plan_for(spec(3, 0, None), Some(5), idle_pods(5));
+    assert!(!ours.events.iter().any(|e| e.reason == "ReplicasOverridden"));
 }

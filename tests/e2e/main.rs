@@ -6,4 +6,5 @@ mod cluster;
 mod common;
 mod core;
 mod http_probe;
+mod security;
 mod watch;
