@@ -1,21 +1,18 @@
 //! Busy-safe scale-down with the real ReplicaSet controller, the scale-down delay across
 //! separate one-shot passes, the percent idle target, pause and explain.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DynamicObject, Patch, PatchParams};
-use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use kubectl_hsd::observe::{Scope, hsd_resource};
-use kubectl_hsd::plan::{BusyAnnotation, parse_busy_annotation};
 use kubectl_hsd::reconcile::{PassOptions, run_pass};
 use serde_json::json;
 
-use crate::common::{TestNs, ensure_crd, is_ready, wait_for};
+use crate::common::{
+    TestNs, busy_victims, ensure_crd, is_ready, spawn_deletion_recorder, wait_for,
+};
 use crate::core::{annotate, create_hsd, example, hsd_status, ready_pods, replicas};
 
 /// A small seeded generator: the churn is random but repeatable.
@@ -30,44 +27,6 @@ impl Rng {
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
     }
-}
-
-/// Every pod deletion in the namespace, with the busy annotation at the moment the deletion
-/// was first seen (deletionTimestamp set, or the delete event itself).
-#[derive(Default)]
-struct Deletions {
-    seen: HashMap<String, bool>,
-}
-
-fn spawn_deletion_recorder(ns: &TestNs) -> (Arc<Mutex<Deletions>>, tokio::task::JoinHandle<()>) {
-    let deletions = Arc::new(Mutex::new(Deletions::default()));
-    let pods: Api<Pod> = ns.api();
-    let record = deletions.clone();
-    let task = tokio::spawn(async move {
-        let mut events = watcher(pods, watcher::Config::default()).boxed();
-        while let Some(event) = events.next().await {
-            let (pod, deleted) = match event {
-                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => (pod, false),
-                Ok(watcher::Event::Delete(pod)) => (pod, true),
-                _ => continue,
-            };
-            if deleted || pod.metadata.deletion_timestamp.is_some() {
-                let busy = matches!(
-                    parse_busy_annotation(
-                        pod.annotations().get("paia.tech/busy").map(String::as_str)
-                    ),
-                    BusyAnnotation::Busy | BusyAnnotation::Invalid
-                );
-                record
-                    .lock()
-                    .unwrap()
-                    .seen
-                    .entry(pod.name_any())
-                    .or_insert(busy);
-            }
-        }
-    });
-    (deletions, task)
 }
 
 async fn set_ready(ns: &TestNs, pod: &str, ready: bool) {
@@ -176,30 +135,20 @@ async fn churn_never_deletes_a_busy_pod() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     recorder.abort();
 
-    let deletions = deletions.lock().unwrap();
-    let busy_victims: Vec<&String> = deletions
-        .seen
-        .iter()
-        .filter(|(_, busy)| **busy)
-        .map(|(name, _)| name)
-        .collect();
+    let victims = busy_victims(&deletions);
+    let deleted = deletions.lock().unwrap().len();
     eprintln!(
-        "{} pod deletions, {} rounds with a busy pod that was not ready, busy victims: {busy_victims:?}",
-        deletions.seen.len(),
-        busy_not_ready_rounds
+        "{deleted} pod deletions, {busy_not_ready_rounds} rounds with a busy pod that was not ready, busy victims: {victims:?}"
     );
     assert!(
-        deletions.seen.len() >= 5,
+        deleted >= 5,
         "the churn must make the ReplicaSet delete pods to prove anything"
     );
     assert!(
         busy_not_ready_rounds >= 3,
         "the churn must include busy pods that are not ready"
     );
-    assert!(
-        busy_victims.is_empty(),
-        "busy pods were deleted: {busy_victims:?}"
-    );
+    assert!(victims.is_empty(), "busy pods were deleted: {victims:?}");
 }
 
 #[tokio::test]

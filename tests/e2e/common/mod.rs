@@ -27,9 +27,11 @@ pub fn kubeconfig() -> &'static Path {
         if let Some(path) = std::env::var_os("HSD_TEST_KUBECONFIG") {
             return PathBuf::from(path);
         }
+        // One cluster per test binary: binaries run one after another, and each one's cluster
+        // is torn down when that binary exits.
         let dir = std::env::var_os("HSD_TEST_CLUSTER_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target/e2e-cluster"));
+            .unwrap_or_else(|| repo_root().join(format!("target/{}-cluster", env!("CARGO_CRATE_NAME"))));
         let output = Command::new(repo_root().join("hack/cluster.sh"))
             .arg("up")
             .env("HSD_CLUSTER_DIR", &dir)
@@ -309,4 +311,49 @@ pub async fn http_get(url: &str) -> Result<(u16, String), String> {
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// Every pod deletion in a namespace, with whether the pod was busy (its busy annotation) at
+/// the moment the deletion was first seen (deletionTimestamp set, or the delete event itself).
+pub type Deletions = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, bool>>>;
+
+pub fn spawn_deletion_recorder(ns: &TestNs) -> (Deletions, tokio::task::JoinHandle<()>) {
+    use futures::StreamExt;
+    use kube::ResourceExt;
+    use kube::runtime::watcher;
+    use kubectl_hsd::plan::{BusyAnnotation, parse_busy_annotation};
+    let deletions: Deletions = Default::default();
+    let pods: Api<Pod> = ns.api();
+    let record = deletions.clone();
+    let task = tokio::spawn(async move {
+        let mut events = watcher(pods, watcher::Config::default()).boxed();
+        while let Some(event) = events.next().await {
+            let (pod, deleted) = match event {
+                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => (pod, false),
+                Ok(watcher::Event::Delete(pod)) => (pod, true),
+                _ => continue,
+            };
+            if deleted || pod.metadata.deletion_timestamp.is_some() {
+                let busy = matches!(
+                    parse_busy_annotation(
+                        pod.annotations().get("paia.tech/busy").map(String::as_str)
+                    ),
+                    BusyAnnotation::Busy | BusyAnnotation::Invalid
+                );
+                record.lock().unwrap().entry(pod.name_any()).or_insert(busy);
+            }
+        }
+    });
+    (deletions, task)
+}
+
+/// The names of busy pods that were deleted.
+pub fn busy_victims(deletions: &Deletions) -> Vec<String> {
+    deletions
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, busy)| **busy)
+        .map(|(name, _)| name.clone())
+        .collect()
 }
