@@ -11,7 +11,6 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -26,7 +25,7 @@ use common::{
 };
 
 /// One fault at a time: they stop shared components.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -117,7 +116,7 @@ fn assert_alive(watcher: &mut Watcher) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watcher_survives_an_api_server_restart_and_an_etcd_restart() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     ensure_crd();
     let ns = TestNs::new("fault-watch").await;
     create_hsd(&ns, "game-ws", "game-ws").await;
@@ -174,7 +173,7 @@ async fn the_watcher_survives_an_api_server_restart_and_an_etcd_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_shot_passes_fail_clearly_while_the_api_server_restarts_then_converge() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     ensure_crd();
     let ns = TestNs::new("fault-pass").await;
     for i in 0..5 {
@@ -214,7 +213,7 @@ async fn one_shot_passes_fail_clearly_while_the_api_server_restarts_then_converg
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconciler_killed_mid_pass_leaves_nothing_duplicated() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     ensure_crd();
     let ns = TestNs::new("fault-kill").await;
     let count = 40;
@@ -284,7 +283,7 @@ async fn a_reconciler_killed_mid_pass_leaves_nothing_duplicated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_writer_changing_replicas_is_reverted_with_an_event() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     ensure_crd();
     let ns = TestNs::new("fault-writer").await;
     create_hsd(&ns, "game-ws", "game-ws").await;
@@ -325,7 +324,7 @@ async fn another_writer_changing_replicas_is_reverted_with_an_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_hsd_deleted_during_a_pass_is_not_an_error_and_leaves_nothing_behind() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     ensure_crd();
     let ns = TestNs::new("fault-delete").await;
     create_hsd(&ns, "doomed", "doomed").await;
