@@ -77,7 +77,7 @@ pub struct HotStandbyDeploymentSpec {
     #[schemars(range(min = 0, max = 86400))]
     pub scale_down_delay_seconds: Option<i32>,
 
-    /// Grows the buffer with load: idle target = max(idleTarget, ceil(busy * idlePercent / 100)).
+    /// Grows the buffer with load: idle target = max(idleTarget, ceil((busy + unknown) * idlePercent / 100)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub idle_percent: Option<i32>,
