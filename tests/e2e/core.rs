@@ -465,3 +465,127 @@ pub async fn annotate(ns: &TestNs, pod: &str, key: &str, value: &str) {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn one_failing_hsd_does_not_stop_the_others_and_the_pass_says_why() {
+    ensure_crd();
+    let ns = TestNs::new("core-partial").await;
+    create_hsd(&ns, &with_namespace(example("hsd-annotation.yaml"), &ns))
+        .await
+        .unwrap();
+    // A template the Deployment API refuses (a container without an image).
+    let mut broken = with_namespace(example("hsd-annotation.yaml"), &ns);
+    broken["metadata"]["name"] = json!("broken");
+    broken["spec"]["podTemplate"]["spec"]["containers"] = json!([{"name": "no-image"}]);
+    create_hsd(&ns, &broken).await.unwrap();
+    let output = ns.hsd(&["reconcile"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with(&format!("error: {}/broken: ", ns.name)))
+        .expect(&stderr);
+    assert!(
+        line.contains("applying Deployment") && line.contains("image"),
+        "{line}"
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("failed") && stdout.contains("applied"),
+        "the summary table: {stdout}"
+    );
+    assert_eq!(
+        replicas(&ns, "game-ws-workload").await,
+        Some(3),
+        "the good HSD was reconciled"
+    );
+}
+
+#[tokio::test]
+async fn describe_shows_the_deployment_pods_conditions_and_events() {
+    ensure_crd();
+    let ns = TestNs::new("core-describe").await;
+    create_hsd(&ns, &with_namespace(example("hsd-annotation.yaml"), &ns))
+        .await
+        .unwrap();
+    ns.hsd_ok(&["reconcile"]);
+    let pods = ready_pods(&ns, "app=game-ws", 3).await;
+    ns.hsd_ok(&["mark-busy", &pods[0].name_any()]);
+    ns.hsd_ok(&["reconcile"]);
+    let text = ns.hsd_ok(&["describe", "game-ws"]);
+    for needle in [
+        "Deployment:   game-ws-workload (4 replicas)",
+        "Idle target:  3",
+        &format!("{}   busy", pods[0].name_any()),
+        "Ready",
+        "ScaledUp",
+        "from 3 to 4: 1 busy + idle target 3",
+    ] {
+        assert!(text.contains(needle), "{needle:?} in:\n{text}");
+    }
+}
+
+#[tokio::test]
+async fn uninstall_removes_the_operator_but_keeps_the_crd_while_hsds_exist() {
+    ensure_crd();
+    let ns = TestNs::new("core-uninstall").await;
+    create_hsd(&ns, &with_namespace(example("hsd-annotation.yaml"), &ns))
+        .await
+        .unwrap();
+    let operator_ns = format!("{}-op", ns.name);
+    crate::common::hsd_ok(&[
+        "install",
+        "--operator",
+        "cronjob",
+        "-n",
+        &operator_ns,
+        "--image",
+        "registry.invalid/x:1",
+    ]);
+    let cronjobs: Api<k8s_openapi::api::batch::v1::CronJob> =
+        Api::namespaced(ns.client.clone(), &operator_ns);
+    assert!(cronjobs.get_opt("kubectl-hsd").await.unwrap().is_some());
+    let output = crate::common::hsd(&["uninstall", "-n", &operator_ns]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "the CRD stays while HSDs exist"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("HotStandbyDeployments still exist"));
+    assert!(
+        cronjobs.get_opt("kubectl-hsd").await.unwrap().is_none(),
+        "the operator is gone"
+    );
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(ns.client.clone());
+    assert!(
+        crds.get_opt(kubectl_hsd::crd::CRD_NAME)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ns.client.clone());
+    let _ = namespaces
+        .delete(&operator_ns, &DeleteParams::background())
+        .await;
+}
+
+#[test]
+fn completion_and_version() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = crate::common::hsd(&["completion", shell]);
+        assert!(output.status.success());
+        let script = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            script.contains("mark-busy") && script.contains("reconcile"),
+            "{shell}"
+        );
+    }
+    let version = crate::common::hsd_ok(&["version"]);
+    assert_eq!(
+        version.trim(),
+        format!("kubectl-hsd v{}", env!("CARGO_PKG_VERSION"))
+    );
+    let usage = crate::common::hsd(&["reconcile", "--no-such-flag"]);
+    assert_eq!(usage.status.code(), Some(2), "usage errors exit 2");
+}

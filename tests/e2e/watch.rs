@@ -219,3 +219,42 @@ async fn sigterm_exits_zero_and_releases_the_lease() {
     let output = ns.hsd(&["reconcile"]);
     assert!(!String::from_utf8_lossy(&output.stderr).contains("holds Lease"));
 }
+
+#[tokio::test]
+async fn a_burst_of_pod_changes_coalesces_into_few_writes() {
+    ensure_crd();
+    let ns = TestNs::new("watch-burst").await;
+    let mut manifest = example("hsd-annotation.yaml");
+    manifest["metadata"]["namespace"] = json!(ns.name);
+    manifest["spec"]["idleTarget"] = json!(6);
+    create_hsd(&ns, &manifest).await.unwrap();
+    let _watcher = Watcher::start(&ns.name, "burst", &[]);
+    let pods = ready_pods(&ns, "app=game-ws", 6).await;
+    // Six pods turn busy at once.
+    let names: Vec<String> = pods.iter().map(|pod| pod.name_any()).collect();
+    futures::future::join_all(
+        names
+            .iter()
+            .map(|name| annotate(&ns, name, "paia.tech/busy", "true")),
+    )
+    .await;
+    wait_for("12 replicas", Duration::from_secs(10), || async {
+        (replicas(&ns, "game-ws-workload").await == Some(12)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let events: Api<k8s_openapi::api::core::v1::Event> = ns.api();
+    let scaled = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|e| e.reason.as_deref() == Some("ScaledUp"))
+        .count();
+    eprintln!("6 busy flips gave {scaled} scale writes");
+    assert!(
+        scaled <= 3,
+        "6 flips in a burst should coalesce, got {scaled} scale writes"
+    );
+}

@@ -356,3 +356,47 @@ async fn an_hsd_deleted_during_a_pass_is_not_an_error_and_leaves_nothing_behind(
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_cluster_without_the_crd_gets_told_how_to_install_it() {
+    let _serial = SERIAL.lock().await;
+    // A cluster of its own, where nothing was installed.
+    let dir = common::repo_root().join(format!("target/faults-no-crd-{}", std::process::id()));
+    let up = Command::new(common::repo_root().join("hack/cluster.sh"))
+        .arg("up")
+        .env("HSD_CLUSTER_DIR", &dir)
+        .env("HSD_CLUSTER_OWNER_PID", std::process::id().to_string())
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let kubeconfig = String::from_utf8_lossy(&up.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string();
+    for args in [&["get"][..], &["reconcile", "-A"], &["describe", "x"]] {
+        let output = Command::new(env!("CARGO_BIN_EXE_kubectl-hsd"))
+            .args(args)
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            stderr.trim(),
+            "error: the HotStandbyDeployment CRD is not installed: run `kubectl hsd install`",
+            "{args:?}"
+        );
+    }
+    let down = Command::new(common::repo_root().join("hack/cluster.sh"))
+        .arg("down")
+        .env("HSD_CLUSTER_DIR", &dir)
+        .output()
+        .unwrap();
+    assert!(down.status.success());
+}
