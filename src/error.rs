@@ -98,3 +98,19 @@ pub fn kube_error(
 pub fn is_not_found(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 404)
 }
+
+/// The error of reading HotStandbyDeployments: a 404 means the CRD is not installed.
+pub fn hsd_read_error(namespace: Option<&str>) -> impl FnOnce(kube::Error) -> Error {
+    move |e| {
+        if is_not_found(&e) {
+            Error::CrdMissing
+        } else {
+            kube_error(
+                "listing HotStandbyDeployments",
+                "list",
+                "hotstandbydeployments.apps.paia.tech",
+                namespace,
+            )(e)
+        }
+    }
+}

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::crd::{
     HotStandbyDeployment, HotStandbyDeploymentSpec, HotStandbyDeploymentStatus, ProbeMode,
 };
-use crate::error::{Error, Result, is_not_found, kube_error};
+use crate::error::{Result, hsd_read_error, kube_error};
 use crate::plan::{self, ObservedDeployment, ObservedHsd, ObservedPod, PodPhase};
 use crate::probe::{ProbeResult, ProbeTarget, Prober};
 
@@ -121,18 +121,7 @@ pub async fn read_snapshot(client: &Client, scope: &Scope) -> Result<Snapshot> {
     let namespace = scope.namespace();
     let hsds = list_all::<DynamicObject>(scope.api(client, &hsd_resource()))
         .await
-        .map_err(|e| {
-            if is_not_found(&e) {
-                Error::CrdMissing
-            } else {
-                kube_error(
-                    "listing HotStandbyDeployments",
-                    "list",
-                    "hotstandbydeployments.apps.paia.tech",
-                    namespace,
-                )(e)
-            }
-        })?;
+        .map_err(hsd_read_error(namespace))?;
     if hsds.is_empty() {
         return Ok(Snapshot::default());
     }

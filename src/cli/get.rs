@@ -10,7 +10,7 @@ use serde_json::json;
 use super::GlobalArgs;
 use super::output::{self, OutputFormat, age_since, table};
 use crate::crd::HotStandbyDeploymentStatus;
-use crate::error::{Error, Result, is_not_found, kube_error};
+use crate::error::{Error, Result, hsd_read_error};
 use crate::observe::{self, Scope, hsd_resource};
 use crate::plan;
 
@@ -20,21 +20,6 @@ fn status_of(object: &DynamicObject) -> HotStandbyDeploymentStatus {
         .get("status")
         .and_then(|s| serde_json::from_value(s.clone()).ok())
         .unwrap_or_default()
-}
-
-fn crd_missing_or(namespace: Option<&str>) -> impl FnOnce(kube::Error) -> Error {
-    move |e| {
-        if is_not_found(&e) {
-            Error::CrdMissing
-        } else {
-            kube_error(
-                "listing HotStandbyDeployments",
-                "list",
-                "hotstandbydeployments.apps.paia.tech",
-                namespace,
-            )(e)
-        }
-    }
 }
 
 pub async fn get(global: &GlobalArgs, name: Option<String>) -> Result<i32> {
@@ -54,7 +39,7 @@ pub async fn get(global: &GlobalArgs, name: Option<String>) -> Result<i32> {
             match api
                 .get_opt(name)
                 .await
-                .map_err(crd_missing_or(scope.namespace()))?
+                .map_err(hsd_read_error(scope.namespace()))?
             {
                 Some(object) => vec![object],
                 None => {
@@ -67,7 +52,7 @@ pub async fn get(global: &GlobalArgs, name: Option<String>) -> Result<i32> {
         None => {
             api.list(&ListParams::default())
                 .await
-                .map_err(crd_missing_or(scope.namespace()))?
+                .map_err(hsd_read_error(scope.namespace()))?
                 .items
         }
     };

@@ -9,43 +9,11 @@ use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Pos
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::common::{TestNs, ensure_crd, is_ready, repo_root, wait_for};
+use crate::common::{TestNs, ensure_crd, is_ready, wait_for};
+pub use crate::common::{create_hsd, example, hsd_status, replicas};
 use kubectl_hsd::observe::hsd_resource;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-
-pub fn example(name: &str) -> Value {
-    let text = std::fs::read_to_string(repo_root().join("examples").join(name)).unwrap();
-    serde_saphyr::from_str(&text).unwrap()
-}
-
-pub async fn create_hsd(ns: &TestNs, manifest: &Value) -> Result<DynamicObject, kube::Error> {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ns.client.clone(), &ns.name, &hsd_resource());
-    let object: DynamicObject = serde_json::from_value(manifest.clone()).unwrap();
-    api.create(&PostParams::default(), &object).await
-}
-
-pub async fn hsd_status(ns: &TestNs, name: &str) -> Value {
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ns.client.clone(), &ns.name, &hsd_resource());
-    api.get(name)
-        .await
-        .unwrap()
-        .data
-        .get("status")
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
-pub async fn replicas(ns: &TestNs, deployment: &str) -> Option<i32> {
-    let deployments: Api<Deployment> = ns.api();
-    deployments
-        .get_opt(deployment)
-        .await
-        .unwrap()
-        .and_then(|d| d.spec?.replicas)
-}
 
 /// Waits until `n` pods of the selector are Ready (and none more exist).
 pub async fn ready_pods(ns: &TestNs, selector: &str, n: usize) -> Vec<Pod> {

@@ -15,13 +15,14 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use kubectl_hsd::observe::{self, Scope, hsd_resource};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use common::{
-    TestNs, Watcher, busy_victims, ensure_crd, kubeconfig, spawn_deletion_recorder, wait_for,
+    TestNs, Watcher, busy_victims, ensure_crd, kubeconfig, replicas, spawn_deletion_recorder,
+    wait_for,
 };
 
 /// One fault at a time: they stop shared components.
@@ -46,35 +47,13 @@ fn cluster(args: &[&str]) {
     );
 }
 
-fn example() -> Value {
-    let text =
-        std::fs::read_to_string(common::repo_root().join("examples/hsd-annotation.yaml")).unwrap();
-    serde_saphyr::from_str(&text).unwrap()
-}
-
+/// An HSD like the annotation example, with its own name and app label.
 async fn create_hsd(ns: &TestNs, name: &str, app: &str) {
-    let mut manifest = example();
+    let mut manifest = common::example("hsd-annotation.yaml");
     manifest["metadata"] = json!({"name": name, "namespace": ns.name});
     manifest["spec"]["selector"]["matchLabels"] = json!({"app": app});
     manifest["spec"]["podTemplate"]["metadata"]["labels"] = json!({"app": app});
-    let api: Api<DynamicObject> =
-        Api::namespaced_with(ns.client.clone(), &ns.name, &hsd_resource());
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(manifest).unwrap(),
-    )
-    .await
-    .unwrap();
-}
-
-async fn replicas(ns: &TestNs, name: &str) -> Option<i32> {
-    let deployments: Api<Deployment> = ns.api();
-    deployments
-        .get_opt(name)
-        .await
-        .ok()
-        .flatten()
-        .and_then(|d| d.spec?.replicas)
+    common::create_hsd(ns, &manifest).await.unwrap();
 }
 
 async fn wait_replicas(ns: &TestNs, name: &str, want: i32, what: &str) {

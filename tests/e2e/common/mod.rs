@@ -9,10 +9,14 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::DynamicObject;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
+use kubectl_hsd::observe::hsd_resource;
+use serde_json::Value;
 
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -356,4 +360,39 @@ pub fn busy_victims(deletions: &Deletions) -> Vec<String> {
         .filter(|(_, busy)| **busy)
         .map(|(name, _)| name.clone())
         .collect()
+}
+
+// Helpers shared by the e2e and fault tests.
+
+pub fn example(name: &str) -> Value {
+    let text = std::fs::read_to_string(repo_root().join("examples").join(name)).unwrap();
+    serde_saphyr::from_str(&text).unwrap()
+}
+
+pub async fn create_hsd(ns: &TestNs, manifest: &Value) -> Result<DynamicObject, kube::Error> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ns.client.clone(), &ns.name, &hsd_resource());
+    let object: DynamicObject = serde_json::from_value(manifest.clone()).unwrap();
+    api.create(&PostParams::default(), &object).await
+}
+
+pub async fn hsd_status(ns: &TestNs, name: &str) -> Value {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ns.client.clone(), &ns.name, &hsd_resource());
+    api.get(name)
+        .await
+        .unwrap()
+        .data
+        .get("status")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+pub async fn replicas(ns: &TestNs, deployment: &str) -> Option<i32> {
+    let deployments: Api<Deployment> = ns.api();
+    deployments
+        .get_opt(deployment)
+        .await
+        .unwrap()
+        .and_then(|d| d.spec?.replicas)
 }
