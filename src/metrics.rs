@@ -40,6 +40,8 @@ pub struct Metrics {
     probe_duration: Histogram,
     leader: Gauge,
     ready: AtomicBool,
+    /// HSDs that have series, so that a deleted one's can be removed.
+    known: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl Default for Metrics {
@@ -109,6 +111,7 @@ impl Metrics {
             probe_duration,
             leader,
             ready: AtomicBool::new(false),
+            known: Default::default(),
         }
     }
 
@@ -121,6 +124,10 @@ impl Metrics {
 
     /// Publishes an HSD's numbers exactly as its status has them.
     pub fn set_status(&self, namespace: &str, name: &str, status: &HotStandbyDeploymentStatus) {
+        self.known
+            .lock()
+            .expect("known HSDs lock")
+            .insert((namespace.to_string(), name.to_string()));
         for (state, value) in [
             ("busy", status.busy_count),
             ("idle", status.idle_count),
@@ -140,8 +147,22 @@ impl Metrics {
             .set(i64::from(status.replicas));
     }
 
+    /// The HSDs that have series.
+    pub fn known_hsds(&self) -> Vec<(String, String)> {
+        self.known
+            .lock()
+            .expect("known HSDs lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     /// Drops the series of a deleted HSD.
     pub fn forget(&self, namespace: &str, name: &str) {
+        self.known
+            .lock()
+            .expect("known HSDs lock")
+            .remove(&(namespace.to_string(), name.to_string()));
         for state in ["busy", "idle", "starting", "unknown"] {
             let mut labels = Self::hsd_labels(namespace, name);
             labels.push(("state", state.to_string()));

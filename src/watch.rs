@@ -25,6 +25,8 @@ use crate::plan::{ObservedDeployment, ProbeOutcome};
 use crate::probe::Prober;
 
 pub const DEFAULT_LEASE_NAME: &str = "kubectl-hsd";
+/// How long running reconciles may go on after a shutdown or a lost lease.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Debug)]
 pub struct WatchOptions {
@@ -244,6 +246,7 @@ async fn run_controller(
 
     let mapper_hsds = hsds.clone();
     let hsd_resource_for_map = hsd_resource.clone();
+    let pruner_task = tokio::spawn(prune_loop(hsds.clone(), context.clone(), stop.clone()));
     let prober_task = tokio::spawn(probe_loop(
         hsds.clone(),
         pods.clone(),
@@ -253,7 +256,7 @@ async fn run_controller(
         stop.clone(),
     ));
     let stop_for_controller = stop.clone();
-    controller
+    let running = controller
         .watches_stream_with(
             pod_stream,
             move |pod: LeanPod| {
@@ -281,10 +284,21 @@ async fn run_controller(
             if let Err(error) = result {
                 tracing::debug!(%error, "controller");
             }
-        })
-        .await;
+        });
+    // A graceful shutdown lets running reconciles finish, but the custom trigger streams (pods,
+    // Deployments, probes) need not end: bound the wait. Reconciles are idempotent, so one cut
+    // short is redone by the next leader.
+    let grace = async {
+        stop.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        _ = running => {}
+        _ = grace => tracing::info!("reconciles still running after the shutdown grace: dropped"),
+    }
     stop.cancel();
     let _ = prober_task.await;
+    let _ = pruner_task.await;
 }
 
 fn tokio_stream_from<T: Send + 'static>(
@@ -527,4 +541,43 @@ pub async fn live_holder(client: &Client, namespace: &str, name: &str) -> Option
     let duration =
         jiff::SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
     (renewed + duration > jiff::Timestamp::now()).then_some(holder)
+}
+
+/// Forgets what belonged to deleted HSDs (their metric series above all: a gauge of an HSD that
+/// no longer exists would be a false number) every few seconds.
+async fn prune_loop(hsds: Store<DynamicObject>, context: Arc<Context>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            ready = hsds.wait_until_ready() => if ready.is_err() { return },
+        }
+        let live: std::collections::HashSet<(String, String)> = hsds
+            .state()
+            .iter()
+            .map(|hsd| (hsd.namespace().unwrap_or_default(), hsd.name_any()))
+            .collect();
+        let gone: Vec<(String, String)> = context
+            .own_writes
+            .lock()
+            .expect("own writes lock")
+            .keys()
+            .chain(context.metrics.known_hsds().iter())
+            .filter(|key| !live.contains(*key))
+            .cloned()
+            .collect();
+        for key in gone {
+            context
+                .own_writes
+                .lock()
+                .expect("own writes lock")
+                .remove(&key);
+            context.failures.lock().expect("failures lock").remove(&key);
+            context.metrics.forget(&key.0, &key.1);
+        }
+    }
 }
