@@ -277,6 +277,24 @@ pub fn hsd_selects(hsd: &ObservedHsd, pod: &LeanPod) -> bool {
             .is_some_and(|labels| plan::selector_matches(&spec.selector.match_labels, labels))
 }
 
+/// Whether the pod belongs to the raw HSD object, reading only its selector (the pod-event
+/// mapper runs this for every HSD on every pod event: no full spec parse there).
+pub fn raw_hsd_selects(hsd: &DynamicObject, pod: &LeanPod) -> bool {
+    let Some(selector) = hsd
+        .data
+        .pointer("/spec/selector/matchLabels")
+        .and_then(|m| m.as_object())
+    else {
+        return false;
+    };
+    let labels = pod.metadata.labels.as_ref();
+    pod.metadata.namespace == hsd.metadata.namespace
+        && !selector.is_empty()
+        && selector.iter().all(|(key, value)| {
+            labels.and_then(|l| l.get(key)).map(String::as_str) == value.as_str()
+        })
+}
+
 /// A pod an HSD in http mode wants probed.
 pub fn probe_target(pod: &LeanPod, spec: &HotStandbyDeploymentSpec) -> Option<ProbeTarget> {
     if spec.busy_probe.mode != ProbeMode::Http || pod.metadata.deletion_timestamp.is_some() {
@@ -414,4 +432,98 @@ pub async fn probe_pods(
         probe_results.push(result);
     }
     probe_results
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn hsd(namespace: &str, labels: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(json!({
+            "apiVersion": "apps.paia.tech/v1alpha1", "kind": "HotStandbyDeployment",
+            "metadata": {"name": "h", "namespace": namespace, "uid": "u"},
+            "spec": {
+                "idleTarget": 1,
+                "selector": {"matchLabels": labels},
+                "podTemplate": {"metadata": {"labels": labels}},
+            },
+        }))
+        .unwrap()
+    }
+
+    fn pod(namespace: &str, labels: serde_json::Value) -> LeanPod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": namespace, "labels": labels},
+            "spec": {},
+            "status": {"podIP": "127.10.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_raw_selector_check_agrees_with_the_parsed_one() {
+        let cases = [
+            (
+                hsd("a", json!({"app": "x"})),
+                pod("a", json!({"app": "x", "other": "y"})),
+                true,
+            ),
+            (
+                hsd("a", json!({"app": "x"})),
+                pod("a", json!({"app": "z"})),
+                false,
+            ),
+            (
+                hsd("a", json!({"app": "x"})),
+                pod("b", json!({"app": "x"})),
+                false,
+            ),
+            (
+                hsd("a", json!({"app": "x", "tier": "t"})),
+                pod("a", json!({"app": "x"})),
+                false,
+            ),
+            (hsd("a", json!({})), pod("a", json!({"app": "x"})), false),
+        ];
+        for (object, pod, expected) in cases {
+            assert_eq!(
+                raw_hsd_selects(&object, &pod),
+                expected,
+                "{:?}",
+                object.data
+            );
+            assert_eq!(
+                hsd_selects(&hsd_facts(&object), &pod),
+                expected,
+                "{:?}",
+                object.data
+            );
+        }
+    }
+
+    #[test]
+    fn pod_facts_read_what_the_plan_needs() {
+        let mut lean = pod("a", json!({"app": "x"}));
+        lean.spec.node_name = Some("node-1".into());
+        lean.metadata.annotations = Some(
+            [
+                ("paia.tech/busy".to_string(), "true".to_string()),
+                (
+                    plan::DELETION_COST_ANNOTATION.to_string(),
+                    "1000000".to_string(),
+                ),
+            ]
+            .into(),
+        );
+        let facts = pod_facts(&lean, "paia.tech/busy");
+        assert!(facts.ready && facts.scheduled && !facts.terminating);
+        assert_eq!(facts.busy_annotation.as_deref(), Some("true"));
+        assert_eq!(facts.deletion_cost, Some(1_000_000));
+        assert_eq!(
+            lean.status.as_ref().unwrap().pod_ip.as_deref(),
+            Some("127.10.0.1"),
+            "podIP, not podIp"
+        );
+    }
 }

@@ -264,10 +264,7 @@ async fn run_controller(
                 mapper_hsds
                     .state()
                     .into_iter()
-                    .filter(|hsd| {
-                        let facts = observe::hsd_facts(hsd);
-                        observe::hsd_selects(&facts, &pod)
-                    })
+                    .filter(|hsd| observe::raw_hsd_selects(hsd, &pod))
                     .map(|hsd| {
                         ObjectRef::new_with(&hsd.name_any(), hsd_resource_for_map.clone())
                             .within(&hsd.namespace().unwrap_or_default())
@@ -446,6 +443,15 @@ async fn probe_loop(
         let mut due = Vec::new();
         let all_pods = pods.state();
         for object in hsds.state() {
+            // Most HSDs are in annotation mode: skip them without reading the whole spec.
+            if object
+                .data
+                .pointer("/spec/busyProbe/mode")
+                .and_then(|m| m.as_str())
+                != Some("http")
+            {
+                continue;
+            }
             let hsd = observe::hsd_facts(&object);
             let Ok(spec) = &hsd.spec else { continue };
             if spec.busy_probe.mode != ProbeMode::Http {
