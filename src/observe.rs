@@ -127,7 +127,7 @@ pub async fn read_snapshot(client: &Client, scope: &Scope) -> Result<Snapshot> {
     }
     let (deployments, pods) = tokio::try_join!(
         async {
-            list_all::<LeanDeployment>(scope.api(client, &deployment_resource()))
+            list_lean::<LeanDeploymentSpec, NotUsed>(client, scope, &deployment_resource())
                 .await
                 .map_err(kube_error(
                     "listing Deployments",
@@ -137,7 +137,7 @@ pub async fn read_snapshot(client: &Client, scope: &Scope) -> Result<Snapshot> {
                 ))
         },
         async {
-            list_all::<LeanPod>(scope.api(client, &pod_resource()))
+            list_lean::<LeanPodSpec, LeanPodStatus>(client, scope, &pod_resource())
                 .await
                 .map_err(kube_error("listing pods", "list", "pods", namespace))
         },
@@ -158,6 +158,86 @@ where
     loop {
         let page: ObjectList<K> = api.list(&params).await?;
         items.extend(page.items);
+        match page.metadata.continue_.filter(|token| !token.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(items),
+        }
+    }
+}
+
+/// Object metadata as a pass reads it: what the plan needs, and not `managedFields` (often the
+/// largest part of a pod), which serde skips without keeping it.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LeanMeta {
+    name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    creation_timestamp: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    deletion_timestamp: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    labels: Option<BTreeMap<String, String>>,
+    annotations: Option<BTreeMap<String, String>>,
+    owner_references: Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>,
+}
+
+#[derive(Deserialize)]
+#[serde(bound(deserialize = "P: Default + DeserializeOwned, U: DeserializeOwned"))]
+struct LeanItem<P, U> {
+    metadata: LeanMeta,
+    #[serde(default)]
+    spec: P,
+    status: Option<U>,
+}
+
+#[derive(Deserialize)]
+#[serde(bound(deserialize = "P: Default + DeserializeOwned, U: DeserializeOwned"))]
+struct LeanList<P, U> {
+    metadata: kube::core::ListMeta,
+    items: Vec<LeanItem<P, U>>,
+}
+
+/// Lists a resource page by page straight into lean objects: one request per page, and the
+/// memory of one page's raw JSON at a time.
+async fn list_lean<P, U>(
+    client: &Client,
+    scope: &Scope,
+    resource: &ApiResource,
+) -> Result<Vec<Object<P, U>>, kube::Error>
+where
+    P: Clone + Default + DeserializeOwned,
+    U: Clone + DeserializeOwned,
+{
+    let url = <Object<P, U> as Resource>::url_path(resource, scope.namespace());
+    let request = kube::core::Request::new(url);
+    let mut items = Vec::new();
+    let mut params = ListParams::default().limit(PAGE_SIZE);
+    loop {
+        let http_request = request.list(&params).map_err(kube::Error::BuildRequest)?;
+        let page: LeanList<P, U> = client.request(http_request).await?;
+        items.extend(page.items.into_iter().map(|item| {
+            let mut annotations = item.metadata.annotations;
+            if let Some(annotations) = annotations.as_mut() {
+                annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+            }
+            Object {
+                types: None,
+                metadata: kube::api::ObjectMeta {
+                    name: item.metadata.name,
+                    namespace: item.metadata.namespace,
+                    uid: item.metadata.uid,
+                    resource_version: item.metadata.resource_version,
+                    creation_timestamp: item.metadata.creation_timestamp,
+                    deletion_timestamp: item.metadata.deletion_timestamp,
+                    labels: item.metadata.labels,
+                    annotations,
+                    owner_references: item.metadata.owner_references,
+                    ..Default::default()
+                },
+                spec: item.spec,
+                status: item.status,
+            }
+        }));
         match page.metadata.continue_.filter(|token| !token.is_empty()) {
             Some(token) => params = params.continue_token(&token),
             None => return Ok(items),
