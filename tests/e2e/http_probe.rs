@@ -124,3 +124,74 @@ async fn http_probes_count_busy_idle_and_unknown() {
         server.abort();
     }
 }
+
+/// Serves the status held in `status`, which the test may change at any time.
+async fn serve_switchable(
+    addr: SocketAddr,
+    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+) -> tokio::task::JoinHandle<()> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let code = status.load(std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 1024];
+                let _ = socket.read(&mut buffer).await;
+                let response =
+                    format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watcher_probes_every_period_and_reacts_to_a_changed_answer() {
+    crate::common::ensure_crd();
+    let ns = TestNs::new("http-watch").await;
+    let port = test_port();
+    let mut manifest = example("hsd-http.yaml");
+    manifest["metadata"]["namespace"] = json!(ns.name);
+    manifest["spec"]["busyProbe"]["http"]["port"] = json!(port);
+    manifest["spec"]["busyProbe"]["http"]["periodSeconds"] = json!(1);
+    manifest["spec"]["maxReplicas"] = json!(4);
+    create_hsd(&ns, &manifest).await.unwrap();
+    ns.hsd_ok(&["reconcile"]);
+    let pods = ready_pods(&ns, "app=game-ws", 3).await;
+    let statuses: Vec<_> = (0..3)
+        .map(|_| std::sync::Arc::new(std::sync::atomic::AtomicU16::new(503)))
+        .collect();
+    let mut servers = Vec::new();
+    for (pod, status) in pods.iter().zip(&statuses) {
+        let addr: SocketAddr = format!(
+            "{}:{port}",
+            pod.status.as_ref().unwrap().pod_ip.as_deref().unwrap()
+        )
+        .parse()
+        .unwrap();
+        servers.push(serve_switchable(addr, status.clone()).await);
+    }
+    let _watcher = crate::common::Watcher::start(&ns.name, "prober", &[]);
+    crate::common::wait_for(
+        "3 idle pods by probe",
+        std::time::Duration::from_secs(10),
+        || async { (hsd_status(&ns, "game-ws").await["idleCount"] == 3).then_some(()) },
+    )
+    .await;
+    // One pod starts answering 200 (busy); nobody runs any command.
+    statuses[0].store(200, std::sync::atomic::Ordering::SeqCst);
+    crate::common::wait_for(
+        "4 replicas after a probe turned busy",
+        std::time::Duration::from_secs(10),
+        || async { (replicas(&ns, "game-ws-workload").await == Some(4)).then_some(()) },
+    )
+    .await;
+    for server in servers {
+        server.abort();
+    }
+}
