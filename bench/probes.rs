@@ -1,0 +1,226 @@
+//! HTTP probe throughput: real HTTP servers bound on the pods' loopback IPs, probed with the
+//! library's `Prober` at the default concurrency (and by a one-shot pass of the binary).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use kubectl_hsd::probe::{DEFAULT_CONCURRENCY, ProbeTarget, Prober};
+
+use crate::util::{Context, Res};
+
+pub const ANSWER_OK: u8 = 0;
+pub const ANSWER_UNAVAILABLE: u8 = 1;
+/// Accepts, reads the request and never answers.
+pub const ANSWER_NEVER: u8 = 2;
+
+/// One server per pod IP. Each records when it last finished answering.
+pub struct Servers {
+    pub addrs: Vec<SocketAddr>,
+    modes: Vec<Arc<AtomicU8>>,
+    answered: Arc<Mutex<HashMap<usize, Instant>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Servers {
+    /// Binds `ip:port` for each IP; even ones answer 200 (busy), odd ones 503 (idle).
+    pub async fn start(ips: &[IpAddr], port: u16) -> Res<Self> {
+        let answered = Arc::new(Mutex::new(HashMap::new()));
+        let mut servers = Self {
+            addrs: Vec::new(),
+            modes: Vec::new(),
+            answered: answered.clone(),
+            tasks: Vec::new(),
+        };
+        for (index, ip) in ips.iter().enumerate() {
+            if !ip.is_loopback() {
+                return Err(format!("pod IP {ip} is not a loopback address"));
+            }
+            let addr = SocketAddr::new(*ip, port);
+            let listener = TcpListener::bind(addr)
+                .await
+                .ctx(format!("binding {addr}"))?;
+            let mode = Arc::new(AtomicU8::new(if index % 2 == 0 {
+                ANSWER_OK
+            } else {
+                ANSWER_UNAVAILABLE
+            }));
+            let task_mode = mode.clone();
+            let task_answered = answered.clone();
+            servers.tasks.push(tokio::spawn(async move {
+                loop {
+                    let Ok((mut socket, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let mode = task_mode.clone();
+                    let answered = task_answered.clone();
+                    tokio::spawn(async move {
+                        let mut request = Vec::with_capacity(512);
+                        let mut buffer = [0u8; 1024];
+                        // Read the request head (bounded).
+                        while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 16384
+                        {
+                            match socket.read(&mut buffer).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => request.extend_from_slice(&buffer[..n]),
+                            }
+                        }
+                        let status = match mode.load(Ordering::Relaxed) {
+                            ANSWER_OK => "200 OK",
+                            ANSWER_UNAVAILABLE => "503 Service Unavailable",
+                            _ => {
+                                // Hold the connection until the client gives up (bounded).
+                                let _ = tokio::time::timeout(
+                                    Duration::from_secs(60),
+                                    socket.read(&mut buffer),
+                                )
+                                .await;
+                                return;
+                            }
+                        };
+                        let response = format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        );
+                        let _ = socket.write_all(response.as_bytes()).await;
+                        answered
+                            .lock()
+                            .expect("answered lock")
+                            .insert(index, Instant::now());
+                    });
+                }
+            }));
+            servers.addrs.push(addr);
+            servers.modes.push(mode);
+        }
+        Ok(servers)
+    }
+
+    pub fn set_mode(&self, index: usize, mode: u8) {
+        self.modes[index].store(mode, Ordering::Relaxed);
+    }
+
+    fn reset_answered(&self) {
+        self.answered.lock().expect("answered lock").clear();
+    }
+
+    /// When the last server other than `except` answered.
+    fn last_answer(&self, except: Option<usize>) -> Option<Instant> {
+        self.answered
+            .lock()
+            .expect("answered lock")
+            .iter()
+            .filter(|(i, _)| Some(**i) != except)
+            .map(|(_, t)| *t)
+            .max()
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ProbeNumbers {
+    pub pods: usize,
+    pub per_second: f64,
+    /// Each repetition: seconds for all probes.
+    pub seconds: Vec<f64>,
+    /// With one never-answering server: how much later the others were all answered.
+    pub slow_server_extra_ms: f64,
+    /// With one never-answering server: the whole probe round, and the probe timeout.
+    pub slow_round_seconds: f64,
+    pub timeout_seconds: f64,
+    pub concurrency: usize,
+}
+
+fn targets(servers: &Servers, path: &str, timeout: Duration) -> Vec<(usize, ProbeTarget)> {
+    servers
+        .addrs
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            (
+                i,
+                ProbeTarget {
+                    ip: addr.ip(),
+                    port: addr.port(),
+                    path: path.to_string(),
+                    timeout,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Probes every server with `Prober::probe_all` at the default concurrency, `rounds` times;
+/// then once with the first server never answering.
+pub async fn measure(servers: &Servers, rounds: usize) -> Res<ProbeNumbers> {
+    let timeout = Duration::from_secs(1);
+    let prober = Prober::new(DEFAULT_CONCURRENCY);
+    let mut numbers = ProbeNumbers {
+        pods: servers.addrs.len(),
+        concurrency: DEFAULT_CONCURRENCY,
+        timeout_seconds: timeout.as_secs_f64(),
+        ..Default::default()
+    };
+    // Warm-up round, not counted.
+    prober.probe_all(targets(servers, "/busy", timeout)).await;
+    let mut baseline_last = Vec::new();
+    for _ in 0..rounds {
+        servers.reset_answered();
+        let started = Instant::now();
+        let results = prober.probe_all(targets(servers, "/busy", timeout)).await;
+        let elapsed = started.elapsed();
+        let failed = results
+            .iter()
+            .filter(|(_, r)| matches!(r.outcome, kubectl_hsd::plan::ProbeOutcome::Error(_)))
+            .count();
+        if failed > 0 {
+            return Err(format!(
+                "{failed} of {} probes failed with every server answering",
+                results.len()
+            ));
+        }
+        numbers.seconds.push(elapsed.as_secs_f64());
+        if let Some(last) = servers.last_answer(Some(0)) {
+            baseline_last.push(last.saturating_duration_since(started).as_secs_f64());
+        }
+    }
+    let median = crate::util::median(&numbers.seconds);
+    numbers.per_second = numbers.pods as f64 / median;
+
+    // One server that never answers, first in the list (the worst place for head-of-line
+    // blocking): the others should be answered as fast as without it.
+    servers.set_mode(0, ANSWER_NEVER);
+    servers.reset_answered();
+    let started = Instant::now();
+    let results = prober.probe_all(targets(servers, "/busy", timeout)).await;
+    numbers.slow_round_seconds = started.elapsed().as_secs_f64();
+    servers.set_mode(0, ANSWER_OK);
+    let others_done = servers
+        .last_answer(Some(0))
+        .ok_or("no server answered")?
+        .saturating_duration_since(started)
+        .as_secs_f64();
+    let unknown = results
+        .iter()
+        .filter(|(_, r)| matches!(r.outcome, kubectl_hsd::plan::ProbeOutcome::Error(_)))
+        .count();
+    if unknown != 1 {
+        return Err(format!(
+            "with one silent server, {unknown} probes failed (expected 1)"
+        ));
+    }
+    let baseline = crate::util::median(&baseline_last);
+    numbers.slow_server_extra_ms = ((others_done - baseline) * 1000.0).max(0.0);
+    Ok(numbers)
+}
