@@ -168,7 +168,6 @@ async fn the_delay_holds_across_one_shot_passes_then_releases() {
     ready_pods(&ns, "app=game-ws", 2).await;
 
     annotate(&ns, &pods[0].name_any(), "paia.tech/busy", "false").await;
-    let released = std::time::Instant::now();
     ns.hsd_ok(&["reconcile"]);
     assert_eq!(
         replicas(&ns, "game-ws-workload").await,
@@ -197,12 +196,30 @@ async fn the_delay_holds_across_one_shot_passes_then_releases() {
         "still inside the window"
     );
 
-    tokio::time::sleep(
-        Duration::from_secs(4).saturating_sub(released.elapsed()) + Duration::from_millis(500),
-    )
-    .await;
-    let summary = ns.hsd_ok(&["reconcile"]);
-    assert!(summary.contains("scaled 2->1"), "{summary}");
+    // Released once the lower recommendation has held 4 s (measured from when a pass first
+    // made it, as recorded in the status), not before.
+    let lower_since: jiff::Timestamp = history.last().unwrap()["since"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let release_at = lower_since + jiff::SignedDuration::from_secs(4);
+    loop {
+        let before = jiff::Timestamp::now();
+        let summary = ns.hsd_ok(&["reconcile"]);
+        if summary.contains("scaled 2->1") {
+            assert!(
+                jiff::Timestamp::now() >= release_at,
+                "released early: {summary}"
+            );
+            break;
+        }
+        assert!(
+            before < release_at + jiff::SignedDuration::from_secs(5),
+            "never released: {summary}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 #[tokio::test]
