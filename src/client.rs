@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use kube::client::ClientBuilder;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -71,12 +72,69 @@ pub async fn load_config(options: &ClientOptions) -> Result<Config> {
     }
 }
 
+/// Longest wait for the answer to a request that is not a watch.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Bounds every request but watches (which are long by design): a request stuck on a
+/// connection that died with an API server restart fails and is retried instead of hanging.
+#[derive(Clone)]
+pub struct RequestTimeout<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S> tower::Service<http::Request<kube::client::Body>> for RequestTimeout<S>
+where
+    S: tower::Service<http::Request<kube::client::Body>>,
+    S::Error: Into<tower::BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = tower::BoxError;
+    type Future =
+        futures::future::BoxFuture<'static, std::result::Result<S::Response, tower::BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
+        let watch = request.uri().query().is_some_and(|query| {
+            query
+                .split('&')
+                .any(|pair| pair == "watch=true" || pair == "watch=1")
+        });
+        let response = self.inner.call(request);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            if watch {
+                return response.await.map_err(Into::into);
+            }
+            match tokio::time::timeout(timeout, response).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(format!(
+                    "no answer from the API server within {}s",
+                    timeout.as_secs()
+                )
+                .into()),
+            }
+        })
+    }
+}
+
 /// Builds a client whose requests are counted in the returned stats.
 pub fn counted_client(config: Config) -> Result<(Client, Arc<RequestStats>)> {
     let stats = Arc::new(RequestStats::default());
     let counter = stats.clone();
     let builder = ClientBuilder::try_from(config).map_err(|e| Error::Config(e.to_string()))?;
     let client = builder
+        .with_layer(&tower::layer::layer_fn(|inner| RequestTimeout {
+            inner,
+            timeout: REQUEST_TIMEOUT,
+        }))
         .with_layer(&tower::util::MapRequestLayer::new(
             move |request: http::Request<kube::client::Body>| {
                 counter.record(request.method());

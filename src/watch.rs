@@ -214,21 +214,22 @@ async fn run_controller(
     let pod_writer = Writer::new(pod_resource.clone());
     let pods = pod_writer.as_reader();
     let pod_stream = watcher(pod_api, watcher::Config::default())
-        .default_backoff()
+        .backoff(watch_backoff())
         .modify(|pod: &mut LeanPod| strip_meta(&mut pod.metadata))
         .reflect(pod_writer)
         .touched_objects();
     let deployment_writer = Writer::new(deployment_resource.clone());
     let deployments = deployment_writer.as_reader();
     let deployment_stream = watcher(deployment_api, watcher::Config::default())
-        .default_backoff()
+        .backoff(watch_backoff())
         .modify(|d: &mut LeanDeployment| strip_meta(&mut d.metadata))
         .reflect(deployment_writer)
         .touched_objects();
 
     let controller =
         Controller::new_with(hsd_api, watcher::Config::default(), hsd_resource.clone())
-            .with_config(ControllerConfig::default().concurrency(16));
+            .with_config(ControllerConfig::default().concurrency(16))
+            .trigger_backoff(watch_backoff());
     let hsds = controller.store();
     let (probe_trigger, probe_triggers) =
         tokio::sync::mpsc::unbounded_channel::<ObjectRef<DynamicObject>>();
@@ -296,6 +297,17 @@ async fn run_controller(
     stop.cancel();
     let _ = prober_task.await;
     let _ = pruner_task.await;
+}
+
+/// Re-watch backoff: short, so that a watcher is back within seconds of an API server's return
+/// (the default grows to 30 s during an outage, which then delays the first reaction after it).
+fn watch_backoff() -> kube::runtime::watcher::ExponentialBackoff {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(3))
+        .with_jitter()
+        .without_max_times()
+        .into()
 }
 
 fn tokio_stream_from<T: Send + 'static>(
