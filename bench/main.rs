@@ -350,9 +350,9 @@ async fn benchmark(options: &Options, cluster: &Cluster, results: &mut Value) ->
     }
     results["notes"] = json!([
         "Reaction: each event flips one pod's paia.tech/busy annotation (merge PATCH); the latency runs from the PATCH's response to this benchmark's own Deployment watch delivering the new spec.replicas. Flips alternate busy/idle per HSD (replicas 20 <-> 21), one at a time, each waited for. The floor (in-process kube-rs client on its own runtime thread) watches all pods and merge-PATCHes spec.replicas to idleTarget + busy on each change; it ran first, then the product's watcher (`reconcile --watch -A --leader-elect=false`), on the same pods.",
-        "One-shot pass: `/usr/bin/time -v kubectl-hsd reconcile -A --stats` after a converging pass and a settled cluster; seconds = process wall time (median of the repetitions), pass_seconds = the --stats time, requests/noop_writes from --stats, peak RSS from /usr/bin/time. HSDs are spread over 10 namespaces.",
+        "One-shot pass: `/usr/bin/time -v kubectl-hsd reconcile -A --stats` after a converging pass and a settled cluster; seconds = process wall time (median of the repetitions), pass_seconds = the --stats time, cpu_seconds = the process's user + system CPU (the rest of the wall time is waiting for the API server), requests/noop_writes from --stats, peak RSS from /usr/bin/time. HSDs are spread over 10 namespaces.",
         "Watch memory: VmRSS of `reconcile --watch -A` once /readyz answers 200 and every HSD has been reconciled (one hsd_desired_replicas series each), 5 s later.",
-        "Probes: per_second is kubectl_hsd::probe::Prober::probe_all at the default concurrency against one real HTTP server per pod IP (half 200, half 503), median of 5 rounds; pass_per_second is pods probed / --stats seconds of a one-shot pass over the HTTP-mode HSDs; slow_server_extra_ms is how much later the other servers were all answered when the first one never answers (1 s timeout).",
+        "Probes: per_second is kubectl_hsd::probe::Prober::probe_all at the default concurrency against one real HTTP server per pod IP (half 200, half 503), median of 5 rounds; pass_per_second is pods probed / --stats seconds of a one-shot pass over the HTTP-mode HSDs; slow_server_extra_ms is how much later the other servers were all answered when the first one never answers (1 s timeout) than in the baseline round just before, median of 3 such pairs.",
     ]);
     if options.runs("probes") {
         results["probes"] = probes(options, &client, &product, &tracker).await?;
@@ -453,10 +453,11 @@ async fn pass(
             .measured_pass(&["-A"], Duration::from_secs(600))
             .await?;
         say(format!(
-            "  pass {}: {:.3}s wall, {:.3}s pass, {} requests ({} writes), peak RSS {:.1} MB",
+            "  pass {}: {:.3}s wall, {:.3}s pass, {:.2}s CPU, {} requests ({} writes), peak RSS {:.1} MB",
             i + 1,
             run.wall.as_secs_f64(),
             run.stats.seconds,
+            run.cpu_seconds,
             run.stats.requests,
             run.stats.writes,
             run.peak_rss_kb as f64 / 1024.0
@@ -482,6 +483,9 @@ async fn pass(
         "noop_writes": runs.iter().map(|r| r.stats.writes).max(),
         "peak_rss_mb": round(runs.iter().map(|r| r.peak_rss_kb).max().unwrap_or(0) as f64 / 1024.0, 1),
         "repetitions": runs.len(),
+        // The product's own CPU (user + system) next to its wall time: the rest is waiting
+        // for the API server.
+        "cpu_seconds": round(median(&runs.iter().map(|r| r.cpu_seconds).collect::<Vec<_>>()), 2),
     }))
 }
 
@@ -513,7 +517,9 @@ async fn wait_watcher_synced(
                 product::tail(&watcher.log_text(), 10)
             ));
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // /metrics has a handful of series per HSD: poll it gently on big sets.
+        let every = if hsds > 100 { 1000 } else { 200 };
+        tokio::time::sleep(Duration::from_millis(every)).await;
     }
 }
 
@@ -649,26 +655,43 @@ async fn watch_memory(product: &Product, hsds: usize) -> Res<Value> {
     let pods = hsds * PODS_PER_HSD;
     say(format!("watch-mode memory at {pods} pods ({hsds} HSDs)"));
     let mut watcher = product.start_watcher("memory").await?;
-    let timeout = Duration::from_secs(120) + Duration::from_millis(60) * pods as u32;
+    let timeout = Duration::from_secs(120) + Duration::from_millis(30) * pods as u32;
+    let started = Instant::now();
+    let synced = wait_watcher_synced(&mut watcher, hsds, timeout).await;
     let result = async {
-        let sync = wait_watcher_synced(&mut watcher, hsds, timeout).await?;
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        if synced.is_ok() {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
         watcher.alive()?;
         let (rss, hwm) = watcher.memory_kb()?;
+        let reconciled = watcher.reconciled_hsds().await.unwrap_or(0);
         Ok::<_, String>(json!({
             "pods": pods,
             "hsds": hsds,
             "rss_mb": round(rss as f64 / 1024.0, 1),
             "hwm_mb": round(hwm as f64 / 1024.0, 1),
-            "sync_seconds": round(sync, 1),
+            "synced": synced.is_ok(),
+            "reconciled_hsds": reconciled,
+            "sync_seconds": round(synced.as_ref().copied().unwrap_or(started.elapsed().as_secs_f64()), 1),
+            "cpu_seconds": watcher.cpu_seconds().ok().map(|s| round(s, 1)),
         }))
     }
     .await;
     watcher.stop().await;
-    let value = result?;
+    let mut value = result?;
+    if let Err(error) = synced {
+        // Not fatal: the memory at the deadline is still a number worth having.
+        say(format!("watch: {error}"));
+        value["error"] = json!(error);
+        value["sync_seconds"] = Value::Null;
+    }
     say(format!(
-        "watch: VmRSS {} MB (VmHWM {} MB), synced in {} s",
-        value["rss_mb"], value["hwm_mb"], value["sync_seconds"]
+        "watch: VmRSS {} MB (VmHWM {} MB), synced: {}, {} s, {} CPU s",
+        value["rss_mb"],
+        value["hwm_mb"],
+        value["synced"],
+        value["sync_seconds"],
+        value["cpu_seconds"]
     ));
     Ok(value)
 }
@@ -727,6 +750,7 @@ async fn probes(
         "concurrency": numbers.concurrency,
         "round_seconds": numbers.seconds.iter().map(|s| round(*s, 4)).collect::<Vec<_>>(),
         "slow_round_seconds": round(numbers.slow_round_seconds, 3),
+        "slow_server_extra_samples_ms": numbers.slow_server_extra_samples_ms.iter().map(|v| round(*v, 1)).collect::<Vec<_>>(),
         "timeout_seconds": numbers.timeout_seconds,
         "pass_per_second": round(pass_per_second, 0),
         "pass_probed": run.stats.probed,
@@ -809,11 +833,16 @@ fn goals(results: &Value) -> Vec<Goal> {
         } else {
             format!(" (at {pods} pods; goal is at 20,000)")
         };
+        let synced = w["synced"] != false;
         goals.push(Goal {
             name: format!("watch memory after sync{at}"),
             target: "<= 200 MB at 20,000 pods".into(),
-            value: format!("{rss:.1} MB"),
-            met: (pods >= 20_000).then_some(rss <= 200.0),
+            value: if synced {
+                format!("{rss:.1} MB")
+            } else {
+                format!("{rss:.1} MB, but not synced within the deadline")
+            },
+            met: (pods >= 20_000).then_some(rss <= 200.0 && synced),
         });
     }
     let p = &results["probes"];

@@ -58,6 +58,8 @@ pub struct PassRun {
     pub stats: Stats,
     /// Peak RSS from `/usr/bin/time -v` (kB).
     pub peak_rss_kb: u64,
+    /// User + system CPU seconds of the process (`/usr/bin/time -v`).
+    pub cpu_seconds: f64,
 }
 
 impl Product {
@@ -166,10 +168,18 @@ impl Product {
             })
             .and_then(|v| v.trim().parse().ok())
             .ok_or("no peak RSS in /usr/bin/time's output")?;
+        let seconds = |label: &str| -> f64 {
+            time.lines()
+                .find_map(|l| l.trim().strip_prefix(label))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        let cpu_seconds = seconds("User time (seconds): ") + seconds("System time (seconds): ");
         Ok(PassRun {
             wall,
             stats,
             peak_rss_kb,
+            cpu_seconds,
         })
     }
 
