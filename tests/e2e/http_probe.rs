@@ -19,32 +19,19 @@ pub enum Behaviour {
 
 /// Serves `behaviour` on `addr` until the returned task is aborted.
 pub async fn serve(addr: SocketAddr, behaviour: Behaviour) -> tokio::task::JoinHandle<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buffer = [0u8; 1024];
-                let _ = socket.read(&mut buffer).await;
-                match behaviour {
-                    Behaviour::Status(code) => {
-                        let response = format!(
-                            "HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                        );
-                        let _ = socket.write_all(response.as_bytes()).await;
-                    }
-                    Behaviour::Silent => {
-                        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-                    }
-                }
-            });
-        }
-    })
+    let code = match behaviour {
+        Behaviour::Status(code) => code,
+        Behaviour::Silent => SILENT,
+    };
+    serve_switchable(
+        addr,
+        std::sync::Arc::new(std::sync::atomic::AtomicU16::new(code)),
+    )
+    .await
 }
+
+/// The status code that makes a test server accept and never answer.
+const SILENT: u16 = 0;
 
 /// A port unlikely to collide with other tests binding on the same loopback addresses.
 pub fn test_port() -> u16 {
@@ -125,7 +112,8 @@ async fn http_probes_count_busy_idle_and_unknown() {
     }
 }
 
-/// Serves the status held in `status`, which the test may change at any time.
+/// Serves the status held in `status`, which the test may change at any time ([`SILENT`]: accept
+/// and never answer).
 async fn serve_switchable(
     addr: SocketAddr,
     status: std::sync::Arc<std::sync::atomic::AtomicU16>,
@@ -142,6 +130,10 @@ async fn serve_switchable(
             tokio::spawn(async move {
                 let mut buffer = [0u8; 1024];
                 let _ = socket.read(&mut buffer).await;
+                if code == SILENT {
+                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                    return;
+                }
                 let response =
                     format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
                 let _ = socket.write_all(response.as_bytes()).await;
