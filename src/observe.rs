@@ -360,16 +360,21 @@ pub fn hsd_selects(hsd: &ObservedHsd, pod: &LeanPod) -> bool {
 /// Whether the pod belongs to the raw HSD object, reading only its selector (the pod-event
 /// mapper runs this for every HSD on every pod event: no full spec parse there).
 pub fn raw_hsd_selects(hsd: &DynamicObject, pod: &LeanPod) -> bool {
+    // The namespace first: it rules out most HSDs before any JSON is looked at.
+    if pod.metadata.namespace != hsd.metadata.namespace {
+        return false;
+    }
     let Some(selector) = hsd
         .data
-        .pointer("/spec/selector/matchLabels")
+        .get("spec")
+        .and_then(|spec| spec.get("selector"))
+        .and_then(|selector| selector.get("matchLabels"))
         .and_then(|m| m.as_object())
     else {
         return false;
     };
     let labels = pod.metadata.labels.as_ref();
-    pod.metadata.namespace == hsd.metadata.namespace
-        && !selector.is_empty()
+    !selector.is_empty()
         && selector.iter().all(|(key, value)| {
             labels.and_then(|l| l.get(key)).map(String::as_str) == value.as_str()
         })
