@@ -35,20 +35,9 @@ cd "$REPO_ROOT"
 log() { printf 'bench.sh: %s\n' "$*" >&2; }
 started=$(date +%s)
 
-missing=()
-for tool in openssl:openssl curl:curl python3:python3; do
-  command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
-done
-[[ -x /usr/bin/time ]] || missing+=(time)
-if ((${#missing[@]})); then
-  log "installing ${missing[*]}"
-  sudo_cmd=()
-  [[ $(id -u) == 0 ]] || sudo_cmd=(sudo)
-  "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-command -v go >/dev/null || { log "error: Go is required (the control plane is built from Go modules)"; exit 1; }
-command -v cargo >/dev/null || { log "error: cargo is required"; exit 1; }
+# shellcheck source=hack/lib.sh
+source "$REPO_ROOT/hack/lib.sh"
+ensure_tools openssl:openssl curl:curl python3:python3 /usr/bin/time:time
 
 export HSD_CLUSTER_DIR="$REPO_ROOT/target/bench-cluster"
 export HSD_POD_CIDR="${HSD_POD_CIDR:-127.91.0.0/16}"

@@ -36,10 +36,9 @@ fi
 [[ $# == 0 ]] || die "usage: hack/demo.sh [down]"
 
 # Same set-up as the tests: the tools a fresh machine of this kind may lack.
-for tool in openssl curl python3; do
-  command -v "$tool" >/dev/null || { sudo_cmd=(); [[ $(id -u) == 0 ]] || sudo_cmd=(sudo);
-    "${sudo_cmd[@]}" apt-get update -qq && "${sudo_cmd[@]}" apt-get install -y -qq "$tool" >/dev/null; }
-done
+# shellcheck source=hack/lib.sh
+source "$REPO_ROOT/hack/lib.sh"
+ensure_tools openssl:openssl curl:curl python3:python3
 
 step "Building kubectl-hsd"
 cargo build --locked --bin kubectl-hsd

@@ -12,21 +12,9 @@ cd "$REPO_ROOT"
 log() { printf 'test.sh: %s\n' "$*" >&2; }
 started=$(date +%s)
 
-# Tools from the machine's package manager when missing (a clean clone is not a fresh machine,
-# and a fresh machine of this kind has Go and Rust but maybe not these).
-missing=()
-for tool in openssl:openssl curl:curl python3:python3 ss:iproute2; do
-  command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
-done
-if ((${#missing[@]})); then
-  log "installing ${missing[*]}"
-  sudo_cmd=()
-  [[ $(id -u) == 0 ]] || sudo_cmd=(sudo)
-  "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-command -v go >/dev/null || { log "error: Go is required (the control plane is built from Go modules)"; exit 1; }
-command -v cargo >/dev/null || { log "error: cargo is required"; exit 1; }
+# shellcheck source=hack/lib.sh
+source "$REPO_ROOT/hack/lib.sh"
+ensure_tools openssl:openssl curl:curl python3:python3 ss:iproute2
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
 
 hack/cluster.sh build
