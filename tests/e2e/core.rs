@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::common::{TestNs, ensure_crd, is_ready, wait_for};
-pub use crate::common::{create_hsd, example, hsd_status, replicas};
+pub use crate::common::{create_hsd, event_reasons, example, hsd_status, replicas};
 use kubectl_hsd::observe::hsd_resource;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,24 +26,6 @@ pub async fn ready_pods(ns: &TestNs, selector: &str, n: usize) -> Vec<Pod> {
         },
     )
     .await
-}
-
-pub async fn event_reasons(ns: &TestNs) -> Vec<(String, String, String)> {
-    let events: Api<Event> = ns.api();
-    events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|e| {
-            (
-                e.type_.unwrap_or_default(),
-                e.reason.unwrap_or_default(),
-                e.message.unwrap_or_default(),
-            )
-        })
-        .collect()
 }
 
 fn with_namespace(mut manifest: Value, ns: &TestNs) -> Value {

@@ -280,24 +280,15 @@ async fn another_writer_changing_replicas_is_reverted_with_an_event() {
         .await
         .unwrap();
     wait_replicas(&ns, "game-ws-workload", 3, "the watcher to set it back").await;
-    let events: Api<Event> = ns.api();
-    let warning = wait_for("a ReplicasOverridden warning", TIMEOUT, || async {
-        events
-            .list(&ListParams::default())
+    let (type_, _, message) = wait_for("a ReplicasOverridden warning", TIMEOUT, || async {
+        common::event_reasons(&ns)
             .await
-            .unwrap()
-            .items
             .into_iter()
-            .find(|e| e.reason.as_deref() == Some("ReplicasOverridden"))
+            .find(|(_, reason, _)| reason == "ReplicasOverridden")
     })
     .await;
-    assert_eq!(warning.type_.as_deref(), Some("Warning"));
-    assert!(
-        warning
-            .message
-            .unwrap_or_default()
-            .contains("set to 7 by another writer")
-    );
+    assert_eq!(type_, "Warning");
+    assert!(message.contains("set to 7 by another writer"), "{message}");
     assert_alive(&mut watcher);
 }
 

@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
 use kube::api::DynamicObject;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -395,4 +395,23 @@ pub async fn replicas(ns: &TestNs, deployment: &str) -> Option<i32> {
         .await
         .unwrap()
         .and_then(|d| d.spec?.replicas)
+}
+
+/// (type, reason, message) of every event in the test namespace.
+pub async fn event_reasons(ns: &TestNs) -> Vec<(String, String, String)> {
+    let events: Api<Event> = ns.api();
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.message.unwrap_or_default(),
+            )
+        })
+        .collect()
 }
