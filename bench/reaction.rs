@@ -48,7 +48,7 @@ impl DeploymentWatch {
         let task = tokio::spawn(async move {
             let events = watcher::watcher(
                 api,
-                watcher::Config::default().labels(kubectl_hsd::execute::HSD_LABEL),
+                watcher::Config::default().labels(kubectl_hsd::labels::HSD_LABEL),
             )
             .default_backoff();
             futures::pin_mut!(events);

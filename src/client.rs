@@ -81,13 +81,15 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct RequestTimeout<S> {
     inner: S,
     timeout: Duration,
+    hooks: ClientHooks,
 }
 
-impl<S> tower::Service<http::Request<kube::client::Body>> for RequestTimeout<S>
+impl<S, B> tower::Service<http::Request<kube::client::Body>> for RequestTimeout<S>
 where
-    S: tower::Service<http::Request<kube::client::Body>>,
+    S: tower::Service<http::Request<kube::client::Body>, Response = http::Response<B>>,
     S::Error: Into<tower::BoxError>,
     S::Future: Send + 'static,
+    B: Send + 'static,
 {
     type Response = S::Response;
     type Error = tower::BoxError;
@@ -107,33 +109,69 @@ where
                 .split('&')
                 .any(|pair| pair == "watch=true" || pair == "watch=1")
         });
+        let method = request.method().clone();
+        let is_write = method != http::Method::GET && method != http::Method::HEAD;
+        if is_write && self.hooks.write_gate.as_ref().is_some_and(|gate| !gate()) {
+            return Box::pin(async { Err(WRITE_REFUSED.into()) });
+        }
+        let path = request.uri().path().to_string();
+        let sent = std::time::Instant::now();
+        let on_success = self.hooks.on_success.clone();
         let response = self.inner.call(request);
         let timeout = self.timeout;
         Box::pin(async move {
-            if watch {
-                return response.await.map_err(Into::into);
+            let result = if watch {
+                response.await.map_err(Into::into)
+            } else {
+                match tokio::time::timeout(timeout, response).await {
+                    Ok(result) => result.map_err(Into::into),
+                    Err(_) => Err(format!(
+                        "no answer from the API server within {}s",
+                        timeout.as_secs()
+                    )
+                    .into()),
+                }
+            };
+            if let (Ok(answer), Some(observe)) = (&result, &on_success)
+                && answer.status().is_success()
+            {
+                observe(&method, &path, sent);
             }
-            match tokio::time::timeout(timeout, response).await {
-                Ok(result) => result.map_err(Into::into),
-                Err(_) => Err(format!(
-                    "no answer from the API server within {}s",
-                    timeout.as_secs()
-                )
-                .into()),
-            }
+            result
         })
     }
 }
 
 /// Builds a client whose requests are counted in the returned stats.
 pub fn counted_client(config: Config) -> Result<(Client, Arc<RequestStats>)> {
+    client_with(config, ClientHooks::default())
+}
+
+/// Decides, just before a request is sent, whether a write may go out.
+pub type WriteGate = Arc<dyn Fn() -> bool + Send + Sync>;
+/// Told of every request that got a 2xx answer: (method, path, when it was sent).
+pub type AnswerObserver = Arc<dyn Fn(&http::Method, &str, std::time::Instant) + Send + Sync>;
+
+/// Optional behaviour of a client beyond counting and bounding requests.
+#[derive(Clone, Default)]
+pub struct ClientHooks {
+    /// Writes (anything but GET/HEAD) are refused, without being sent, while this says no:
+    /// a watcher that is leader in name only must write nothing.
+    pub write_gate: Option<WriteGate>,
+    /// Sees every successful request (the lease client records its renewals with it).
+    pub on_success: Option<AnswerObserver>,
+}
+
+/// Builds a client with the request counter, the request timeout and `hooks`.
+pub fn client_with(config: Config, hooks: ClientHooks) -> Result<(Client, Arc<RequestStats>)> {
     let stats = Arc::new(RequestStats::default());
     let counter = stats.clone();
     let builder = ClientBuilder::try_from(config).map_err(|e| Error::Config(e.to_string()))?;
     let client = builder
-        .with_layer(&tower::layer::layer_fn(|inner| RequestTimeout {
+        .with_layer(&tower::layer::layer_fn(move |inner| RequestTimeout {
             inner,
             timeout: REQUEST_TIMEOUT,
+            hooks: hooks.clone(),
         }))
         .with_layer(&tower::util::MapRequestLayer::new(
             move |request: http::Request<kube::client::Body>| {
@@ -144,6 +182,10 @@ pub fn counted_client(config: Config) -> Result<(Client, Arc<RequestStats>)> {
         .build();
     Ok((client, stats))
 }
+
+/// The error of a write refused by a [`WriteGate`].
+pub const WRITE_REFUSED: &str =
+    "write refused: this process does not hold the lease (it was not renewed in time)";
 
 /// A client from the options, with its request counter.
 pub async fn connect(options: &ClientOptions) -> Result<(Client, Arc<RequestStats>, String)> {

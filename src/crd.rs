@@ -18,6 +18,8 @@ pub const CRD_NAME: &str = "hotstandbydeployments.apps.paia.tech";
 pub const DEFAULT_BUSY_ANNOTATION: &str = "paia.tech/busy";
 /// Setting this annotation to "true" on an HSD stops all scaling of it.
 pub const PAUSED_ANNOTATION: &str = "paia.tech/paused";
+/// The replica ceiling of an HSD without maxReplicas: the reference operator's CRD default.
+pub const SAFETY_MAX_REPLICAS: i32 = 1000;
 
 /// Keeps a constant buffer of idle, warm pods: the child Deployment `<name>-workload` runs
 /// `clamp(busyPods + idleTarget, minReplicas, maxReplicas)` replicas.
@@ -41,8 +43,10 @@ pub const PAUSED_ANNOTATION: &str = "paia.tech/paused";
     printcolumn = r#"{"name": "Unknown", "type": "integer", "jsonPath": ".status.unknownCount", "priority": 1}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = Rule::new("!has(self.maxReplicas) || self.minReplicas <= self.maxReplicas").message("minReplicas must be less than or equal to maxReplicas").reason(Reason::FieldValueInvalid).field_path(".minReplicas"))]
-#[x_kube(validation = Rule::new("self.selector.matchLabels.all(k, has(self.podTemplate.metadata) && has(self.podTemplate.metadata.labels) && k in self.podTemplate.metadata.labels && self.podTemplate.metadata.labels[k] == self.selector.matchLabels[k])").message("every selector.matchLabels entry must also be in podTemplate.metadata.labels with the same value").reason(Reason::FieldValueInvalid).field_path(".selector.matchLabels"))]
+#[x_kube(validation = Rule::new("!has(self.maxReplicas) || !has(self.minReplicas) || self.minReplicas <= self.maxReplicas").message("minReplicas must be less than or equal to maxReplicas").reason(Reason::FieldValueInvalid).field_path(".minReplicas"))]
+// A template label that contradicts the selector is refused; a missing one is merged in (the
+// reference operator's schema accepted templates without the selector's labels).
+#[x_kube(validation = Rule::new("!has(self.podTemplate.metadata) || !has(self.podTemplate.metadata.labels) || self.selector.matchLabels.all(k, !(k in self.podTemplate.metadata.labels) || self.podTemplate.metadata.labels[k] == self.selector.matchLabels[k])").message("a podTemplate.metadata.labels entry contradicts selector.matchLabels: give it the selector's value, or remove it (missing selector labels are added to the template)").reason(Reason::FieldValueInvalid).field_path(".selector.matchLabels"))]
 #[serde(rename_all = "camelCase")]
 pub struct HotStandbyDeploymentSpec {
     /// Idle (ready, not busy) pods to keep on top of the busy ones.
@@ -50,13 +54,17 @@ pub struct HotStandbyDeploymentSpec {
     pub idle_target: i32,
 
     /// Lower bound of the child Deployment's replicas.
-    #[serde(default)]
-    #[schemars(range(min = 0))]
+    #[serde(default, deserialize_with = "null_as_default")]
+    #[schemars(range(min = 0), schema_with = "min_replicas_schema")]
     pub min_replicas: i32,
 
-    /// Upper bound of the child Deployment's replicas; unbounded when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    /// Upper bound of the child Deployment's replicas. Defaults to 1000, as in the reference
+    /// operator; an explicit null means the same safety ceiling of 1000.
+    #[serde(
+        default = "default_max_replicas",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(schema_with = "max_replicas_schema")]
     pub max_replicas: Option<i32>,
 
     /// Which pods belong to this HSD; becomes the child Deployment's selector (immutable there).
@@ -157,6 +165,27 @@ impl Default for HttpProbe {
             period_seconds: default_period_seconds(),
         }
     }
+}
+
+fn default_max_replicas() -> Option<i32> {
+    Some(SAFETY_MAX_REPLICAS)
+}
+
+/// `minReplicas: null` (nullable in the reference's schema) reads as 0.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+fn min_replicas_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "integer", "format": "int32", "minimum": 0, "default": 0, "nullable": true})
+}
+
+fn max_replicas_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "integer", "format": "int32", "minimum": 1, "default": SAFETY_MAX_REPLICAS, "nullable": true})
 }
 
 fn default_annotation_key() -> String {

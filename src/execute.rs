@@ -1,5 +1,7 @@
-//! Execute: the writes of a pass. Every write is a server-side apply under [`FIELD_MANAGER`]
-//! (events are created), and a plan that changes nothing writes nothing.
+//! Execute: the writes of a pass. Every write is a server-side apply under [`FIELD_MANAGER`],
+//! except deletion costs and relabels, which are merge patches with a uid precondition (a pod
+//! replaced under the same name is never written), and events, which are created. A plan that
+//! changes nothing writes nothing.
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
@@ -11,20 +13,21 @@ use serde_json::json;
 
 use crate::crd::{API_VERSION, HotStandbyDeploymentSpec, KIND, workload_name};
 use crate::error::{Result, kube_error};
+use crate::labels::{HSD_LABEL, hsd_label_value};
 use crate::observe::{
     APPLIED_REPLICAS_ANNOTATION, TEMPLATE_HASH_ANNOTATION, deployment_resource, hsd_resource,
 };
 use crate::plan::{
     DELETION_COST_ANNOTATION, DeploymentAction, EventType, ObservedHsd, Plan, PlannedEvent,
+    child_template,
 };
 
 /// The one field manager of every write this tool makes.
 pub const FIELD_MANAGER: &str = "kubectl-hsd";
 /// The controller name on events.
 pub const REPORTING_CONTROLLER: &str = "paia.tech/kubectl-hsd";
-/// Labels on the child Deployment (not on its pods: the template is the user's).
+/// Labels on the child Deployment (its pods get [`crate::labels::injected`]).
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const HSD_LABEL: &str = "paia.tech/hotstandbydeployment";
 
 /// What one execution wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,6 +40,10 @@ pub struct Written {
     /// have caught up with its own writes.
     pub deployment_version: Option<String>,
     pub status_version: Option<String>,
+    /// (pod uid, resourceVersion, cost) of each cost written.
+    pub cost_versions: Vec<(String, String, i32)>,
+    /// Events that could not be recorded (best effort: they never fail a pass).
+    pub events_failed: usize,
 }
 
 impl Written {
@@ -60,7 +67,7 @@ pub fn desired_deployment(
             "namespace": hsd.namespace,
             "labels": {
                 MANAGED_BY_LABEL: FIELD_MANAGER,
-                HSD_LABEL: hsd.name,
+                HSD_LABEL: hsd_label_value(&hsd.name),
             },
             "annotations": {
                 TEMPLATE_HASH_ANNOTATION: template_hash,
@@ -77,36 +84,42 @@ pub fn desired_deployment(
         "spec": {
             "replicas": replicas,
             "selector": { "matchLabels": spec.selector.match_labels },
-            "template": spec.pod_template,
+            "template": child_template(&hsd.namespace, &hsd.name, spec),
         },
     })
 }
 
-/// Carries out a plan. Events go last: they describe writes that happened.
+/// Carries out a plan. Costs go first (busy pods are protected before anything else moves),
+/// events last: they describe writes that happened.
 pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<Written> {
     let mut written = Written::default();
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    // Deletion costs go first, so that the ReplicaSet ranks busy pods last when replicas drop.
     if !plan.cost_writes.is_empty() {
-        let pods: Api<k8s_openapi::api::core::v1::Pod> =
-            Api::namespaced(client.clone(), &hsd.namespace);
-        for (pod, cost) in &plan.cost_writes {
-            let body = json!({
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": pod,
-                    "namespace": hsd.namespace,
-                    "annotations": { DELETION_COST_ANNOTATION: cost.to_string() },
-                },
-            });
-            match pods.patch(pod, &params, &Patch::Apply(&body)).await {
-                Ok(_) => written.pod_costs += 1,
-                // Gone already: nothing left to protect or to delete.
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
+        let pods: Api<DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            &hsd.namespace,
+            &crate::observe::pod_resource(),
+        );
+        for write in &plan.cost_writes {
+            let body = json!({"metadata": {
+                "uid": write.uid,
+                "annotations": { DELETION_COST_ANNOTATION: write.cost.to_string() },
+            }});
+            match patch_pod(&pods, &write.pod, &body).await {
+                Ok(Some(version)) => {
+                    written.pod_costs += 1;
+                    written
+                        .cost_versions
+                        .push((write.uid.clone(), version, write.cost));
+                }
+                // Gone or replaced meanwhile: nothing left to protect or to delete.
+                Ok(None) => {}
                 Err(error) => {
                     return Err(kube_error(
-                        format!("setting the deletion cost of pod {}/{pod}", hsd.namespace),
+                        format!(
+                            "setting the deletion cost of pod {}/{}",
+                            hsd.namespace, write.pod
+                        ),
                         "patch",
                         "pods",
                         Some(&hsd.namespace),
@@ -119,10 +132,14 @@ pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<
         DeploymentAction::Apply {
             replicas,
             template_hash,
+            relabel,
         },
         Ok(spec),
     ) = (&plan.deployment, &hsd.spec)
     {
+        if *relabel {
+            relabel_running_children(client, hsd, spec).await?;
+        }
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &hsd.namespace, &deployment_resource());
         let body = desired_deployment(hsd, spec, *replicas, template_hash);
@@ -147,10 +164,130 @@ pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<
         written.status = true;
     }
     for event in &plan.events {
-        publish(client, hsd, event).await?;
-        written.events += 1;
+        match publish(client, hsd, event).await {
+            Ok(()) => written.events += 1,
+            Err(error) => {
+                written.events_failed += 1;
+                tracing::warn!(namespace = %hsd.namespace, name = %hsd.name, reason = event.reason, %error, "could not record an event");
+            }
+        }
     }
     Ok(written)
+}
+
+/// A merge patch of one pod whose body carries `metadata.uid` as a precondition. Returns the
+/// new resourceVersion, or `None` when the pod is gone or was replaced under its name.
+async fn patch_pod(
+    pods: &Api<DynamicObject>,
+    name: &str,
+    body: &serde_json::Value,
+) -> Result<Option<String>, kube::Error> {
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..Default::default()
+    };
+    match pods.patch(name, &params, &Patch::Merge(body)).await {
+        Ok(pod) => Ok(Some(pod.metadata.resource_version.unwrap_or_default())),
+        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Gives a child made before labels were injected those labels without a rollout: the
+/// Deployment controller treats the ReplicaSet whose template equals the Deployment's (apart
+/// from `pod-template-hash`) as its current one. So the ReplicaSets' templates are labelled
+/// first, then the running pods, and only then the Deployment, whose new template then equals
+/// the running ReplicaSet's: no new ReplicaSet, no pod replaced, busy or not.
+async fn relabel_running_children(
+    client: &Client,
+    hsd: &ObservedHsd,
+    spec: &HotStandbyDeploymentSpec,
+) -> Result<()> {
+    let labels = crate::labels::injected(&hsd.namespace, &hsd.name);
+    let selector = spec
+        .selector
+        .match_labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let list = kube::api::ListParams::default().labels(&selector);
+    let workload = workload_name(&hsd.name);
+    let replica_sets: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &hsd.namespace,
+        &kube::api::ApiResource::erase::<k8s_openapi::api::apps::v1::ReplicaSet>(&()),
+    );
+    let owned_by = |object: &DynamicObject, kind: &str, name: &str| {
+        object
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|owner| owner.kind == kind && owner.name == name && owner.controller == Some(true))
+    };
+    let sets = replica_sets.list(&list).await.map_err(kube_error(
+        format!("listing the ReplicaSets of {}/{workload}", hsd.namespace),
+        "list",
+        "replicasets.apps",
+        Some(&hsd.namespace),
+    ))?;
+    let mut set_names = Vec::new();
+    for set in sets
+        .items
+        .iter()
+        .filter(|set| owned_by(set, "Deployment", &workload))
+    {
+        let name = kube::ResourceExt::name_any(set);
+        let body = json!({
+            "metadata": {"uid": set.metadata.uid},
+            "spec": {"template": {"metadata": {"labels": labels}}},
+        });
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..Default::default()
+        };
+        replica_sets
+            .patch(&name, &params, &Patch::Merge(&body))
+            .await
+            .map_err(kube_error(
+                format!(
+                    "labelling the template of ReplicaSet {}/{name}",
+                    hsd.namespace
+                ),
+                "patch",
+                "replicasets.apps",
+                Some(&hsd.namespace),
+            ))?;
+        set_names.push(name);
+    }
+    let pods: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &hsd.namespace,
+        &crate::observe::pod_resource(),
+    );
+    let listed = pods.list(&list).await.map_err(kube_error(
+        format!("listing the pods of {}/{}", hsd.namespace, hsd.name),
+        "list",
+        "pods",
+        Some(&hsd.namespace),
+    ))?;
+    for pod in listed
+        .items
+        .iter()
+        .filter(|pod| set_names.iter().any(|set| owned_by(pod, "ReplicaSet", set)))
+    {
+        let name = kube::ResourceExt::name_any(pod);
+        let body = json!({"metadata": {"uid": pod.metadata.uid, "labels": labels}});
+        patch_pod(&pods, &name, &body).await.map_err(kube_error(
+            format!("labelling pod {}/{name}", hsd.namespace),
+            "patch",
+            "pods",
+            Some(&hsd.namespace),
+        ))?;
+    }
+    tracing::info!(namespace = %hsd.namespace, name = %hsd.name, replica_sets = set_names.len(), "labelled a child made before labels were injected, without a rollout");
+    Ok(())
 }
 
 /// Applies the HSD's status subresource; returns the new resourceVersion.

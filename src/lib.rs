@@ -9,6 +9,7 @@ pub mod client;
 pub mod crd;
 pub mod error;
 pub mod execute;
+pub mod labels;
 pub mod manifests;
 pub mod metrics;
 pub mod observe;

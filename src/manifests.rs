@@ -50,12 +50,28 @@ pub fn crd() -> Value {
     serde_json::to_value(HotStandbyDeployment::crd()).expect("a CRD always serializes")
 }
 
+/// The label on every object an install makes, naming the install's namespace: `uninstall -n NS`
+/// removes exactly the objects of that install, cluster-scoped ones included.
+pub const INSTALL_LABEL: &str = "paia.tech/install-namespace";
+
 fn labels() -> Value {
     json!({
         "app.kubernetes.io/name": OPERATOR_NAME,
         "app.kubernetes.io/component": "reconciler",
         "app.kubernetes.io/managed-by": OPERATOR_NAME,
     })
+}
+
+fn install_labels(namespace: &str) -> Value {
+    let mut labels = labels();
+    labels[INSTALL_LABEL] = json!(namespace);
+    labels
+}
+
+/// The name of an install's cluster-scoped objects: one set per install namespace, so that
+/// installs never share (or delete) each other's.
+pub fn cluster_object_name(namespace: &str) -> String {
+    format!("{OPERATOR_NAME}.{namespace}")
 }
 
 /// The cluster-wide rules each mode needs, and nothing more: a one-shot pass lists, a watcher
@@ -65,32 +81,42 @@ pub fn reconcile_rules(mode: OperatorMode) -> Value {
         OperatorMode::Cronjob => &["list"],
         OperatorMode::Deployment => &["list", "watch"],
     };
-    let write_deployments = [read, &["create", "patch"]].concat();
+    // get: a watcher reads a child missing from its cache before creating it.
+    let write_deployments = [read, &["get", "create", "patch"]].concat();
     let patch_pods = [read, &["patch"]].concat();
     json!([
         {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments"], "verbs": read},
         {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments/status"], "verbs": ["patch"]},
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": write_deployments},
+        // list, patch: children made before labels were injected gain them without a rollout.
+        {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list", "patch"]},
         // patch: the deletion cost that keeps busy pods out of a scale-down.
         {"apiGroups": [""], "resources": ["pods"], "verbs": patch_pods},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
     ])
 }
 
-/// The Lease rules, in the operator's namespace only: a pass reads the lease to stand aside
-/// while a watcher holds it; a watcher takes and renews it.
+/// The Lease rules, in the operator's namespace only and on the one Lease by name: a pass
+/// reads it to stand aside while a watcher holds it; a watcher takes and renews it (create
+/// cannot be limited by name: the object has none yet when it is authorized).
 pub fn lease_rules(mode: OperatorMode) -> Value {
-    let verbs: &[&str] = match mode {
-        OperatorMode::Cronjob => &["get"],
-        OperatorMode::Deployment => &["get", "create", "update", "patch"],
-    };
-    json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": verbs}])
+    let named = json!([crate::watch::DEFAULT_LEASE_NAME]);
+    match mode {
+        OperatorMode::Cronjob => json!([
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": named, "verbs": ["get"]},
+        ]),
+        OperatorMode::Deployment => json!([
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": named, "verbs": ["get", "update", "patch"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        ]),
+    }
 }
 
 /// The manifests of the unattended operator (without the CRD).
 pub fn operator(options: &OperatorOptions) -> Vec<Value> {
     let ns = &options.namespace;
     let name = OPERATOR_NAME;
+    let labels = || install_labels(ns);
     let subjects = json!([{"kind": "ServiceAccount", "name": name, "namespace": ns}]);
     let mut documents = vec![
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels()}}),
@@ -124,16 +150,17 @@ pub fn operator(options: &OperatorOptions) -> Vec<Value> {
             "subjects": subjects,
         }));
     } else {
+        let cluster_name = cluster_object_name(ns);
         documents.extend([
             json!({
                 "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                "metadata": {"name": name, "labels": labels()},
+                "metadata": {"name": cluster_name, "labels": labels()},
                 "rules": reconcile_rules(options.mode),
             }),
             json!({
                 "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-                "metadata": {"name": name, "labels": labels()},
-                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+                "metadata": {"name": cluster_name, "labels": labels()},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_name},
                 "subjects": subjects,
             }),
             json!({
@@ -184,7 +211,15 @@ fn container_security_context() -> Value {
     })
 }
 
+/// The CronJob's `activeDeadlineSeconds`: the pass's own deadline (`reconcile --deadline`)
+/// plus a few seconds to start the process and print the summary.
+pub fn cronjob_active_deadline_seconds() -> u64 {
+    crate::reconcile::DEFAULT_PASS_DEADLINE.as_secs() + 5
+}
+
 fn cronjob(options: &OperatorOptions) -> Value {
+    let deadline = format!("{}s", crate::reconcile::DEFAULT_PASS_DEADLINE.as_secs());
+    let labels = || install_labels(&options.namespace);
     json!({
         "apiVersion": "batch/v1", "kind": "CronJob",
         "metadata": {"name": OPERATOR_NAME, "namespace": options.namespace, "labels": labels()},
@@ -196,7 +231,7 @@ fn cronjob(options: &OperatorOptions) -> Value {
             "failedJobsHistoryLimit": 3,
             "jobTemplate": {"spec": {
                 "backoffLimit": 0,
-                "activeDeadlineSeconds": 55,
+                "activeDeadlineSeconds": cronjob_active_deadline_seconds(),
                 "ttlSecondsAfterFinished": 600,
                 "template": {
                     "metadata": {"labels": labels()},
@@ -207,7 +242,9 @@ fn cronjob(options: &OperatorOptions) -> Value {
                         "containers": [{
                             "name": "reconcile",
                             "image": options.image,
-                            "args": scope_args(options, &["reconcile"]),
+                            "args": scope_args(options, &["reconcile", "--deadline", &deadline]),
+                            // POD_NAMESPACE: the Lease of a watcher to stand aside for.
+                            "env": downward_api_env(),
                             "securityContext": container_security_context(),
                             "resources": {
                                 "requests": {"cpu": "50m", "memory": "64Mi"},
@@ -230,6 +267,7 @@ fn downward_api_env() -> Value {
 
 fn deployment(options: &OperatorOptions) -> Value {
     let probe = |path: &str| json!({"httpGet": {"path": path, "port": "metrics"}, "periodSeconds": 10, "timeoutSeconds": 2});
+    let labels = || install_labels(&options.namespace);
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": OPERATOR_NAME, "namespace": options.namespace, "labels": labels()},
@@ -282,29 +320,56 @@ pub fn default_operator_yaml(mode: OperatorMode) -> String {
     })))
 }
 
-pub const POD_POLICY_NAME: &str = "kubectl-hsd-pods-mark-only-themselves";
+/// The name of an install's pod policy and its binding.
+pub fn pod_policy_name(operator_namespace: &str) -> String {
+    format!("{OPERATOR_NAME}-pods.{operator_namespace}")
+}
 
 /// A ValidatingAdmissionPolicy and its binding: a request made with a pod-bound ServiceAccount
 /// token may update only the pod the token is bound to, and in it only the busy annotation.
-/// The reconciler's own ServiceAccount (it writes deletion costs) is exempt.
-pub fn pod_policy(operator_namespace: &str, annotation_key: &str) -> Vec<Value> {
+/// It covers only pods an HSD made (they carry [`crate::labels::HSD_LABEL`], injected into every
+/// child template), so other controllers annotating their own pods are never blocked; and only
+/// the namespaces the install reconciles. The install's own reconciler (its ServiceAccount in its
+/// namespace) is exempt: it writes deletion costs.
+pub fn pod_policy(
+    operator_namespace: &str,
+    annotation_key: &str,
+    namespace_scoped: bool,
+) -> Vec<Value> {
     let reconciler = format!("system:serviceaccount:{operator_namespace}:{OPERATOR_NAME}");
+    let reconciler_group = format!("system:serviceaccounts:{operator_namespace}");
     let key = annotation_key.replace('\'', "");
+    let name = pod_policy_name(operator_namespace);
+    let labels = install_labels(operator_namespace);
+    let namespaces = if namespace_scoped {
+        json!({"matchLabels": {"kubernetes.io/metadata.name": operator_namespace}})
+    } else {
+        json!({"matchExpressions": [{
+            "key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"],
+        }]})
+    };
     vec![
         json!({
             "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
-            "metadata": {"name": POD_POLICY_NAME, "labels": labels()},
+            "metadata": {"name": name, "labels": labels},
             "spec": {
                 "failurePolicy": "Fail",
-                "matchConstraints": {"resourceRules": [{
-                    "apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods"],
-                }]},
+                "matchConstraints": {
+                    "resourceRules": [{
+                        "apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods"],
+                    }],
+                    // Only HSD pods (old or new object carrying the label: removing it is caught).
+                    "objectSelector": {"matchExpressions": [{"key": crate::labels::HSD_LABEL, "operator": "Exists"}]},
+                },
                 "matchConditions": [
                     {
                         "name": "pod-bound-token",
                         "expression": "has(request.userInfo.extra) && 'authentication.kubernetes.io/pod-name' in request.userInfo.extra",
                     },
-                    {"name": "not-the-reconciler", "expression": format!("request.userInfo.username != '{reconciler}'")},
+                    {
+                        "name": "not-the-reconciler",
+                        "expression": format!("!(request.userInfo.username == '{reconciler}' && '{reconciler_group}' in request.userInfo.groups)"),
+                    },
                 ],
                 "variables": [
                     {"name": "oldAnnotations", "expression": "has(oldObject.metadata.annotations) ? oldObject.metadata.annotations : {}"},
@@ -330,13 +395,11 @@ pub fn pod_policy(operator_namespace: &str, annotation_key: &str) -> Vec<Value> 
         }),
         json!({
             "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
-            "metadata": {"name": POD_POLICY_NAME, "labels": labels()},
+            "metadata": {"name": name, "labels": install_labels(operator_namespace)},
             "spec": {
-                "policyName": POD_POLICY_NAME,
+                "policyName": name,
                 "validationActions": ["Deny"],
-                "matchResources": {"namespaceSelector": {"matchExpressions": [{
-                    "key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system"],
-                }]}},
+                "matchResources": {"namespaceSelector": namespaces},
             },
         }),
     ]

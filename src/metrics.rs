@@ -22,6 +22,8 @@ use crate::crd::HotStandbyDeploymentStatus;
 use crate::plan::ProbeOutcome;
 
 type Labels = Vec<(&'static str, String)>;
+/// A liveness check: `Err(why)` when the process should be restarted.
+pub type LivenessCheck = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 fn seconds_histogram() -> Histogram {
     // 1 ms to about 16 s.
@@ -39,7 +41,10 @@ pub struct Metrics {
     probes: Family<Labels, Counter>,
     probe_duration: Histogram,
     leader: Gauge,
+    events_failed: Counter,
     ready: AtomicBool,
+    /// What `/healthz` asks: `Err(why)` makes it answer 503.
+    liveness: std::sync::OnceLock<LivenessCheck>,
     /// HSDs that have series, so that a deleted one's can be removed.
     known: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
@@ -62,6 +67,7 @@ impl Metrics {
         let probes = Family::<Labels, Counter>::default();
         let probe_duration = seconds_histogram();
         let leader = Gauge::default();
+        let events_failed = Counter::default();
         registry.register(
             "pods",
             "Pods of a HotStandbyDeployment by state (busy, idle, starting, unknown)",
@@ -95,6 +101,11 @@ impl Metrics {
             probe_duration.clone(),
         );
         registry.register(
+            "events_failed",
+            "Events that could not be recorded (best effort: they never fail a reconcile)",
+            events_failed.clone(),
+        );
+        registry.register(
             "leader",
             "1 while this process holds the lease and reconciles",
             leader.clone(),
@@ -110,7 +121,9 @@ impl Metrics {
             probes,
             probe_duration,
             leader,
+            events_failed,
             ready: AtomicBool::new(false),
+            liveness: std::sync::OnceLock::new(),
             known: Default::default(),
         }
     }
@@ -194,6 +207,7 @@ impl Metrics {
         let outcome = match outcome {
             ProbeOutcome::Success => "success",
             ProbeOutcome::Failure(_) => "failure",
+            ProbeOutcome::Redirect { .. } => "redirect",
             ProbeOutcome::Error(_) => "error",
         };
         self.probes
@@ -204,6 +218,21 @@ impl Metrics {
 
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+    }
+
+    pub fn events_failed(&self, count: usize) {
+        if count > 0 {
+            self.events_failed.inc_by(count as u64);
+        }
+    }
+
+    /// Sets what `/healthz` checks (once).
+    pub fn set_liveness(&self, check: LivenessCheck) {
+        let _ = self.liveness.set(check);
+    }
+
+    fn live(&self) -> Result<(), String> {
+        self.liveness.get().map_or(Ok(()), |check| check())
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -227,6 +256,13 @@ async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoRespon
     )
 }
 
+async fn healthz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    match metrics.live() {
+        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+    }
+}
+
 async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
     if metrics.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ok\n")
@@ -243,7 +279,7 @@ pub async fn serve(
 ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(metrics);
     let listener = tokio::net::TcpListener::bind(addr).await?;

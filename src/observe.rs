@@ -269,6 +269,7 @@ pub fn hsd_facts(object: &DynamicObject) -> ObservedHsd {
         status,
         deployment: None,
         pods: Vec::new(),
+        probes_cut_short: 0,
     }
 }
 
@@ -297,6 +298,9 @@ pub fn pod_facts(pod: &LeanPod, annotation_key: &str) -> ObservedPod {
     let status = pod.status.as_ref();
     ObservedPod {
         name: pod.name_any(),
+        uid: pod.uid().unwrap_or_default(),
+        template_hash: pod.labels().get(plan::POD_TEMPLATE_HASH_LABEL).cloned(),
+        cost_in_flight: None,
         ready: status.is_some_and(|s| {
             s.conditions
                 .iter()
@@ -380,25 +384,37 @@ pub fn raw_hsd_selects(hsd: &DynamicObject, pod: &LeanPod) -> bool {
         })
 }
 
-/// A pod an HSD in http mode wants probed.
+/// A pod an HSD in http mode wants probed: every Running pod with an IP, ready or not (a busy
+/// pod may be NotReady), as the reference operator probed.
 pub fn probe_target(pod: &LeanPod, spec: &HotStandbyDeploymentSpec) -> Option<ProbeTarget> {
     if spec.busy_probe.mode != ProbeMode::Http || pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
     let status = pod.status.as_ref()?;
-    let ready = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if status.phase.as_deref() != Some("Running") {
+        return None;
+    }
     let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
     let http = &spec.busy_probe.http;
     Some(ProbeTarget {
         ip,
         port: u16::try_from(http.port).ok().filter(|p| *p > 0)?,
         path: http.path.clone(),
-        timeout: Duration::from_secs(u64::try_from(http.timeout_seconds.max(1)).unwrap_or(1)),
+        timeout: probe_timeout(spec),
     })
-    .filter(|_| ready)
+}
+
+/// The per-probe timeout of an HSD.
+pub fn probe_timeout(spec: &HotStandbyDeploymentSpec) -> Duration {
+    Duration::from_secs(u64::try_from(spec.busy_probe.http.timeout_seconds.max(1)).unwrap_or(1))
+}
+
+/// How long a probe answer stays fresh: an answer older than this says nothing, and its pod is
+/// unknown until probed again.
+pub fn answer_lifetime(spec: &HotStandbyDeploymentSpec) -> Duration {
+    let http = &spec.busy_probe.http;
+    Duration::from_secs(u64::try_from(http.period_seconds.max(1)).unwrap_or(10))
+        + probe_timeout(spec)
 }
 
 /// One HSD with its objects, and where its pods stand in the snapshot.
@@ -493,30 +509,40 @@ pub fn assemble(snapshot: &Snapshot) -> Vec<Assembled> {
     observed
 }
 
-/// Probes the ready pods of HTTP-mode HSDs and records each outcome on its pod.
-pub async fn probe_pods(
+/// The probes one HSD needs this pass: (index of the pod in `hsd.pods`, target).
+pub fn probe_targets(snapshot: &Snapshot, assembled: &Assembled) -> Vec<(usize, ProbeTarget)> {
+    let Ok(spec) = &assembled.hsd.spec else {
+        return Vec::new();
+    };
+    assembled
+        .pod_indexes
+        .iter()
+        .enumerate()
+        .filter_map(|(p, &pod)| Some((p, probe_target(&snapshot.pods[pod], spec)?)))
+        .collect()
+}
+
+/// Probes one HSD's pods with its own budget and records each answer on its pod. Pods not
+/// probed by `deadline` stay without an answer (unknown) and are counted in
+/// `probes_cut_short`, so that one HSD's hung endpoints never delay another's decision.
+pub async fn probe_hsd(
     prober: &Prober,
-    snapshot: &Snapshot,
-    observed: &mut [Assembled],
+    hsd: &mut ObservedHsd,
+    targets: Vec<(usize, ProbeTarget)>,
+    deadline: tokio::time::Instant,
 ) -> Vec<ProbeResult> {
-    let mut targets = Vec::new();
-    for (h, assembled) in observed.iter().enumerate() {
-        let Ok(spec) = &assembled.hsd.spec else {
-            continue;
-        };
-        for (p, &pod) in assembled.pod_indexes.iter().enumerate() {
-            if let Some(target) = probe_target(&snapshot.pods[pod], spec) {
-                targets.push(((h, p), target));
-            }
+    let wanted = targets.len();
+    let (answers, cut_short) = prober.probe_until(targets, deadline).await;
+    let mut results = Vec::with_capacity(answers.len());
+    for (p, result) in answers {
+        if let Some(pod) = hsd.pods.get_mut(p) {
+            pod.probe = Some(result.outcome.clone());
         }
+        results.push(result);
     }
-    let results = prober.probe_all(targets).await;
-    let mut probe_results = Vec::with_capacity(results.len());
-    for ((h, p), result) in results {
-        observed[h].hsd.pods[p].probe = Some(result.outcome.clone());
-        probe_results.push(result);
-    }
-    probe_results
+    debug_assert_eq!(results.len() + cut_short, wanted);
+    hsd.probes_cut_short = cut_short;
+    results
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! Nothing here sees a client or the clock, so every rule is unit-tested table-driven
 //! (`tests` below) and property-tested. `execute` carries the plan out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use std::time::Duration;
@@ -19,6 +19,10 @@ use crate::crd::{
 pub const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";
 /// The deletion cost of busy and unknown pods: far above the default 0 of idle ones.
 pub const BUSY_DELETION_COST: i32 = 1_000_000;
+/// Scale-down-delay recommendations kept in the status at most (older ones fold into the next).
+pub const MAX_RECOMMENDATIONS: usize = 32;
+/// The label Deployments put on their pods, one value per ReplicaSet.
+pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
 /// A pod unschedulable for longer than this gets a Warning and a condition.
 pub const UNSCHEDULABLE_WARNING_AFTER: Duration = Duration::from_secs(60);
 
@@ -30,6 +34,7 @@ pub mod condition {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const PAUSED: &str = "Paused";
     pub const PODS_UNSCHEDULABLE: &str = "PodsUnschedulable";
+    pub const BUSY_TEMPLATE: &str = "BusyAnnotationInTemplate";
 }
 
 /// What a pass knows about one HSD and its objects.
@@ -46,6 +51,9 @@ pub struct ObservedHsd {
     pub deployment: Option<ObservedDeployment>,
     /// Pods matching the selector, terminating ones included (the plan leaves them out).
     pub pods: Vec<ObservedPod>,
+    /// Pods whose probe did not run before the HSD's probe deadline (they count as unknown,
+    /// and the HSD keeps its replicas).
+    pub probes_cut_short: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -84,6 +92,7 @@ impl PodPhase {
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct ObservedPod {
     pub name: String,
+    pub uid: String,
     pub ready: bool,
     pub phase: PodPhase,
     pub terminating: bool,
@@ -93,8 +102,13 @@ pub struct ObservedPod {
     pub probe: Option<ProbeOutcome>,
     /// Bound to a node (`spec.nodeName`).
     pub scheduled: bool,
-    /// `controller.kubernetes.io/pod-deletion-cost`, if set and readable.
+    /// `controller.kubernetes.io/pod-deletion-cost` as read, if set and readable.
     pub deletion_cost: Option<i32>,
+    /// A cost this process wrote that the read has not caught up with yet: it saves writing
+    /// it again, but a scale-down waits until the read shows it.
+    pub cost_in_flight: Option<i32>,
+    /// The ReplicaSet the pod belongs to (its `pod-template-hash` label).
+    pub template_hash: Option<String>,
     /// Since when the scheduler has reported the pod unschedulable, if it does.
     pub unschedulable_since: Option<Timestamp>,
 }
@@ -103,10 +117,29 @@ pub struct ObservedPod {
 pub enum ProbeOutcome {
     /// A 2xx answer.
     Success,
-    /// An answer outside 2xx (redirects included: they are not followed).
+    /// An answer outside 2xx and 3xx.
     Failure(u16),
+    /// A 3xx answer: never followed, and no answer about busy at all (unknown).
+    Redirect {
+        status: u16,
+        location: Option<String>,
+    },
     /// No answer: timeout, refused connection, invalid HTTP.
     Error(String),
+}
+
+impl ProbeOutcome {
+    /// Why the answer says nothing about busy, if it does not.
+    pub fn unknown_reason(&self) -> Option<String> {
+        match self {
+            Self::Error(error) => Some(error.clone()),
+            Self::Redirect { status, location } => Some(format!(
+                "redirect {status} to {} (redirects are not followed)",
+                location.as_deref().unwrap_or("no Location")
+            )),
+            Self::Success | Self::Failure(_) => None,
+        }
+    }
 }
 
 /// How one pod counts.
@@ -157,21 +190,30 @@ pub fn is_counted(pod: &ObservedPod) -> bool {
     !pod.terminating && !matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed)
 }
 
-/// Classifies one counted pod.
+/// Classifies one counted pod. A Pending pod runs nothing, so it is never busy (a template
+/// that carries the busy annotation must not make every new pod count as busy). In HTTP mode
+/// a running pod without a fresh answer is unknown: protected, and never idle.
 pub fn classify(pod: &ObservedPod, mode: ProbeMode, success_is_busy: bool) -> PodState {
+    if pod.phase == PodPhase::Pending {
+        return PodState::Starting;
+    }
+    let idle_or_starting = if pod.ready {
+        PodState::Idle
+    } else {
+        PodState::Starting
+    };
     match mode {
         ProbeMode::Annotation => match parse_busy_annotation(pod.busy_annotation.as_deref()) {
             BusyAnnotation::Busy | BusyAnnotation::Invalid => PodState::Busy,
-            BusyAnnotation::Absent | BusyAnnotation::Idle if pod.ready => PodState::Idle,
-            BusyAnnotation::Absent | BusyAnnotation::Idle => PodState::Starting,
+            BusyAnnotation::Absent | BusyAnnotation::Idle => idle_or_starting,
         },
-        ProbeMode::Http => match (&pod.probe, pod.ready) {
-            (_, false) | (None, true) => PodState::Starting,
-            (Some(ProbeOutcome::Success), true) if success_is_busy => PodState::Busy,
-            (Some(ProbeOutcome::Success), true) => PodState::Idle,
-            (Some(ProbeOutcome::Failure(_)), true) if success_is_busy => PodState::Idle,
-            (Some(ProbeOutcome::Failure(_)), true) => PodState::Busy,
-            (Some(ProbeOutcome::Error(_)), true) => PodState::Unknown,
+        ProbeMode::Http => match &pod.probe {
+            Some(ProbeOutcome::Success) if success_is_busy => PodState::Busy,
+            Some(ProbeOutcome::Failure(_)) if !success_is_busy => PodState::Busy,
+            Some(ProbeOutcome::Success | ProbeOutcome::Failure(_)) => idle_or_starting,
+            None | Some(ProbeOutcome::Error(_) | ProbeOutcome::Redirect { .. }) => {
+                PodState::Unknown
+            }
         },
     }
 }
@@ -202,10 +244,12 @@ impl Counts {
 /// The replica count the formula gives, and which bound (if any) decided it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Recommendation {
-    /// `busy + unknown + idleTarget` before the bounds.
+    /// `busy + unknown + idleTarget` before the bounds (unknown pods capped, see [`recommend`]).
     pub unbounded: i32,
     pub replicas: i32,
     pub limited_by: Option<Bound>,
+    /// The pods that exist, when they capped what unknown pods add.
+    pub unknown_capped_at: Option<i32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,23 +274,51 @@ pub fn idle_target(counts: &Counts, spec: &HotStandbyDeploymentSpec) -> (i32, Op
 }
 
 /// `replicas = clamp(busy + unknown + idle target, minReplicas, maxReplicas)`.
+///
+/// Unknown pods count as busy, but what they add is capped at the pods that exist: when every
+/// probe fails, replicas hold instead of growing without end (no runaway). Without
+/// maxReplicas, [`SAFETY_MAX_REPLICAS`] is the ceiling.
 pub fn recommend(counts: &Counts, spec: &HotStandbyDeploymentSpec) -> Recommendation {
-    let (target, _) = idle_target(counts, spec);
-    let unbounded = counts
-        .busy
-        .saturating_add(counts.unknown)
-        .saturating_add(target);
+    let formula = |counts: &Counts| {
+        let (target, _) = idle_target(counts, spec);
+        counts
+            .busy
+            .saturating_add(counts.unknown)
+            .saturating_add(target)
+    };
+    let with_unknown = formula(counts);
+    let without_unknown = formula(&Counts {
+        unknown: 0,
+        ..*counts
+    });
+    let existing = counts.total();
+    let (unbounded, unknown_capped_at) = if with_unknown > without_unknown.max(existing) {
+        (without_unknown.max(existing), Some(existing))
+    } else {
+        (with_unknown, None)
+    };
     let min = spec.min_replicas.max(0);
-    let (replicas, limited_by) = match spec.max_replicas {
-        Some(max) if unbounded > max => (max, Some(Bound::Max)),
-        _ if unbounded < min => (min, Some(Bound::Min)),
-        _ => (unbounded, None),
+    let max = effective_max_replicas(spec);
+    let (replicas, limited_by) = if unbounded > max {
+        (max, Some(Bound::Max))
+    } else if unbounded < min {
+        (min.min(max), Some(Bound::Min))
+    } else {
+        (unbounded, None)
     };
     Recommendation {
         unbounded,
         replicas,
         limited_by,
+        unknown_capped_at,
     }
+}
+
+/// maxReplicas, or the safety ceiling when it is absent (or null).
+pub fn effective_max_replicas(spec: &HotStandbyDeploymentSpec) -> i32 {
+    spec.max_replicas
+        .unwrap_or(crate::crd::SAFETY_MAX_REPLICAS)
+        .max(1)
 }
 
 /// The scale-down delay: the highest recommendation of the last `window`, and the history to
@@ -284,6 +356,12 @@ pub fn stabilize(
             replicas: recommendation,
             since: now.to_string(),
         });
+    }
+    // Bounded: the oldest entries fold into the next one, keeping the higher count, so the
+    // window never forgets a high recommendation early.
+    while kept.len() > MAX_RECOMMENDATIONS {
+        let oldest = kept.remove(0);
+        kept[0].replicas = kept[0].replicas.max(oldest.replicas);
     }
     let highest = kept
         .iter()
@@ -323,16 +401,66 @@ pub fn safe_deletions(pods: &[(&ObservedPod, PodState, i32)]) -> i32 {
     i32::try_from(safe).unwrap_or(i32::MAX)
 }
 
-/// The deletion cost a pod should carry before a scale-down, if it must change: busy and
-/// unknown pods high, others not high (a cost left high from a busy past is lowered to 0).
-pub fn wanted_cost(state: PodState, current: Option<i32>) -> Option<i32> {
+/// Whether a pod of this state is protected from a scale-down (busy or unknown).
+pub fn is_protected(state: PodState) -> bool {
+    matches!(state, PodState::Busy | PodState::Unknown)
+}
+
+/// The deletion cost a pod should carry, if it must change. Busy and unknown pods get the high
+/// cost in the pass that first sees them so; a cost left high from a busy past is lowered to 0
+/// only when `may_lower` (never in a pass that lowers replicas). `current` is the cost as read,
+/// or as this process last wrote it.
+pub fn wanted_cost(state: PodState, current: Option<i32>, may_lower: bool) -> Option<i32> {
     match state {
-        PodState::Busy | PodState::Unknown if current != Some(BUSY_DELETION_COST) => {
-            Some(BUSY_DELETION_COST)
+        _ if is_protected(state) && current != Some(BUSY_DELETION_COST) => Some(BUSY_DELETION_COST),
+        PodState::Idle | PodState::Starting if may_lower && current == Some(BUSY_DELETION_COST) => {
+            Some(0)
         }
-        PodState::Idle | PodState::Starting if current == Some(BUSY_DELETION_COST) => Some(0),
         _ => None,
     }
+}
+
+/// The cost this process knows a pod has: its own write in flight, else what was read.
+pub fn effective_cost(pod: &ObservedPod) -> Option<i32> {
+    pod.cost_in_flight.or(pod.deletion_cost)
+}
+
+/// A deletion cost to write on one pod (with its uid: a pod replaced under the same name is
+/// not written).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CostWrite {
+    pub pod: String,
+    pub uid: String,
+    pub cost: i32,
+}
+
+fn cost_changes(classified: &[(&ObservedPod, PodState)], may_lower: bool) -> Vec<CostWrite> {
+    classified
+        .iter()
+        .filter_map(|(pod, state)| {
+            Some(CostWrite {
+                pod: pod.name.clone(),
+                uid: pod.uid.clone(),
+                cost: wanted_cost(*state, effective_cost(pod), may_lower)?,
+            })
+        })
+        .collect()
+}
+
+/// The busy annotation's value in the pod template, when the template sets it (annotation mode).
+pub fn busy_annotation_in_template(spec: &HotStandbyDeploymentSpec) -> Option<String> {
+    if spec.busy_probe.mode != ProbeMode::Annotation {
+        return None;
+    }
+    let value = spec
+        .pod_template
+        .pointer("/metadata/annotations")?
+        .get(&spec.busy_probe.annotation_key)?;
+    Some(
+        value
+            .as_str()
+            .map_or_else(|| value.to_string(), String::from),
+    )
 }
 
 /// Checks what the CRD schema and its CEL rules enforce, for objects that slipped past them
@@ -370,18 +498,22 @@ pub fn validate_spec(spec: &HotStandbyDeploymentSpec) -> Result<(), String> {
                 .into(),
         );
     }
+    // Missing selector labels are merged into the template (as the reference accepted them);
+    // a contradicting one cannot be.
     let template_labels = template_labels(&spec.pod_template);
-    let missing: Vec<String> = spec
+    let conflicting: Vec<String> = spec
         .selector
         .match_labels
         .iter()
-        .filter(|(k, v)| template_labels.get(*k) != Some(v))
-        .map(|(k, v)| format!("{k}={v}"))
+        .filter_map(|(k, v)| {
+            let found = template_labels.get(k)?;
+            (found != v).then(|| format!("{k}={found} (the selector says {v})"))
+        })
         .collect();
-    if !missing.is_empty() {
+    if !conflicting.is_empty() {
         problems.push(format!(
-            "spec.podTemplate.metadata.labels lacks {}: add the selector's labels to the template",
-            missing.join(",")
+            "spec.podTemplate.metadata.labels contradicts the selector: {}: give the template the selector's value",
+            conflicting.join(", ")
         ));
     }
     if !spec.pod_template.is_object() {
@@ -438,19 +570,72 @@ pub fn selector_matches(
     !match_labels.is_empty() && match_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
-/// A stable hash of what this tool applies to the child Deployment besides the replica count,
-/// stored as an annotation there so that a pass with nothing to change writes nothing.
-pub fn template_hash(spec: &HotStandbyDeploymentSpec) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(serde_json::to_vec(&spec.selector).unwrap_or_default());
-    hasher.update([0]);
-    hasher.update(serde_json::to_vec(&spec.pod_template).unwrap_or_default());
-    let digest = hasher.finalize();
+/// The child Deployment's pod template: the HSD's, with the selector's labels added where
+/// missing and the injected labels ([`crate::labels::injected`]).
+pub fn child_template(
+    namespace: &str,
+    name: &str,
+    spec: &HotStandbyDeploymentSpec,
+) -> serde_json::Value {
+    let mut template = spec.pod_template.clone();
+    if !template.is_object() {
+        return template;
+    }
+    let metadata = template
+        .as_object_mut()
+        .expect("checked above")
+        .entry("metadata")
+        .or_insert_with(|| serde_json::json!({}));
+    if !metadata.is_object() {
+        *metadata = serde_json::json!({});
+    }
+    let labels = metadata
+        .as_object_mut()
+        .expect("made an object above")
+        .entry("labels")
+        .or_insert_with(|| serde_json::json!({}));
+    if !labels.is_object() {
+        *labels = serde_json::json!({});
+    }
+    let labels = labels.as_object_mut().expect("made an object above");
+    for (key, value) in &spec.selector.match_labels {
+        labels
+            .entry(key.clone())
+            .or_insert_with(|| value.clone().into());
+    }
+    for (key, value) in crate::labels::injected(namespace, name) {
+        labels.insert(key, value.into());
+    }
+    template
+}
+
+fn short_hex(digest: &[u8]) -> String {
     let mut hex = String::with_capacity(16);
     for byte in &digest[..8] {
         let _ = write!(hex, "{byte:02x}");
     }
     hex
+}
+
+/// A stable hash of what this tool applies to the child Deployment besides the replica count,
+/// stored as an annotation there so that a pass with nothing to change writes nothing.
+pub fn template_hash(namespace: &str, name: &str, spec: &HotStandbyDeploymentSpec) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(serde_json::to_vec(&spec.selector).unwrap_or_default());
+    hasher.update([0]);
+    hasher.update(serde_json::to_vec(&child_template(namespace, name, spec)).unwrap_or_default());
+    format!("v2-{}", short_hex(&hasher.finalize()))
+}
+
+/// The hash an earlier version stored: the user's template as it was, with no injected labels.
+/// A child still carrying it gains the labels without a rollout ([`DeploymentAction::Apply`]'s
+/// `relabel`).
+pub fn legacy_template_hash(spec: &HotStandbyDeploymentSpec) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(serde_json::to_vec(&spec.selector).unwrap_or_default());
+    hasher.update([0]);
+    hasher.update(serde_json::to_vec(&spec.pod_template).unwrap_or_default());
+    short_hex(&hasher.finalize())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -476,6 +661,10 @@ pub enum DeploymentAction {
     Apply {
         replicas: i32,
         template_hash: String,
+        /// The child was made before labels were injected and its template is otherwise
+        /// unchanged: label its ReplicaSets' templates and its pods first, so that the new
+        /// template matches the running ReplicaSet and nothing rolls out.
+        relabel: bool,
     },
     /// Something stops the pass from touching it (invalid spec, paused, not ours).
     Blocked,
@@ -509,6 +698,15 @@ pub struct Decision {
     pub held_by_delay: Option<i32>,
     /// The lowest count the ReplicaSet's ranking makes safe, when it holds replicas up.
     pub held_to_protect_busy: Option<i32>,
+    /// The pods that exist, when they capped what unknown pods add.
+    pub unknown_capped_at: Option<i32>,
+    /// Held at the current count: busy pods' deletion costs are written this pass and must
+    /// be visible before replicas drop.
+    pub held_for_costs: Option<i32>,
+    /// Held at the current count: the pods belong to more than one ReplicaSet (a rollout).
+    pub held_for_rollout: Option<i32>,
+    /// Held at the current count: some probes did not run before the probe deadline.
+    pub held_for_probe_deadline: Option<i32>,
     pub current_replicas: Option<i32>,
     pub replicas: i32,
     pub why: Vec<String>,
@@ -522,8 +720,8 @@ pub struct Plan {
     pub pod_states: Vec<(String, PodState)>,
     pub recommendation: Option<Recommendation>,
     pub decision: Option<Decision>,
-    /// Deletion costs to write, before the replicas drop.
-    pub cost_writes: Vec<(String, i32)>,
+    /// Deletion costs to write, before anything else.
+    pub cost_writes: Vec<CostWrite>,
     pub deployment: DeploymentAction,
     /// `(from, to)` when the replica count changes.
     pub scale: Option<(i32, i32)>,
@@ -590,8 +788,12 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
         let state = classify(pod, mode, spec.busy_probe.http.success_is_busy);
         counts.add(state);
         classified.push((pod, state));
-        if let (PodState::Unknown, Some(ProbeOutcome::Error(error))) = (state, &pod.probe) {
-            probe_failures.push(format!("{}: {error}", pod.name));
+        if state == PodState::Unknown {
+            let reason = match &pod.probe {
+                Some(outcome) => outcome.unknown_reason().unwrap_or_default(),
+                None => "no fresh answer yet".to_string(),
+            };
+            probe_failures.push(format!("{}: {reason}", pod.name));
         }
         let annotation = parse_busy_annotation(pod.busy_annotation.as_deref());
         if state == PodState::Busy {
@@ -623,11 +825,27 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
         .collect();
     pod_states.sort();
 
-    let degraded = probe_degraded_message(
-        &probe_failures,
-        &invalid_annotations,
-        &spec.busy_probe.annotation_key,
-    );
+    let degraded = if observed.probes_cut_short > 0 {
+        Some((
+            "ProbeDeadlineExceeded",
+            format!(
+                "{} pod(s) were not probed before the probe deadline; they count as busy and replicas are held: lower busyProbe.http.timeoutSeconds, or fix the pods that do not answer ({})",
+                observed.probes_cut_short,
+                probe_failures
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ))
+    } else {
+        probe_degraded_message(
+            &probe_failures,
+            &invalid_annotations,
+            &spec.busy_probe.annotation_key,
+        )
+    };
     match &degraded {
         Some((reason, message)) => {
             if conditions.set(condition::PROBE_DEGRADED, true, reason, message) {
@@ -642,6 +860,23 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
                 "every probe answered",
             );
         }
+    }
+    match busy_annotation_in_template(spec) {
+        Some(value) => {
+            let message = format!(
+                "podTemplate.metadata.annotations sets {}={value:?}: every new pod starts out marked busy. Remove it from the template; pods mark themselves busy when work starts (Pending pods are never counted as busy)",
+                spec.busy_probe.annotation_key
+            );
+            if conditions.set(
+                condition::BUSY_TEMPLATE,
+                true,
+                "BusyAnnotationInTemplate",
+                &message,
+            ) {
+                events.push(warning("BusyAnnotationInTemplate", message));
+            }
+        }
+        None => conditions.remove(condition::BUSY_TEMPLATE),
     }
     if unschedulable.is_empty() {
         conditions.remove(condition::PODS_UNSCHEDULABLE);
@@ -725,16 +960,20 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
     decision.max_replicas = spec.max_replicas;
     decision.formula = recommendation.unbounded;
     decision.bounded = recommendation.replicas;
+    decision.unknown_capped_at = recommendation.unknown_capped_at;
     decision.scale_down_delay_seconds = delay_seconds;
     if stabilized > recommendation.replicas {
         decision.held_by_delay = Some(stabilized);
     }
 
-    let hash = template_hash(spec);
+    let hash = template_hash(&observed.namespace, &observed.name, spec);
     let mut scale = None;
     let mut cost_writes = Vec::new();
     let mut desired = stabilized;
     let deployment_action = if observed.paused {
+        if observed.deployment.as_ref().is_some_and(|d| d.owned) {
+            cost_writes = cost_changes(&classified, false);
+        }
         conditions.set(
             condition::PAUSED,
             true,
@@ -761,18 +1000,17 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
             Some(deployment) => {
                 let current = deployment.replicas.unwrap_or(1);
                 decision.current_replicas = Some(current);
-                // Busy-safe scale-down: the ReplicaSet deletes pods whenever replicas fall below
-                // the pods that exist (whatever the Deployment said before). Costs go first, and
-                // no step goes deeper than the ranking makes safe.
                 let active = i32::try_from(classified.len()).unwrap_or(i32::MAX);
+                // Busy-safe scale-down: the ReplicaSet deletes pods whenever replicas fall below
+                // the pods that exist (whatever the Deployment said before). No step goes deeper
+                // than its ranking makes safe, given the costs busy pods carry.
                 if desired < active {
                     let with_costs: Vec<(&ObservedPod, PodState, i32)> = classified
                         .iter()
                         .map(|(pod, state)| {
-                            let cost = wanted_cost(*state, pod.deletion_cost)
-                                .or(pod.deletion_cost)
-                                .unwrap_or(0);
-                            (*pod, *state, cost)
+                            let cost = effective_cost(pod);
+                            let planned = wanted_cost(*state, cost, false).or(cost).unwrap_or(0);
+                            (*pod, *state, planned)
                         })
                         .collect();
                     let lowest_safe = active - safe_deletions(&with_costs);
@@ -780,15 +1018,33 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
                         decision.held_to_protect_busy = Some(lowest_safe);
                         desired = lowest_safe;
                     }
-                    if desired < active {
-                        cost_writes = classified
-                            .iter()
-                            .filter_map(|(pod, state)| {
-                                Some((pod.name.clone(), wanted_cost(*state, pod.deletion_cost)?))
-                            })
-                            .collect();
+                }
+                if observed.probes_cut_short > 0 && desired != current {
+                    // Probes that never ran say nothing: keep what runs.
+                    decision.held_for_probe_deadline = Some(current);
+                    desired = current;
+                } else if desired < current {
+                    let replica_sets: BTreeSet<&str> = classified
+                        .iter()
+                        .filter_map(|(pod, _)| pod.template_hash.as_deref())
+                        .collect();
+                    let costs_unseen = classified.iter().any(|(pod, state)| {
+                        is_protected(*state) && pod.deletion_cost != Some(BUSY_DELETION_COST)
+                    });
+                    if replica_sets.len() > 1 {
+                        // Two ReplicaSets split a scale-down by their own rules; the costs only
+                        // rank inside each. Protect every pod until the rollout ends.
+                        decision.held_for_rollout = Some(current);
+                        desired = current;
+                    } else if costs_unseen {
+                        // A cost written in the same pass as the drop may not have reached the
+                        // ReplicaSet controller's cache: drop on a later pass.
+                        decision.held_for_costs = Some(current);
+                        desired = current;
                     }
                 }
+                let lowers = desired < current || desired < active || current < active;
+                cost_writes = cost_changes(&classified, !lowers);
                 if current != desired {
                     scale = Some((current, desired));
                     if let Some(applied) = deployment
@@ -808,9 +1064,12 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
                 {
                     DeploymentAction::Keep
                 } else {
+                    let relabel = deployment.template_hash.as_deref()
+                        == Some(legacy_template_hash(spec).as_str());
                     DeploymentAction::Apply {
                         replicas: desired,
                         template_hash: hash,
+                        relabel,
                     }
                 }
             }
@@ -825,6 +1084,7 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
                 DeploymentAction::Apply {
                     replicas: desired,
                     template_hash: hash,
+                    relabel: false,
                 }
             }
         }
@@ -900,10 +1160,16 @@ fn explain_steps(decision: &Decision, paused: bool, action: &DeploymentAction) -
         ),
         None => format!("idle target {}", decision.idle_target),
     };
-    why.push(format!(
-        "{busy} busy + {} unknown + {target} = {}",
-        decision.unknown, decision.formula
-    ));
+    match decision.unknown_capped_at {
+        Some(existing) => why.push(format!(
+            "{busy} busy + {} unknown + {target}, with what unknown pods add capped at the {existing} pods that exist = {}",
+            decision.unknown, decision.formula
+        )),
+        None => why.push(format!(
+            "{busy} busy + {} unknown + {target} = {}",
+            decision.unknown, decision.formula
+        )),
+    }
     if decision.bounded != decision.formula {
         why.push(format!(
             "bounded to {} by {}",
@@ -924,6 +1190,21 @@ fn explain_steps(decision: &Decision, paused: bool, action: &DeploymentAction) -
     if let Some(held) = decision.held_to_protect_busy {
         why.push(format!(
             "held at {held}: a deeper step could reach a busy pod that the ReplicaSet deletes first (not ready or unscheduled)"
+        ));
+    }
+    if let Some(held) = decision.held_for_probe_deadline {
+        why.push(format!(
+            "held at {held}: some pods were not probed before the probe deadline"
+        ));
+    }
+    if let Some(held) = decision.held_for_rollout {
+        why.push(format!(
+            "held at {held}: the pods belong to more than one ReplicaSet (a rollout); no scale-down until it ends"
+        ));
+    }
+    if let Some(held) = decision.held_for_costs {
+        why.push(format!(
+            "held at {held}: busy pods' deletion costs are written first; replicas drop on the next pass"
         ));
     }
     match (paused, action, decision.current_replicas) {
@@ -1025,6 +1306,9 @@ fn scale_message(
     }
     if decision.held_to_protect_busy == Some(to) {
         let _ = write!(message, " (step limited to protect busy pods)");
+    }
+    if decision.held_for_probe_deadline == Some(to) {
+        let _ = write!(message, " (held: probes ran out of time)");
     }
     message
 }

@@ -1,5 +1,6 @@
 //! The HTTP busy probe: `GET http://<podIP>:<port><path>`, no redirects, no proxy, no body read,
-//! bounded by its own timeout and run concurrently with a bound.
+//! bounded by its own timeout and run concurrently with a bound. Addresses outside
+//! `HSD_DIAL_ALLOW_CIDRS` (when set: the tests set 127.0.0.0/8) are never dialled.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -8,8 +9,40 @@ use futures::{StreamExt, stream};
 
 use crate::plan::ProbeOutcome;
 
-/// Concurrent probes per pass unless told otherwise.
+/// Concurrent probes per HSD unless told otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 64;
+
+/// The environment variable that limits every dial this process makes (probes, proxy) to a
+/// comma-separated list of CIDRs. Unset: no limit.
+pub const DIAL_ALLOW_ENV: &str = "HSD_DIAL_ALLOW_CIDRS";
+
+/// The CIDRs of [`DIAL_ALLOW_ENV`], read once. `None` allows every address.
+pub fn dial_allow_list() -> Option<&'static [ipnet::IpNet]> {
+    static LIST: std::sync::OnceLock<Option<Vec<ipnet::IpNet>>> = std::sync::OnceLock::new();
+    LIST.get_or_init(|| {
+        let text = std::env::var(DIAL_ALLOW_ENV).ok()?;
+        let nets: Vec<ipnet::IpNet> = text
+            .split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .filter_map(|part| match part.parse() {
+                Ok(net) => Some(net),
+                Err(error) => {
+                    // A typo must not open every address: an unreadable entry allows nothing.
+                    tracing::warn!(entry = part, %error, "ignoring an unreadable {DIAL_ALLOW_ENV} entry");
+                    None
+                }
+            })
+            .collect();
+        Some(nets)
+    })
+    .as_deref()
+}
+
+/// Whether this process may dial `ip`.
+pub fn may_dial(ip: IpAddr) -> bool {
+    dial_allow_list().is_none_or(|nets| nets.iter().any(|net| net.contains(&ip)))
+}
 
 /// One probe to make.
 #[derive(Clone, Debug)]
@@ -66,6 +99,15 @@ impl Prober {
     /// Probes one pod. Only the status line and headers are read; the body is dropped unread.
     pub async fn probe(&self, target: &ProbeTarget) -> ProbeResult {
         let started = Instant::now();
+        if !may_dial(target.ip) {
+            return ProbeResult {
+                outcome: ProbeOutcome::Error(format!(
+                    "{} is outside {DIAL_ALLOW_ENV}: not dialled",
+                    target.ip
+                )),
+                latency: started.elapsed(),
+            };
+        }
         let request = self.http.get(target.url()).timeout(target.timeout).send();
         let outcome = match tokio::time::timeout(target.timeout, request).await {
             Err(_) => ProbeOutcome::Error(format!(
@@ -74,6 +116,15 @@ impl Prober {
             )),
             Ok(Err(error)) => ProbeOutcome::Error(describe_error(&error)),
             Ok(Ok(response)) if response.status().is_success() => ProbeOutcome::Success,
+            Ok(Ok(response)) if response.status().is_redirection() => ProbeOutcome::Redirect {
+                status: response.status().as_u16(),
+                location: response.headers().get(reqwest::header::LOCATION).map(|v| {
+                    String::from_utf8_lossy(v.as_bytes())
+                        .chars()
+                        .take(200)
+                        .collect()
+                }),
+            },
             Ok(Ok(response)) => ProbeOutcome::Failure(response.status().as_u16()),
         };
         ProbeResult {
@@ -93,6 +144,25 @@ impl Prober {
             .buffer_unordered(self.concurrency)
             .collect()
             .await
+    }
+
+    /// Like [`Prober::probe_all`], but stops at `deadline`: returns the answers that arrived
+    /// and how many targets got none.
+    pub async fn probe_until<K>(
+        &self,
+        targets: Vec<(K, ProbeTarget)>,
+        deadline: tokio::time::Instant,
+    ) -> (Vec<(K, ProbeResult)>, usize) {
+        let wanted = targets.len();
+        let mut answers = Vec::with_capacity(wanted);
+        let mut stream = stream::iter(targets)
+            .map(|(key, target)| async move { (key, self.probe(&target).await) })
+            .buffer_unordered(self.concurrency);
+        while let Ok(Some(answer)) = tokio::time::timeout_at(deadline, stream.next()).await {
+            answers.push(answer);
+        }
+        let missing = wanted - answers.len();
+        (answers, missing)
     }
 }
 

@@ -14,11 +14,36 @@ use crate::probe::{ProbeResult, Prober};
 
 /// HSDs executed at once in a pass.
 const EXECUTE_CONCURRENCY: usize = 16;
+/// HSDs probed at once in a pass: each has its own probe budget, so this bounds only how many
+/// HTTP-mode HSDs make progress together.
+const PROBE_HSD_CONCURRENCY: usize = 256;
+/// How long a one-shot pass may run, unless told otherwise. The rendered CronJob gives its Job
+/// a few seconds more as `activeDeadlineSeconds` (see `manifests`).
+pub const DEFAULT_PASS_DEADLINE: Duration = Duration::from_secs(50);
+/// The part of the pass deadline kept for the writes after the last probe.
+pub const WRITE_MARGIN: Duration = Duration::from_secs(15);
 
 #[derive(Clone, Debug, Default)]
 pub struct PassOptions {
     pub dry_run: bool,
+    /// HTTP probes in flight at once, per HSD.
     pub probe_concurrency: Option<usize>,
+    /// The pass ends within this (default [`DEFAULT_PASS_DEADLINE`]): probes stop at the
+    /// deadline minus [`WRITE_MARGIN`], and an HSD whose writes are still running at the
+    /// deadline fails with a timeout.
+    pub deadline: Option<Duration>,
+}
+
+impl PassOptions {
+    fn deadlines(&self, started: Instant) -> (tokio::time::Instant, tokio::time::Instant) {
+        let total = self.deadline.unwrap_or(DEFAULT_PASS_DEADLINE);
+        let probing = total
+            .saturating_sub(WRITE_MARGIN)
+            .max(total / 2)
+            .max(Duration::from_secs(1));
+        let started = tokio::time::Instant::from_std(started);
+        (started + probing, started + total)
+    }
 }
 
 /// What happened to one HSD in a pass.
@@ -69,7 +94,7 @@ impl PassReport {
     }
 }
 
-/// Plans and executes one HSD. A HSD deleted meanwhile is not an error: its objects go with it.
+/// Plans and executes one HSD.
 pub async fn reconcile_hsd(
     client: &Client,
     observed: &ObservedHsd,
@@ -79,7 +104,13 @@ pub async fn reconcile_hsd(
     if dry_run {
         return (plan, Ok(Written::default()));
     }
-    let result = match execute::execute(client, observed, &plan).await {
+    let result = execute_plan(client, observed, &plan).await;
+    (plan, result)
+}
+
+/// Executes a plan. An HSD deleted meanwhile is not an error: its objects go with it.
+pub async fn execute_plan(client: &Client, observed: &ObservedHsd, plan: &Plan) -> Result<Written> {
+    match execute::execute(client, observed, plan).await {
         Err(Error::Kube {
             source: kube::Error::Api(status),
             ..
@@ -88,41 +119,83 @@ pub async fn reconcile_hsd(
             Ok(Written::default())
         }
         other => other,
-    };
-    (plan, result)
+    }
 }
 
 /// One pass over every HSD in the scope. Errors of one HSD never stop the others; an error
-/// reading the scope (missing CRD, missing permission) fails the pass.
+/// reading the scope (missing CRD, missing permission) fails the pass. Each HSD is probed
+/// with its own budget, then planned and executed as soon as its own probes are in: an HSD
+/// whose endpoints hang never delays another's decision.
 pub async fn run_pass(client: &Client, scope: &Scope, options: &PassOptions) -> Result<PassReport> {
     let started = Instant::now();
+    let (probe_deadline, deadline) = options.deadlines(started);
     let snapshot = observe::read_snapshot(client, scope).await?;
-    let mut assembled = observe::assemble(&snapshot);
+    let assembled = observe::assemble(&snapshot);
+    let work: Vec<(ObservedHsd, Vec<(usize, crate::probe::ProbeTarget)>)> = assembled
+        .into_iter()
+        .map(|assembled| {
+            let targets = observe::probe_targets(&snapshot, &assembled);
+            (assembled.hsd, targets)
+        })
+        .collect();
+    drop(snapshot);
     let prober = Prober::new(
         options
             .probe_concurrency
             .unwrap_or(crate::probe::DEFAULT_CONCURRENCY),
     );
-    let probes = observe::probe_pods(&prober, &snapshot, &mut assembled).await;
-    drop(snapshot);
+    let execute_slots = tokio::sync::Semaphore::new(EXECUTE_CONCURRENCY);
 
-    let mut outcomes: Vec<HsdOutcome> = stream::iter(assembled)
-        .map(|assembled| async move {
-            let hsd = assembled.hsd;
-            let (plan, result) = reconcile_hsd(client, &hsd, options.dry_run).await;
-            if let Err(error) = &result {
-                tracing::warn!(namespace = %hsd.namespace, name = %hsd.name, %error, "reconcile failed");
-            }
-            HsdOutcome {
-                namespace: hsd.namespace,
-                name: hsd.name,
-                plan,
-                result,
+    let results: Vec<(HsdOutcome, Vec<ProbeResult>)> = stream::iter(work)
+        .map(|(mut hsd, targets)| {
+            let prober = &prober;
+            let execute_slots = &execute_slots;
+            async move {
+                let probes = if targets.is_empty() {
+                    Vec::new()
+                } else {
+                    observe::probe_hsd(prober, &mut hsd, targets, probe_deadline).await
+                };
+                let _slot = execute_slots.acquire().await.expect("never closed");
+                let (plan, result) = match tokio::time::timeout_at(
+                    deadline,
+                    reconcile_hsd(client, &hsd, options.dry_run),
+                )
+                .await
+                {
+                    Ok(done) => done,
+                    Err(_) => (
+                        plan::plan(&hsd, jiff::Timestamp::now()),
+                        Err(Error::Timeout(
+                            options.deadline.unwrap_or(DEFAULT_PASS_DEADLINE),
+                            "this HSD's writes (the pass deadline passed; the next pass retries)"
+                                .into(),
+                        )),
+                    ),
+                };
+                if let Err(error) = &result {
+                    tracing::warn!(namespace = %hsd.namespace, name = %hsd.name, %error, "reconcile failed");
+                }
+                (
+                    HsdOutcome {
+                        namespace: hsd.namespace,
+                        name: hsd.name,
+                        plan,
+                        result,
+                    },
+                    probes,
+                )
             }
         })
-        .buffer_unordered(EXECUTE_CONCURRENCY)
+        .buffer_unordered(PROBE_HSD_CONCURRENCY)
         .collect()
         .await;
+    let mut outcomes = Vec::with_capacity(results.len());
+    let mut probes = Vec::new();
+    for (outcome, hsd_probes) in results {
+        outcomes.push(outcome);
+        probes.extend(hsd_probes);
+    }
     outcomes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     Ok(PassReport {
         outcomes,

@@ -83,7 +83,21 @@ fn the_cronjob_runs_one_pass_a_minute_as_non_root_with_least_privilege() {
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(
         container["args"],
-        serde_json::json!(["reconcile", "--all-namespaces"])
+        serde_json::json!(["reconcile", "--deadline", "50s", "--all-namespaces"])
+    );
+    // The pass ends within its own deadline, inside the Job's: a hung endpoint can never get
+    // the Job killed before the other HSDs are written.
+    let pass_deadline = humantime::parse_duration(container["args"][2].as_str().unwrap()).unwrap();
+    let job_deadline = cronjob["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        pass_deadline.as_secs() < job_deadline,
+        "{pass_deadline:?} vs {job_deadline}s"
+    );
+    assert!(
+        container["env"].to_string().contains("POD_NAMESPACE"),
+        "the pass finds the watcher's Lease in its own namespace"
     );
     let role = documents
         .iter()
@@ -92,7 +106,7 @@ fn the_cronjob_runs_one_pass_a_minute_as_non_root_with_least_privilege() {
     for rule in role["rules"].as_array().unwrap() {
         for verb in rule["verbs"].as_array().unwrap() {
             assert!(
-                ["list", "create", "patch"].contains(&verb.as_str().unwrap()),
+                ["list", "get", "create", "patch"].contains(&verb.as_str().unwrap()),
                 "unexpected verb {verb} in {rule}"
             );
         }
@@ -140,6 +154,11 @@ fn the_watch_deployment_is_highly_available_non_root_and_probed() {
     assert_eq!(
         lease_role["rules"][0]["resources"],
         serde_json::json!(["leases"])
+    );
+    assert_eq!(
+        lease_role["rules"][0]["resourceNames"],
+        serde_json::json!(["kubectl-hsd"]),
+        "get/update/patch on the one Lease by name"
     );
     assert_eq!(
         lease_role["metadata"]["namespace"], "hsd-system",

@@ -26,8 +26,11 @@ pub async fn explain(global: &GlobalArgs, name: &str) -> Result<i32> {
             what: format!("hotstandbydeployments.apps.paia.tech {name:?} in namespace {namespace}"),
         });
     }
-    observe::probe_pods(&Prober::new(DEFAULT_CONCURRENCY), &snapshot, &mut assembled).await;
-    let hsd = &assembled[0].hsd;
+    let targets = observe::probe_targets(&snapshot, &assembled[0]);
+    let deadline = tokio::time::Instant::now() + crate::reconcile::DEFAULT_PASS_DEADLINE;
+    let hsd = &mut assembled[0].hsd;
+    observe::probe_hsd(&Prober::new(DEFAULT_CONCURRENCY), hsd, targets, deadline).await;
+    let hsd = &*hsd;
     let plan = plan::plan(hsd, jiff::Timestamp::now());
     let Some(decision) = plan.decision.clone() else {
         let reason = plan

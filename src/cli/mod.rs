@@ -234,9 +234,13 @@ pub struct ReconcileArgs {
     /// Print the API requests the pass made (to stderr).
     #[arg(long)]
     pub stats: bool,
-    /// HTTP probes in flight at once.
+    /// HTTP probes in flight at once, per HSD.
     #[arg(long, default_value_t = crate::probe::DEFAULT_CONCURRENCY)]
     pub probe_concurrency: usize,
+    /// One-shot pass: end within this. Probes stop 15s before it (unprobed pods count as busy
+    /// and their HSD keeps its replicas); writes still running at it fail with a timeout.
+    #[arg(long, default_value = "50s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub deadline: std::time::Duration,
 }
 
 /// Runs a parsed command. Returns the process exit code.

@@ -8,15 +8,17 @@ use crate::error::Result;
 use crate::reconcile::{PassOptions, PassReport, run_pass};
 
 pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> {
-    let (client, stats, default_ns) = crate::client::connect(&global.client_options()).await?;
+    let config = crate::client::load_config(&global.client_options()).await?;
+    let default_ns = config.default_namespace.clone();
     let scope = global.scope(&default_ns);
     let lease_namespace = args
         .lease_namespace
         .clone()
         .unwrap_or_else(|| crate::watch::default_lease_namespace(&scope));
     if args.watch {
-        return watch(client, scope, lease_namespace, args).await;
+        return watch(config, scope, lease_namespace, args).await;
     }
+    let (client, stats) = crate::client::counted_client(config)?;
     if !args.force && !args.dry_run {
         let mut namespaces = vec![lease_namespace];
         let cluster_wide = crate::watch::default_lease_namespace(&crate::observe::Scope::All);
@@ -24,8 +26,9 @@ pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> 
             namespaces.push(cluster_wide);
         }
         for namespace in namespaces {
+            // Fails closed: a pass that cannot read the Lease does not run beside a watcher.
             if let Some(holder) =
-                crate::watch::live_holder(&client, &namespace, &args.lease_name).await
+                crate::watch::live_holder(&client, &namespace, &args.lease_name).await?
             {
                 eprintln!(
                     "a watcher ({holder}) holds Lease {namespace}/{}: it reconciles; this pass does nothing (--force to run anyway)",
@@ -38,6 +41,7 @@ pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> 
     let options = PassOptions {
         dry_run: args.dry_run,
         probe_concurrency: Some(args.probe_concurrency),
+        deadline: Some(args.deadline),
     };
     let report = run_pass(&client, &scope, &options).await?;
     for (outcome, error) in report.failures() {
@@ -76,8 +80,11 @@ pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> 
     })
 }
 
+/// How long a watcher may take to stop after SIGTERM/SIGINT, whatever state the API server is in.
+const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn watch(
-    client: kube::Client,
+    config: kube::Config,
     scope: crate::observe::Scope,
     lease_namespace: String,
     args: ReconcileArgs,
@@ -106,8 +113,14 @@ async fn watch(
         crate::watch::shutdown_signal().await;
         eprintln!("shutting down");
         on_signal.cancel();
+        tokio::time::sleep(SHUTDOWN_LIMIT).await;
+        eprintln!(
+            "still stopping after {}s (is the API server reachable?): exiting now; the lease expires on its own",
+            SHUTDOWN_LIMIT.as_secs()
+        );
+        std::process::exit(0);
     });
-    crate::watch::run(client, options, shutdown).await?;
+    crate::watch::run(config, options, shutdown).await?;
     Ok(0)
 }
 

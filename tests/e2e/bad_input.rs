@@ -190,16 +190,21 @@ async fn hostile_http_endpoints_are_bounded_and_never_followed() {
     );
     let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let item = &report["items"][0];
-    // Redirect: a non-2xx answer (idle). Endless body: 2xx, the body is never read (busy).
-    // Trickle, garbage, wrong port: no usable answer (unknown, counted as busy).
+    // Endless body: 2xx, the body is never read (busy). Redirect (never followed), trickle,
+    // garbage, wrong port: no answer about busy at all (unknown, counted as busy).
     assert_eq!(
         (
             item["busy"].as_i64(),
             item["idle"].as_i64(),
             item["unknown"].as_i64()
         ),
-        (Some(1), Some(1), Some(3)),
+        (Some(1), Some(0), Some(4)),
         "{item}"
+    );
+    let degraded = item["events"].to_string();
+    assert!(
+        degraded.contains("redirect 302 to http://127.0.0.1:") && degraded.contains("not followed"),
+        "ProbeDegraded names the status and the Location: {degraded}"
     );
     assert_eq!(
         visitors.load(Ordering::SeqCst),
@@ -221,8 +226,8 @@ async fn hostile_http_endpoints_are_bounded_and_never_followed() {
     assert_eq!(degraded["status"], "True");
     assert_eq!(
         replicas(&ns, "game-ws-workload").await,
-        Some(9),
-        "1 busy + 3 unknown + 5"
+        Some(6),
+        "1 busy + idle target 5: the 4 unknown pods add nothing beyond the 5 pods that exist"
     );
     for server in servers {
         server.abort();

@@ -293,9 +293,9 @@ async fn invalid_specs_are_rejected_at_admission_with_the_reason() {
             "spec.maxReplicas",
         ),
         (
-            "selector not in template",
+            "template label contradicting the selector",
             Box::new(|m| m["spec"]["selector"]["matchLabels"] = json!({"app": "other"})),
-            "every selector.matchLabels entry must also be in podTemplate.metadata.labels",
+            "a podTemplate.metadata.labels entry contradicts selector.matchLabels",
         ),
         (
             "empty selector",

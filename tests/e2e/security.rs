@@ -90,7 +90,9 @@ async fn a_namespace_scoped_reconciler_works_with_exactly_its_verbs() {
 
     let token = token_for(&ns, "kubectl-hsd", None).await;
     let config = token_kubeconfig(&ns, "reconciler", &token);
-    let output = run_with(&config, &["reconcile", "-n", &ns.name], &[]);
+    // As the CronJob's pod runs it: POD_NAMESPACE (the Downward API) names its own namespace.
+    let in_pod = [("POD_NAMESPACE", ns.name.as_str())];
+    let output = run_with(&config, &["reconcile", "-n", &ns.name], &in_pod);
     assert!(
         output.status.success(),
         "{}",
@@ -99,7 +101,20 @@ async fn a_namespace_scoped_reconciler_works_with_exactly_its_verbs() {
     assert_eq!(replicas(&ns, "game-ws-workload").await, Some(3));
 
     // Beyond its namespace it has no rights, and says which one it lacks.
-    let output = run_with(&config, &["reconcile", "-A"], &[]);
+    // A pass that cannot tell whether a watcher leads does nothing (fails closed): run from a
+    // laptop without POD_NAMESPACE, it looks for the cluster-wide watcher's Lease in hsd-system,
+    // where this identity may not read.
+    let output = run_with(&config, &["reconcile", "-n", &ns.name], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "permission denied to get leases.coordination.k8s.io in namespace hsd-system"
+        ),
+        "{stderr}"
+    );
+
+    let output = run_with(&config, &["reconcile", "-A"], &in_pod);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -126,7 +141,7 @@ async fn a_namespace_scoped_reconciler_works_with_exactly_its_verbs() {
         .await
         .unwrap();
     let output = wait_for("the RBAC change to apply", Duration::from_secs(10), || {
-        let output = run_with(&config, &["reconcile", "-n", &ns.name], &[]);
+        let output = run_with(&config, &["reconcile", "-n", &ns.name], &in_pod);
         async move { (!output.status.success()).then_some(output) }
     })
     .await;
@@ -200,9 +215,16 @@ async fn pods_may_mark_only_themselves_and_only_the_busy_annotation() {
     )
     .await;
     let pods: Api<Pod> = ns.api();
-    for name in ["me", "other"] {
+    // "me" and "other" are an HSD's pods (the label every child template carries); "foreign"
+    // belongs to some other controller, which the policy must never get in the way of.
+    for name in ["me", "other", "foreign"] {
+        let labels = if name == "foreign" {
+            json!({"app": "matchmaker"})
+        } else {
+            json!({"app": "game-ws", kubectl_hsd::labels::HSD_LABEL: "game-ws"})
+        };
         let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"app": "game-ws"}},
+            "metadata": {"name": name, "labels": labels},
             "spec": {"serviceAccountName": "app", "containers": [{"name": "c", "image": "registry.invalid/app:1"}]},
         }))
         .unwrap();
@@ -306,6 +328,15 @@ async fn pods_may_mark_only_themselves_and_only_the_busy_annotation() {
         denied.to_string().contains("may change only its own"),
         "{denied}"
     );
+    // A pod no HSD made is out of the policy's reach: the same token changes it as RBAC allows.
+    as_pod
+        .patch(
+            "foreign",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"matchmaker/slot": "3"}}})),
+        )
+        .await
+        .expect("pods that no HSD made are never blocked");
     // The admin (no pod-bound token) is not restricted.
     pods.patch(
         "me",

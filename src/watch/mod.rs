@@ -1,32 +1,46 @@
 //! `reconcile --watch`: the same reconcile as the one-shot pass, driven by watches instead of a
 //! timer. Pods, Deployments and HSDs are cached (stripped of what the plan never reads); an HSD
 //! is reconciled as soon as one of its pods, its Deployment or its spec changes, when an HTTP
-//! probe's answer changes, and on a periodic resync. Only the holder of a Lease reconciles.
+//! probe's answer changes, and on a periodic resync. Only the holder of a Lease reconciles, and
+//! only from a complete view: nothing is decided until all three caches are synced (at start,
+//! after every lease acquisition and after every relist).
+
+mod lease;
+mod probes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use kube::api::DynamicObject;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Config, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
 
+pub use lease::{Fence, renew_deadline};
+pub use probes::Answers;
+
+use crate::client::ClientHooks;
 use crate::crd::ProbeMode;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::observe::{self, LeanDeployment, LeanPod, Scope};
-use crate::plan::{ObservedDeployment, ProbeOutcome};
-use crate::probe::Prober;
+use crate::plan::{ObservedDeployment, ObservedHsd, PodState};
+use probes::Probes;
 
 pub const DEFAULT_LEASE_NAME: &str = "kubectl-hsd";
 /// How long running reconciles may go on after a shutdown or a lost lease.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often the leader checks that its lease is still fresh.
+const FENCE_CHECK: Duration = Duration::from_millis(100);
+/// Retry delay of a reconcile that found the caches not synced yet.
+const UNSYNCED_RETRY: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug)]
 pub struct WatchOptions {
@@ -38,6 +52,7 @@ pub struct WatchOptions {
     pub lease_duration: Duration,
     pub identity: String,
     pub resync: Duration,
+    /// HTTP probes in flight at once, per HSD.
     pub probe_concurrency: usize,
 }
 
@@ -60,8 +75,30 @@ pub fn default_identity() -> String {
 
 /// Runs until `shutdown` is cancelled: serves metrics, takes part in leader election, and
 /// reconciles while leading. Releases the lease on the way out.
-pub async fn run(client: Client, options: WatchOptions, shutdown: CancellationToken) -> Result<()> {
+pub async fn run(config: Config, options: WatchOptions, shutdown: CancellationToken) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
+    let fence = if options.leader_elect {
+        Fence::new(options.lease_duration)
+    } else {
+        Fence::always_open()
+    };
+    {
+        let fence = fence.clone();
+        metrics.set_liveness(Box::new(move || {
+            if fence.leader_in_name_only() {
+                Err("leader in name only: the lease was not renewed within the renew deadline; this process writes nothing".to_string())
+            } else {
+                Ok(())
+            }
+        }));
+    }
+    let (client, _) = crate::client::client_with(
+        config.clone(),
+        ClientHooks {
+            write_gate: Some(fence.write_gate()),
+            on_success: None,
+        },
+    )?;
     let server = match options.metrics_addr {
         Some(addr) => {
             let (bound, task) = crate::metrics::serve(addr, metrics.clone(), shutdown.clone())
@@ -84,18 +121,31 @@ pub async fn run(client: Client, options: WatchOptions, shutdown: CancellationTo
         return Ok(());
     }
 
-    let seconds = options.lease_duration.as_secs().max(2);
-    let manager = LeaseManagerBuilder::new(client.clone(), &options.lease_name)
+    // The lease client reports each successful lease write to the fence: the renew deadline
+    // runs from when the last renewal was sent.
+    let (lease_client, _) = crate::client::client_with(
+        config,
+        ClientHooks {
+            write_gate: None,
+            on_success: Some(fence.renewal_observer(&options.lease_name)),
+        },
+    )?;
+    let manager = LeaseManagerBuilder::new(lease_client, &options.lease_name)
         .with_namespace(&options.lease_namespace)
         .with_identity(&options.identity)
-        .with_duration(seconds)
-        // Renew a third of the way before expiry.
-        .with_grace((seconds / 3).max(1))
-        .with_field_manager(format!("{}-lease", crate::execute::FIELD_MANAGER))
+        .with_duration(options.lease_duration.as_secs().max(2))
+        .with_grace(lease::renew_grace_seconds(options.lease_duration))
+        // One field manager per identity: server-side apply's conflict detection is what keeps
+        // two replicas from taking the lease at once.
+        .with_field_manager(format!(
+            "{}-lease-{}",
+            crate::execute::FIELD_MANAGER,
+            options.identity
+        ))
         .build()
         .await
         .map_err(|e| Error::Invalid(format!(
-            "cannot use Lease {}/{}: {e}. The identity needs get, create and update on leases.coordination.k8s.io there",
+            "cannot use Lease {}/{}: {e}. The identity needs get, create, update and patch on leases.coordination.k8s.io there",
             options.lease_namespace, options.lease_name
         )))?;
     let (mut leading, lease_task) = manager.watch().await;
@@ -104,8 +154,11 @@ pub async fn run(client: Client, options: WatchOptions, shutdown: CancellationTo
         "waiting for Lease {}/{} as {}",
         options.lease_namespace, options.lease_name, options.identity
     );
+    let mut fence_check = tokio::time::interval(FENCE_CHECK);
+    fence_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if *leading.borrow_and_update() {
+        fence.set_leading(*leading.borrow_and_update());
+        if fence.is_open() {
             tracing::info!(identity = %options.identity, "leading: reconciling");
             eprintln!("leading: reconciling");
             metrics.set_leader(true);
@@ -116,16 +169,32 @@ pub async fn run(client: Client, options: WatchOptions, shutdown: CancellationTo
                 metrics.clone(),
                 stop.clone(),
             ));
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = async { while leading.changed().await.is_ok() && *leading.borrow() {} } => {
-                    tracing::warn!("lost the lease: stopping");
-                    eprintln!("lost the lease: stopping");
+            let why = loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break "shutting down",
+                    changed = leading.changed() => {
+                        if changed.is_err() {
+                            break "the lease manager stopped";
+                        }
+                        fence.set_leading(*leading.borrow_and_update());
+                        if !fence.is_leading() {
+                            break "lost the lease";
+                        }
+                    }
+                    _ = fence_check.tick() => {
+                        if !fence.is_open() {
+                            break "the lease was not renewed within the renew deadline";
+                        }
+                    }
                 }
+            };
+            if !shutdown.is_cancelled() {
+                tracing::warn!("{why}: stopping");
+                eprintln!("{why}: stopping");
             }
             stop.cancel();
-            let _ = controller.await;
             metrics.set_leader(false);
+            let _ = controller.await;
             if shutdown.is_cancelled() {
                 break;
             }
@@ -133,11 +202,13 @@ pub async fn run(client: Client, options: WatchOptions, shutdown: CancellationTo
         tokio::select! {
             _ = shutdown.cancelled() => break,
             changed = leading.changed() => if changed.is_err() { break },
+            _ = fence_check.tick() => {}
         }
     }
-    // Closing the channel makes the lease manager release the lease.
+    // Closing the channel makes the lease manager release the lease; bounded, since the API
+    // server may be gone.
     drop(leading);
-    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+    match tokio::time::timeout(Duration::from_secs(2), lease_task).await {
         Ok(Ok(Ok(_))) => eprintln!(
             "released Lease {}/{}",
             options.lease_namespace, options.lease_name
@@ -146,25 +217,78 @@ pub async fn run(client: Client, options: WatchOptions, shutdown: CancellationTo
         _ => tracing::warn!("the lease manager did not stop in time"),
     }
     if let Some(server) = server {
-        let _ = server.await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     }
     Ok(())
 }
 
 /// What this process wrote last per HSD, overlaid on the caches until they catch up, so that a
 /// reconcile triggered before its own write comes back through the watch does not repeat it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct OwnWrite {
     deployment: Option<(String, ObservedDeployment)>,
     status: Option<(String, crate::crd::HotStandbyDeploymentStatus)>,
+}
+
+/// Which caches have a complete view: set false when a (re)list starts, true when it is done.
+/// Decisions wait for all three.
+#[derive(Default)]
+struct SyncGate {
+    hsds: AtomicBool,
+    pods: AtomicBool,
+    deployments: AtomicBool,
+    became_synced: Mutex<Option<tokio::sync::mpsc::UnboundedSender<()>>>,
+}
+
+#[derive(Clone, Copy)]
+enum Cache {
+    Hsds,
+    Pods,
+    Deployments,
+}
+
+impl SyncGate {
+    fn flag(&self, cache: Cache) -> &AtomicBool {
+        match cache {
+            Cache::Hsds => &self.hsds,
+            Cache::Pods => &self.pods,
+            Cache::Deployments => &self.deployments,
+        }
+    }
+
+    fn synced(&self) -> bool {
+        self.hsds.load(Ordering::SeqCst)
+            && self.pods.load(Ordering::SeqCst)
+            && self.deployments.load(Ordering::SeqCst)
+    }
+
+    fn observe<K>(&self, cache: Cache, event: &watcher::Event<K>) {
+        match event {
+            watcher::Event::Init => self.flag(cache).store(false, Ordering::SeqCst),
+            watcher::Event::InitDone => {
+                let was = self.synced();
+                self.flag(cache).store(true, Ordering::SeqCst);
+                if !was
+                    && self.synced()
+                    && let Some(tell) = self.became_synced.lock().expect("gate lock").as_ref()
+                {
+                    let _ = tell.send(());
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 struct Context {
     client: Client,
     pods: Store<LeanPod>,
     deployments: Store<LeanDeployment>,
-    probes: Mutex<HashMap<String, (ProbeOutcome, Instant)>>,
+    probes: Arc<Probes>,
+    gate: Arc<SyncGate>,
     own_writes: Mutex<HashMap<(String, String), OwnWrite>>,
+    /// Deletion costs written, by pod uid: (resourceVersion, cost).
+    own_costs: Mutex<HashMap<String, (String, i32)>>,
     failures: Mutex<HashMap<(String, String), u32>>,
     metrics: Arc<Metrics>,
     resync: Duration,
@@ -188,6 +312,19 @@ fn strip_meta(meta: &mut kube::api::ObjectMeta) {
     }
 }
 
+fn scoped<K>(client: &Client, scope: &Scope, resource: &kube::api::ApiResource) -> Api<K>
+where
+    K: kube::Resource<
+            DynamicType = kube::api::ApiResource,
+            Scope = kube::core::DynamicResourceScope,
+        >,
+{
+    match scope {
+        Scope::Namespace(ns) => Api::namespaced_with(client.clone(), ns, resource),
+        Scope::All => Api::all_with(client.clone(), resource),
+    }
+}
+
 async fn run_controller(
     client: Client,
     options: WatchOptions,
@@ -198,48 +335,61 @@ async fn run_controller(
     let pod_resource = observe::pod_resource();
     let deployment_resource = observe::deployment_resource();
     let hsd_resource = observe::hsd_resource();
-    let pod_api: Api<LeanPod> = match scope {
-        Scope::Namespace(ns) => Api::namespaced_with(client.clone(), ns, &pod_resource),
-        Scope::All => Api::all_with(client.clone(), &pod_resource),
-    };
-    let deployment_api: Api<LeanDeployment> = match scope {
-        Scope::Namespace(ns) => Api::namespaced_with(client.clone(), ns, &deployment_resource),
-        Scope::All => Api::all_with(client.clone(), &deployment_resource),
-    };
-    let hsd_api: Api<DynamicObject> = match scope {
-        Scope::Namespace(ns) => Api::namespaced_with(client.clone(), ns, &hsd_resource),
-        Scope::All => Api::all_with(client.clone(), &hsd_resource),
-    };
+    let gate = Arc::new(SyncGate::default());
+    let (synced_tx, synced_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    *gate.became_synced.lock().expect("gate lock") = Some(synced_tx);
 
     let pod_writer = Writer::new(pod_resource.clone());
     let pods = pod_writer.as_reader();
-    let pod_stream = watcher(pod_api, watcher::Config::default())
-        .backoff(watch_backoff())
-        .modify(|pod: &mut LeanPod| strip_meta(&mut pod.metadata))
-        .reflect(pod_writer)
-        .touched_objects();
+    let pod_gate = gate.clone();
+    let pod_stream = watcher(
+        scoped::<LeanPod>(&client, scope, &pod_resource),
+        watcher::Config::default(),
+    )
+    .backoff(watch_backoff())
+    .modify(|pod: &mut LeanPod| strip_meta(&mut pod.metadata))
+    .reflect(pod_writer)
+    .inspect_ok(move |event| pod_gate.observe(Cache::Pods, event))
+    .touched_objects();
     let deployment_writer = Writer::new(deployment_resource.clone());
     let deployments = deployment_writer.as_reader();
-    let deployment_stream = watcher(deployment_api, watcher::Config::default())
-        .backoff(watch_backoff())
-        .modify(|d: &mut LeanDeployment| strip_meta(&mut d.metadata))
-        .reflect(deployment_writer)
-        .touched_objects();
+    let deployment_gate = gate.clone();
+    let deployment_stream = watcher(
+        scoped::<LeanDeployment>(&client, scope, &deployment_resource),
+        watcher::Config::default(),
+    )
+    .backoff(watch_backoff())
+    .modify(|d: &mut LeanDeployment| strip_meta(&mut d.metadata))
+    .reflect(deployment_writer)
+    .inspect_ok(move |event| deployment_gate.observe(Cache::Deployments, event))
+    .touched_objects();
+    let hsd_writer = Writer::new(hsd_resource.clone());
+    let hsds = hsd_writer.as_reader();
+    let hsd_gate = gate.clone();
+    let hsd_stream = watcher(
+        scoped::<DynamicObject>(&client, scope, &hsd_resource),
+        watcher::Config::default(),
+    )
+    .backoff(watch_backoff())
+    .reflect(hsd_writer)
+    .inspect_ok(move |event| hsd_gate.observe(Cache::Hsds, event))
+    .touched_objects();
 
-    let controller =
-        Controller::new_with(hsd_api, watcher::Config::default(), hsd_resource.clone())
-            .with_config(ControllerConfig::default().concurrency(16))
-            .trigger_backoff(watch_backoff());
-    let hsds = controller.store();
+    let controller = Controller::for_stream_with(hsd_stream, hsds.clone(), hsd_resource.clone())
+        .with_config(ControllerConfig::default().concurrency(16))
+        .trigger_backoff(watch_backoff());
     let (probe_trigger, probe_triggers) =
         tokio::sync::mpsc::unbounded_channel::<ObjectRef<DynamicObject>>();
+    let probes = Probes::new(options.probe_concurrency, metrics.clone());
 
     let context = Arc::new(Context {
         client: client.clone(),
         pods: pods.clone(),
         deployments,
-        probes: Mutex::new(HashMap::new()),
+        probes: probes.clone(),
+        gate,
         own_writes: Mutex::new(HashMap::new()),
+        own_costs: Mutex::new(HashMap::new()),
         failures: Mutex::new(HashMap::new()),
         metrics: metrics.clone(),
         resync: options.resync,
@@ -248,12 +398,11 @@ async fn run_controller(
     let mapper_hsds = hsds.clone();
     let hsd_resource_for_map = hsd_resource.clone();
     let pruner_task = tokio::spawn(prune_loop(hsds.clone(), context.clone(), stop.clone()));
-    let prober_task = tokio::spawn(probe_loop(
+    let prober_task = tokio::spawn(probes::probe_loop(
         hsds.clone(),
         pods.clone(),
-        context.clone(),
+        probes,
         probe_trigger,
-        options.probe_concurrency,
         stop.clone(),
     ));
     let stop_for_controller = stop.clone();
@@ -275,7 +424,10 @@ async fn run_controller(
             pod_resource,
         )
         .owns_stream_with(deployment_stream, deployment_resource)
-        .reconcile_on(tokio_stream_from(probe_triggers))
+        .reconcile_on(receiver_stream(probe_triggers))
+        // Once every cache holds a complete view, reconcile everything: the reconciles that
+        // came earlier decided nothing.
+        .reconcile_all_on(receiver_stream(synced_rx))
         .graceful_shutdown_on(async move { stop_for_controller.cancelled().await })
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -310,27 +462,39 @@ fn watch_backoff() -> kube::runtime::watcher::ExponentialBackoff {
         .into()
 }
 
-fn tokio_stream_from<T: Send + 'static>(
+fn receiver_stream<T: Send + 'static>(
     mut receiver: tokio::sync::mpsc::UnboundedReceiver<T>,
 ) -> impl futures::Stream<Item = T> + Send {
     futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
 
-async fn reconcile(
-    object: Arc<DynamicObject>,
-    context: Arc<Context>,
-) -> std::result::Result<Action, Error> {
-    let started = Instant::now();
+/// The HSD as the caches (and this process's own writes) show it, with fresh probe answers.
+async fn observe_hsd(object: &DynamicObject, context: &Context) -> Result<ObservedHsd> {
     let key = (object.namespace().unwrap_or_default(), object.name_any());
-    let mut hsd = observe::hsd_facts(&object);
-    if object.metadata.deletion_timestamp.is_some() {
-        context.metrics.forget(&key.0, &key.1);
-        return Ok(Action::await_change());
-    }
+    let mut hsd = observe::hsd_facts(object);
     let workload = crate::crd::workload_name(&hsd.name);
-    let deployment = context.deployments.get(
+    let mut deployment = context.deployments.get(
         &ObjectRef::new_with(&workload, observe::deployment_resource()).within(&hsd.namespace),
     );
+    if deployment.is_none() {
+        // Absent from a synced cache is absent, unless the cache is a moment behind a create:
+        // ask before creating (this happens once per child).
+        let api: Api<LeanDeployment> = Api::namespaced_with(
+            context.client.clone(),
+            &hsd.namespace,
+            &observe::deployment_resource(),
+        );
+        deployment = api
+            .get_opt(&workload)
+            .await
+            .map_err(crate::error::kube_error(
+                format!("reading Deployment {}/{workload}", hsd.namespace),
+                "get",
+                "deployments.apps",
+                Some(&hsd.namespace),
+            ))?
+            .map(Arc::new);
+    }
     hsd.deployment = deployment
         .as_ref()
         .map(|d| observe::deployment_facts(d, &hsd.uid));
@@ -340,14 +504,33 @@ async fn reconcile(
         .into_iter()
         .filter(|pod| observe::hsd_selects(&hsd, pod))
         .collect();
-    {
-        let probes = context.probes.lock().expect("probe results lock");
-        hsd.pods = observe::pods_facts(&hsd, pods.iter().map(|p| p.as_ref()), |pod| {
-            pod.uid()
-                .and_then(|uid| probes.get(&uid).map(|(outcome, _)| outcome.clone()))
-        });
+    let lifetime = hsd.spec.as_ref().ok().map(observe::answer_lifetime);
+    let http = hsd
+        .spec
+        .as_ref()
+        .is_ok_and(|spec| spec.busy_probe.mode == ProbeMode::Http);
+    hsd.pods = observe::pods_facts(&hsd, pods.iter().map(|p| p.as_ref()), |pod| {
+        let uid = pod.uid()?;
+        context.probes.answers.fresh(&uid, lifetime?)
+    });
+    if !http {
+        for pod in &mut hsd.pods {
+            pod.probe = None;
+        }
     }
     // Our own last writes win over caches that have not seen them yet.
+    {
+        let mut own_costs = context.own_costs.lock().expect("own costs lock");
+        for (pod, lean) in hsd.pods.iter_mut().zip(&pods) {
+            if let Some((version, cost)) = own_costs.get(&pod.uid).cloned() {
+                if cache_is_behind(lean.metadata.resource_version.as_deref(), &version) {
+                    pod.cost_in_flight = Some(cost);
+                } else {
+                    own_costs.remove(&pod.uid);
+                }
+            }
+        }
+    }
     if let Some(own) = context
         .own_writes
         .lock()
@@ -369,24 +552,94 @@ async fn reconcile(
             hsd.status = Some(status);
         }
     }
+    Ok(hsd)
+}
 
-    let (plan, result) = crate::reconcile::reconcile_hsd(&context.client, &hsd, false).await;
+/// In HTTP mode a scale-down needs a fresh idle answer from every pod it may remove: probe
+/// them again now, then plan again.
+async fn confirm_scale_down(
+    hsd: &mut ObservedHsd,
+    object: &DynamicObject,
+    plan: &crate::plan::Plan,
+    context: &Context,
+) -> bool {
+    let Ok(spec) = hsd.spec.clone() else {
+        return false;
+    };
+    let lowers = plan.scale.is_some_and(|(from, to)| to < from);
+    if spec.busy_probe.mode != ProbeMode::Http || !lowers {
+        return false;
+    }
+    let removable: std::collections::HashSet<&str> = plan
+        .pod_states
+        .iter()
+        .filter(|(_, state)| matches!(state, PodState::Idle | PodState::Starting))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let pods: Vec<(String, crate::probe::ProbeTarget)> = context
+        .pods
+        .state()
+        .iter()
+        .filter(|pod| removable.contains(pod.name_any().as_str()) && observe::hsd_selects(hsd, pod))
+        .filter_map(|pod| Some((pod.uid()?, observe::probe_target(pod, &spec)?)))
+        .collect();
+    if pods.is_empty() {
+        return false;
+    }
+    let key = (hsd.namespace.clone(), hsd.name.clone());
+    let deadline = tokio::time::Instant::now() + observe::probe_timeout(&spec);
+    context.probes.confirm(&key, pods, deadline).await;
+    match observe_hsd(object, context).await {
+        Ok(fresh) => {
+            *hsd = fresh;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+async fn reconcile(
+    object: Arc<DynamicObject>,
+    context: Arc<Context>,
+) -> std::result::Result<Action, Error> {
+    let started = Instant::now();
+    let key = (object.namespace().unwrap_or_default(), object.name_any());
+    if object.metadata.deletion_timestamp.is_some() {
+        context.metrics.forget(&key.0, &key.1);
+        return Ok(Action::await_change());
+    }
+    // Decisions only from a complete view: an unsynced pod cache would show busy pods as
+    // missing, and an unsynced Deployment cache would show the child as missing.
+    if !context.gate.synced() {
+        return Ok(Action::requeue(UNSYNCED_RETRY));
+    }
+    let mut hsd = observe_hsd(&object, &context).await?;
+    let mut plan = crate::plan::plan(&hsd, jiff::Timestamp::now());
+    if confirm_scale_down(&mut hsd, &object, &plan, &context).await {
+        plan = crate::plan::plan(&hsd, jiff::Timestamp::now());
+    }
+    let result = crate::reconcile::execute_plan(&context.client, &hsd, &plan).await;
     let error_reason = result.as_ref().err().map(Error::reason);
     context.metrics.reconciled(started.elapsed(), error_reason);
     let written = result?;
     context.failures.lock().expect("failures lock").remove(&key);
     context.metrics.set_status(&key.0, &key.1, &plan.status);
+    context.metrics.events_failed(written.events_failed);
+    if !written.cost_versions.is_empty() {
+        let mut own_costs = context.own_costs.lock().expect("own costs lock");
+        for (uid, version, cost) in &written.cost_versions {
+            own_costs.insert(uid.clone(), (version.clone(), *cost));
+        }
+    }
     if written.deployment || written.status {
         let mut own_writes = context.own_writes.lock().expect("own writes lock");
-        let entry = own_writes.entry(key).or_insert(OwnWrite {
-            deployment: None,
-            status: None,
-        });
+        let entry = own_writes.entry(key).or_default();
         if let (
             Some(version),
             crate::plan::DeploymentAction::Apply {
                 replicas,
                 template_hash,
+                ..
             },
         ) = (written.deployment_version, &plan.deployment)
         {
@@ -403,6 +656,14 @@ async fn reconcile(
         if let Some(version) = written.status_version {
             entry.status = Some((version, plan.status.clone()));
         }
+    }
+    // A scale-down held for its costs to be seen goes on as soon as they are: soon.
+    if plan
+        .decision
+        .as_ref()
+        .is_some_and(|d| d.held_for_costs.is_some())
+    {
+        return Ok(Action::requeue(Duration::from_secs(1)));
     }
     Ok(Action::requeue(context.resync))
 }
@@ -433,90 +694,6 @@ fn backoff_delay(attempt: u32) -> Duration {
         .unwrap_or(Duration::from_secs(60))
 }
 
-/// Probes each ready pod of HTTP-mode HSDs every `periodSeconds`; a changed answer triggers a
-/// reconcile of the HSD at once.
-async fn probe_loop(
-    hsds: Store<DynamicObject>,
-    pods: Store<LeanPod>,
-    context: Arc<Context>,
-    trigger: tokio::sync::mpsc::UnboundedSender<ObjectRef<DynamicObject>>,
-    concurrency: usize,
-    stop: CancellationToken,
-) {
-    let prober = Prober::new(concurrency);
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let now = Instant::now();
-        let mut due = Vec::new();
-        let all_pods = pods.state();
-        for object in hsds.state() {
-            // Most HSDs are in annotation mode: skip them without reading the whole spec.
-            if object
-                .data
-                .pointer("/spec/busyProbe/mode")
-                .and_then(|m| m.as_str())
-                != Some("http")
-            {
-                continue;
-            }
-            let hsd = observe::hsd_facts(&object);
-            let Ok(spec) = &hsd.spec else { continue };
-            if spec.busy_probe.mode != ProbeMode::Http {
-                continue;
-            }
-            let period = Duration::from_secs(
-                u64::try_from(spec.busy_probe.http.period_seconds.max(1)).unwrap_or(10),
-            );
-            let hsd_ref =
-                ObjectRef::new_with(&hsd.name, observe::hsd_resource()).within(&hsd.namespace);
-            let probes = context.probes.lock().expect("probe results lock");
-            for pod in all_pods
-                .iter()
-                .filter(|pod| observe::hsd_selects(&hsd, pod))
-            {
-                let (Some(target), Some(uid)) = (observe::probe_target(pod, spec), pod.uid())
-                else {
-                    continue;
-                };
-                let fresh = probes
-                    .get(&uid)
-                    .is_some_and(|(_, at)| now.duration_since(*at) < period);
-                if !fresh {
-                    due.push(((uid, hsd_ref.clone()), target));
-                }
-            }
-        }
-        if due.is_empty() {
-            continue;
-        }
-        let results = prober.probe_all(due).await;
-        let mut changed = Vec::new();
-        {
-            let mut probes = context.probes.lock().expect("probe results lock");
-            let live: std::collections::HashSet<String> =
-                all_pods.iter().filter_map(|p| p.uid()).collect();
-            probes.retain(|uid, _| live.contains(uid));
-            for ((uid, hsd_ref), result) in results {
-                context.metrics.probed(&result.outcome, result.latency);
-                let previous = probes.insert(uid, (result.outcome.clone(), Instant::now()));
-                if previous.map(|(outcome, _)| outcome) != Some(result.outcome)
-                    && !changed.contains(&hsd_ref)
-                {
-                    changed.push(hsd_ref);
-                }
-            }
-        }
-        for hsd_ref in changed {
-            let _ = trigger.send(hsd_ref);
-        }
-    }
-}
-
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
@@ -541,24 +718,36 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// The holder of the Lease if it is held and not expired. Anything that prevents reading it
-/// (absent, no permission) means no live holder is known.
-pub async fn live_holder(client: &Client, namespace: &str, name: &str) -> Option<String> {
+/// The holder of the Lease if it is held and not expired; `None` when it is absent, free or
+/// expired. An error (no permission, API server unreachable) is returned as one: a one-shot
+/// pass that cannot tell whether a watcher is leading must not run beside it (fail closed).
+pub async fn live_holder(client: &Client, namespace: &str, name: &str) -> Result<Option<String>> {
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
         Api::namespaced(client.clone(), namespace);
-    let lease = match leases.get_opt(name).await {
-        Ok(lease) => lease?,
-        Err(error) => {
-            tracing::info!(%error, namespace, name, "cannot read the lease; assuming no watcher");
-            return None;
-        }
+    let Some(lease) = leases
+        .get_opt(name)
+        .await
+        .map_err(crate::error::kube_error(
+            format!("reading Lease {namespace}/{name} (to stand aside while a watcher leads)"),
+            "get",
+            "leases.coordination.k8s.io",
+            Some(namespace),
+        ))?
+    else {
+        return Ok(None);
     };
-    let spec = lease.spec?;
-    let holder = spec.holder_identity.filter(|h| !h.is_empty())?;
-    let renewed = spec.renew_time.or(spec.acquire_time)?.0;
+    let Some(spec) = lease.spec else {
+        return Ok(None);
+    };
+    let Some(holder) = spec.holder_identity.filter(|h| !h.is_empty()) else {
+        return Ok(None);
+    };
+    let Some(renewed) = spec.renew_time.or(spec.acquire_time) else {
+        return Ok(None);
+    };
     let duration =
         jiff::SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
-    (renewed + duration > jiff::Timestamp::now()).then_some(holder)
+    Ok((renewed.0 + duration > jiff::Timestamp::now()).then_some(holder))
 }
 
 /// Forgets what belonged to deleted HSDs (their metric series above all: a gauge of an HSD that
