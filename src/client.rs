@@ -111,8 +111,14 @@ where
         });
         let method = request.method().clone();
         let is_write = method != http::Method::GET && method != http::Method::HEAD;
-        if is_write && self.hooks.write_gate.as_ref().is_some_and(|gate| !gate()) {
-            return Box::pin(async { Err(WRITE_REFUSED.into()) });
+        if is_write {
+            let allowed = self.hooks.write_gate.as_ref().is_none_or(|gate| gate());
+            if let Some(tell) = &self.hooks.on_write {
+                tell(allowed);
+            }
+            if !allowed {
+                return Box::pin(async { Err(WRITE_REFUSED.into()) });
+            }
         }
         let path = request.uri().path().to_string();
         let sent = std::time::Instant::now();
@@ -160,6 +166,8 @@ pub struct ClientHooks {
     pub write_gate: Option<WriteGate>,
     /// Sees every successful request (the lease client records its renewals with it).
     pub on_success: Option<AnswerObserver>,
+    /// Told of every write: `true` when it is sent, `false` when the gate refused it.
+    pub on_write: Option<Arc<dyn Fn(bool) + Send + Sync>>,
 }
 
 /// Builds a client with the request counter, the request timeout and `hooks`.

@@ -42,6 +42,7 @@ pub struct Metrics {
     probe_duration: Histogram,
     leader: Gauge,
     events_failed: Counter,
+    writes: Family<Labels, Counter>,
     ready: AtomicBool,
     /// What `/healthz` asks: `Err(why)` makes it answer 503.
     liveness: std::sync::OnceLock<LivenessCheck>,
@@ -68,6 +69,7 @@ impl Metrics {
         let probe_duration = seconds_histogram();
         let leader = Gauge::default();
         let events_failed = Counter::default();
+        let writes = Family::<Labels, Counter>::default();
         registry.register(
             "pods",
             "Pods of a HotStandbyDeployment by state (busy, idle, starting, unknown)",
@@ -101,6 +103,11 @@ impl Metrics {
             probe_duration.clone(),
         );
         registry.register(
+            "api_writes",
+            "Writes to the API server by the reconciler: sent, or refused because this process did not hold a fresh lease",
+            writes.clone(),
+        );
+        registry.register(
             "events_failed",
             "Events that could not be recorded (best effort: they never fail a reconcile)",
             events_failed.clone(),
@@ -122,6 +129,7 @@ impl Metrics {
             probe_duration,
             leader,
             events_failed,
+            writes,
             ready: AtomicBool::new(false),
             liveness: std::sync::OnceLock::new(),
             known: Default::default(),
@@ -218,6 +226,13 @@ impl Metrics {
 
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+    }
+
+    pub fn write(&self, sent: bool) {
+        let result = if sent { "sent" } else { "refused" };
+        self.writes
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
     }
 
     pub fn events_failed(&self, count: usize) {

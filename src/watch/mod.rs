@@ -97,6 +97,10 @@ pub async fn run(config: Config, options: WatchOptions, shutdown: CancellationTo
         ClientHooks {
             write_gate: Some(fence.write_gate()),
             on_success: None,
+            on_write: Some({
+                let metrics = metrics.clone();
+                Arc::new(move |sent| metrics.write(sent))
+            }),
         },
     )?;
     let server = match options.metrics_addr {
@@ -126,8 +130,8 @@ pub async fn run(config: Config, options: WatchOptions, shutdown: CancellationTo
     let (lease_client, _) = crate::client::client_with(
         config,
         ClientHooks {
-            write_gate: None,
             on_success: Some(fence.renewal_observer(&options.lease_name)),
+            ..ClientHooks::default()
         },
     )?;
     let manager = LeaseManagerBuilder::new(lease_client, &options.lease_name)
@@ -618,6 +622,11 @@ async fn reconcile(
     if confirm_scale_down(&mut hsd, &object, &plan, &context).await {
         plan = crate::plan::plan(&hsd, jiff::Timestamp::now());
     }
+    if let Some(delay) = test_write_delay()
+        && plan.deployment != crate::plan::DeploymentAction::Keep
+    {
+        tokio::time::sleep(delay).await;
+    }
     let result = crate::reconcile::execute_plan(&context.client, &hsd, &plan).await;
     let error_reason = result.as_ref().err().map(Error::reason);
     context.metrics.reconciled(started.elapsed(), error_reason);
@@ -666,6 +675,19 @@ async fn reconcile(
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     Ok(Action::requeue(context.resync))
+}
+
+/// Tests only: `HSD_TEST_WRITE_DELAY_MS` holds each Deployment write of a reconcile that long
+/// after planning, so that a test can freeze the process with a write in flight.
+fn test_write_delay() -> Option<Duration> {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        std::env::var("HSD_TEST_WRITE_DELAY_MS")
+            .ok()?
+            .parse()
+            .ok()
+            .map(Duration::from_millis)
+    })
 }
 
 fn error_policy(object: Arc<DynamicObject>, error: &Error, context: Arc<Context>) -> Action {

@@ -11,9 +11,9 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::common::http_server::test_port;
 use crate::common::{TestNs, ensure_crd};
 use crate::core::{annotate, create_hsd, event_reasons, example, hsd_status, ready_pods, replicas};
-use crate::http_probe::test_port;
 
 #[tokio::test]
 async fn garbage_busy_annotations_count_as_busy_with_a_warning() {

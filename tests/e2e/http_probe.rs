@@ -2,49 +2,11 @@
 
 use std::net::SocketAddr;
 
+use crate::common::TestNs;
+use crate::common::http_server::{Behaviour, serve, serve_switchable, test_port};
+use crate::core::{create_hsd, example, hsd_status, ready_pods, replicas};
 use kube::ResourceExt;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-
-use crate::common::TestNs;
-use crate::core::{create_hsd, example, hsd_status, ready_pods, replicas};
-
-#[derive(Clone, Copy, Debug)]
-pub enum Behaviour {
-    Status(u16),
-    /// Accepts the connection and never answers.
-    Silent,
-}
-
-/// Serves `behaviour` on `addr` until the returned task is aborted.
-pub async fn serve(addr: SocketAddr, behaviour: Behaviour) -> tokio::task::JoinHandle<()> {
-    let code = match behaviour {
-        Behaviour::Status(code) => code,
-        Behaviour::Silent => SILENT,
-    };
-    serve_switchable(
-        addr,
-        std::sync::Arc::new(std::sync::atomic::AtomicU16::new(code)),
-    )
-    .await
-}
-
-/// The status code that makes a test server accept and never answer.
-const SILENT: u16 = 0;
-
-/// A port unlikely to collide with other tests binding on the same loopback addresses.
-pub fn test_port() -> u16 {
-    20000 + (std::process::id() % 1000) as u16 * 10 + (rand_u16() % 10)
-}
-
-fn rand_u16() -> u16 {
-    (std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos()
-        % 65521) as u16
-}
 
 // Multi-threaded: the test servers must answer while a blocking CLI call runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,36 +72,6 @@ async fn http_probes_count_busy_idle_and_unknown() {
     for server in servers {
         server.abort();
     }
-}
-
-/// Serves the status held in `status`, which the test may change at any time ([`SILENT`]: accept
-/// and never answer).
-async fn serve_switchable(
-    addr: SocketAddr,
-    status: std::sync::Arc<std::sync::atomic::AtomicU16>,
-) -> tokio::task::JoinHandle<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut socket, _)) = listener.accept().await else {
-                return;
-            };
-            let code = status.load(std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buffer = [0u8; 1024];
-                let _ = socket.read(&mut buffer).await;
-                if code == SILENT {
-                    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
-                    return;
-                }
-                let response =
-                    format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-                let _ = socket.write_all(response.as_bytes()).await;
-            });
-        }
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

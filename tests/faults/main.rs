@@ -8,6 +8,7 @@
 
 #[path = "../e2e/common/mod.rs"]
 mod common;
+mod failover;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod http_server;
+
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -210,13 +212,33 @@ pub struct Watcher {
 impl Watcher {
     /// Starts a watcher on `namespace` and waits until it serves metrics.
     pub fn start(namespace: &str, identity: &str, extra: &[&str]) -> Self {
-        let stderr_log = std::env::temp_dir().join(format!("hsd-watch-{namespace}-{identity}.log"));
+        Self::start_with_env(namespace, identity, extra, &[])
+    }
+
+    /// Like [`Watcher::start`], with environment variables for the process.
+    pub fn start_with_env(
+        namespace: &str,
+        identity: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut args = vec!["-n", namespace];
+        args.extend(extra);
+        Self::spawn_with_env(namespace, identity, &args, env)
+    }
+
+    /// Starts `reconcile --watch` with `args` (a scope among them), a 3 s lease, metrics on a
+    /// free loopback port; waits until it serves metrics. `tag` names its log file.
+    pub fn spawn(tag: &str, identity: &str, extra: &[&str]) -> Self {
+        Self::spawn_with_env(tag, identity, extra, &[])
+    }
+
+    pub fn spawn_with_env(tag: &str, identity: &str, extra: &[&str], env: &[(&str, &str)]) -> Self {
+        let stderr_log = std::env::temp_dir().join(format!("hsd-watch-{tag}-{identity}.log"));
         let log = std::fs::File::create(&stderr_log).unwrap();
         let mut args = vec![
             "reconcile",
             "--watch",
-            "-n",
-            namespace,
             "--metrics-addr",
             "127.0.0.1:0",
             "--identity",
@@ -230,6 +252,7 @@ impl Watcher {
         let child = Command::new(env!("CARGO_BIN_EXE_kubectl-hsd"))
             .args(&args)
             .env("KUBECONFIG", kubeconfig())
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::null())
             .stderr(log)
             .spawn()
@@ -322,10 +345,30 @@ pub async fn http_get(url: &str) -> Result<(u16, String), String> {
 pub type Deletions = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, bool>>>;
 
 pub fn spawn_deletion_recorder(ns: &TestNs) -> (Deletions, tokio::task::JoinHandle<()>) {
+    use kube::ResourceExt;
+    use kubectl_hsd::plan::{BusyAnnotation, parse_busy_annotation};
+    spawn_deletion_recorder_with(
+        ns,
+        std::sync::Arc::new(|pod: &Pod| {
+            matches!(
+                parse_busy_annotation(pod.annotations().get("paia.tech/busy").map(String::as_str)),
+                BusyAnnotation::Busy | BusyAnnotation::Invalid
+            )
+        }),
+    )
+}
+
+/// Tells whether a pod was busy when its deletion was seen.
+pub type BusyCheck = std::sync::Arc<dyn Fn(&Pod) -> bool + Send + Sync>;
+
+/// Every pod deletion in a namespace, with `is_busy` of the pod at that moment.
+pub fn spawn_deletion_recorder_with(
+    ns: &TestNs,
+    is_busy: BusyCheck,
+) -> (Deletions, tokio::task::JoinHandle<()>) {
     use futures::StreamExt;
     use kube::ResourceExt;
     use kube::runtime::watcher;
-    use kubectl_hsd::plan::{BusyAnnotation, parse_busy_annotation};
     let deletions: Deletions = Default::default();
     let pods: Api<Pod> = ns.api();
     let record = deletions.clone();
@@ -338,12 +381,7 @@ pub fn spawn_deletion_recorder(ns: &TestNs) -> (Deletions, tokio::task::JoinHand
                 _ => continue,
             };
             if deleted || pod.metadata.deletion_timestamp.is_some() {
-                let busy = matches!(
-                    parse_busy_annotation(
-                        pod.annotations().get("paia.tech/busy").map(String::as_str)
-                    ),
-                    BusyAnnotation::Busy | BusyAnnotation::Invalid
-                );
+                let busy = is_busy(&pod);
                 record.lock().unwrap().entry(pod.name_any()).or_insert(busy);
             }
         }
