@@ -60,16 +60,23 @@ class Cluster:
     def __init__(self, cluster_dir):
         self.dir = cluster_dir
         self.state = load_state(cluster_dir)
-        self.pki = os.path.join(cluster_dir, "pki")
+        self._admin_tls = None
 
     def port(self, key):
         return int(self.state[key])
 
+    def admin_tls(self):
+        """TLS as the cluster admin, verifying the API server against the cluster's CA."""
+        if self._admin_tls is None:
+            pki = os.path.join(self.dir, "pki")
+            self._admin_tls = ssl.create_default_context(cafile=os.path.join(pki, "ca.crt"))
+            self._admin_tls.load_cert_chain(os.path.join(pki, "admin.crt"), os.path.join(pki, "admin.key"))
+        return self._admin_tls
+
     def api(self, method, path, body=None, content_type="application/json", timeout=3):
         """(status, parsed JSON or text) of a request to the API server as admin."""
-        context = ssl.create_default_context(cafile=os.path.join(self.pki, "ca.crt"))
-        context.load_cert_chain(os.path.join(self.pki, "admin.crt"), os.path.join(self.pki, "admin.key"))
-        return request("127.0.0.1", self.port("APISERVER_PORT"), method, path, context, timeout, body, content_type)
+        port = self.port("APISERVER_PORT")
+        return request(port, method, path, self.admin_tls(), timeout, body, content_type)
 
     def api_get(self, path):
         return self.api("GET", path)
@@ -90,28 +97,33 @@ class Cluster:
 
     def healthy(self, component):
         if component == "etcd":
-            status, body = http_get("127.0.0.1", self.port("ETCD_CLIENT_PORT"), "/health", None, 2)
-            return status == 200 and body.get("health") == "true"
+            status, body = request(self.port("ETCD_CLIENT_PORT"), "GET", "/health", None, 2)
+            return status == 200 and isinstance(body, dict) and body.get("health") == "true"
         if component == "apiserver":
             status, body = self.api_get("/readyz")
             return status == 200 and body == "ok"
         if component in ("controller-manager", "scheduler"):
-            key = component.upper().replace("-", "_") + "_PORT"
-            # Self-signed serving certificates: only liveness is checked here, nothing secret is sent.
-            status, _ = http_get("127.0.0.1", self.port(key), "/healthz", ssl._create_unverified_context(), 2)
-            return status == 200
+            # Their serving certificates are self-signed: this checks liveness and sends nothing secret.
+            unverified = ssl.create_default_context()
+            unverified.check_hostname = False
+            unverified.verify_mode = ssl.CERT_NONE
+            port = self.port(component.upper().replace("-", "_") + "_PORT")
+            return request(port, "GET", "/healthz", unverified, 2)[0] == 200
         if component == "kwok":
             return self.nodes_ready()
         raise SystemExit(f"unknown component {component}")
 
     def nodes_ready(self):
         status, body = self.api_get("/api/v1/nodes")
-        if status != 200:
+        if status != 200 or not isinstance(body, dict):
             return False
         ready = {
             node["metadata"]["name"]
             for node in body["items"]
-            if any(c["type"] == "Ready" and c["status"] == "True" for c in node.get("status", {}).get("conditions") or [])
+            if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in node.get("status", {}).get("conditions") or []
+            )
         }
         return set(self.nodes()) <= ready
 
@@ -124,18 +136,14 @@ class Cluster:
         return pid_alive(pid, os.path.join(self.state["BIN_DIR"], BINARIES[component]))
 
 
-def http_get(host, port, path, context, timeout):
-    return request(host, port, "GET", path, context, timeout)
-
-
-def request(host, port, method, path, context, timeout, body=None, content_type="application/json"):
-    """(status, body) of one request; the body is parsed when it is JSON. (0, None) on any error.
-    Plain http.client: no proxy is ever consulted."""
-    assert host == "127.0.0.1", "only loopback is ever contacted"
-    if context is None:
-        connection = http.client.HTTPConnection(host, port, timeout=timeout)
+def request(port, method, path, tls, timeout, body=None, content_type="application/json"):
+    """(status, body) of one request to 127.0.0.1:port, over TLS unless `tls` is None; the body
+    is parsed when it is JSON. (0, None) on any error. Plain http.client: no proxy is consulted,
+    and no other host can be reached."""
+    if tls is None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     else:
-        connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+        connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=tls)
     try:
         headers = {"Accept": "application/json"}
         if body is not None:
