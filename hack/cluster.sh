@@ -11,7 +11,8 @@
 # holds the parts that read better in Python (API answers, readiness waits, the nodes).
 #
 # Usage: hack/cluster.sh COMMAND [ARGS]
-#   build                  build the six binaries (skipped when the stamp matches)
+#   build [k8s|helm]       build the six control plane binaries and helm (hack/tools/helm), each
+#                          skipped when its stamp matches; with an argument, only that one
 #   up                     start a cluster, or say it is already up (idempotent); waits for /readyz,
 #                          Ready nodes and the default ServiceAccount; last stdout line: kubeconfig path
 #   down                   stop every recorded process (TERM, wait, KILL) and delete the cluster dir
@@ -27,8 +28,8 @@
 #   HSD_CLUSTER_DIR        cluster directory (default <repo>/.cluster/default); one cluster per dir,
 #                          several dirs may run at once
 #   HSD_BIN_DIR            binaries root (default ~/.cache/kubectl-hsd/bin); binaries go to
-#                          <root>/<k8s version>/, with kwok-stages/ (kwok's stages and Exec CRD)
-#                          and .build-stamp
+#                          <root>/<k8s version>/, with kwok-stages/ (kwok's stages and Exec CRD),
+#                          .build-stamp and .helm-stamp
 #   HSD_CACHE_DIR          Go caches (default ~/.cache/kubectl-hsd/go, with mod/ and build/)
 #   HSD_CLUSTER_OWNER_PID  with `up`: a watchdog runs `down` once that process has exited (if `up`
 #                          finds the cluster already up with a watchdog, the pid is added as a
@@ -67,6 +68,7 @@ REPO_STAGES=(pod-complete.yaml pod-finish-on-request.yaml)
 DATA_NODE=hsd-data-node
 DATA_NODE_CIDR=198.18.0.0/24
 DATA_NODE_TAINT=paia.tech/data-only
+HELM_MOD_DIR="$HACK_DIR/tools/helm"
 MARKER=.hsd-cluster
 
 # Loopback traffic must never go through a proxy.
@@ -211,13 +213,51 @@ install_kwok_files() {
   log "kwok stages and CRDs copied into $bdir/kwok-stages"
 }
 
+# helm, from its own wrapper module (hack/tools/helm), with a stamp of its own: it never rebuilds
+# the control plane, and the control plane never rebuilds it.
+build_helm() {
+  local hv gv bdir stamp_file ldflags stamp t tmp
+  hv=$(mod_version helm.sh/helm/v4 "$HELM_MOD_DIR/go.mod")
+  [[ -n $hv ]] || die "no helm.sh/helm/v4 requirement in $HELM_MOD_DIR/go.mod"
+  gv=$(go_env go env GOVERSION)
+  bdir=$(bin_dir)
+  stamp_file="$bdir/.helm-stamp"
+  ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$hv -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
+  stamp=$(printf 'helm=%s\ngo=%s\nldflags=%s\ninputs=%s\n' "$hv" "$gv" "$ldflags" \
+    "$( (cd "$HELM_MOD_DIR" && sha256sum go.mod go.sum) | sha256sum | cut -d' ' -f1)")
+  if [[ -x $bdir/helm && -f $stamp_file && $(<"$stamp_file") == "$stamp" ]]; then
+    log "helm $hv up to date in $bdir"
+    return 0
+  fi
+  log "building helm $hv with $gv into $bdir (cold: a few minutes)"
+  mkdir -p "$bdir" "$GO_CACHE"
+  t=$(now_ms)
+  (cd "$HELM_MOD_DIR" && go_net go mod download)
+  tmp="$bdir/.build-helm.$$"
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  if ! (cd "$HELM_MOD_DIR" && go_env go build -trimpath -ldflags "$ldflags" -o "$tmp/helm" helm.sh/helm/v4/cmd/helm); then
+    rm -rf "$tmp"
+    die "go build of helm failed"
+  fi
+  mv -f "$tmp/helm" "$bdir/helm"
+  rm -rf "$tmp"
+  printf '%s\n' "$stamp" >"$stamp_file"
+  log "built helm $hv in $(since "$t")"
+}
+
 cmd_build() {
   command -v go >/dev/null || die "go is not installed"
   mkdir -p "$BIN_ROOT"
   # One build at a time per bin root (tests in several checkouts may call build at once).
   exec 8>>"$BIN_ROOT/.build.lock"
   flock -w 3600 8 || die "another build held $BIN_ROOT/.build.lock for an hour"
-  build_k8s
+  case ${1:-all} in
+    all) build_k8s && build_helm ;;
+    k8s) build_k8s ;;
+    helm) build_helm ;;
+    *) log "unknown build target '$1' (k8s or helm)"; exit 2 ;;
+  esac
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -688,7 +728,7 @@ main() {
   local cmd=${1:-help}
   (($#)) && shift
   case $cmd in
-    build) cmd_build ;;
+    build) cmd_build "$@" ;;
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
