@@ -55,8 +55,8 @@ trap 'exit 143' TERM
 
 log "cargo build --release"
 cargo build --release
-log "hack/cluster.sh build"
-hack/cluster.sh build
+log "hack/cluster.sh build k8s"
+hack/cluster.sh build k8s # the control plane only, no helm
 
 log "running the benchmark (cargo bench --bench hsd -- $*)"
 cargo bench --bench hsd -- "$@"

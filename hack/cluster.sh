@@ -5,9 +5,14 @@
 # built from Go modules (hack/k8s-bins) and run as plain processes on 127.0.0.1: no Docker, and no
 # traffic to any address outside 127.0.0.0/8 (pod IPs come from a 127.N.0.0/16 range, the node IP is
 # 127.0.0.1, the service range is only allocated from, nothing ever connects to it).
+# Besides the ordinary nodes there is one tainted data node, whose pods get 198.18.0.x IPs so that
+# EndpointSlices can list them: those addresses are data only, nothing may ever connect to them.
+# kwok serves the kubelet API (exec through kwok's Exec objects) on 127.0.0.1. hack/cluster_helper.py
+# holds the parts that read better in Python (API answers, readiness waits, the nodes).
 #
 # Usage: hack/cluster.sh COMMAND [ARGS]
-#   build                  build the six binaries (skipped when the stamp matches)
+#   build [k8s|helm]       build the six control plane binaries and helm (hack/tools/helm), each
+#                          skipped when its stamp matches; with an argument, only that one
 #   up                     start a cluster, or say it is already up (idempotent); waits for /readyz,
 #                          Ready nodes and the default ServiceAccount; last stdout line: kubeconfig path
 #   down                   stop every recorded process (TERM, wait, KILL) and delete the cluster dir
@@ -23,19 +28,22 @@
 #   HSD_CLUSTER_DIR        cluster directory (default <repo>/.cluster/default); one cluster per dir,
 #                          several dirs may run at once
 #   HSD_BIN_DIR            binaries root (default ~/.cache/kubectl-hsd/bin); binaries go to
-#                          <root>/<k8s version>/, with kwok-stages/ and .build-stamp
+#                          <root>/<k8s version>/, with kwok-stages/ (kwok's stages and Exec CRD),
+#                          .build-stamp and .helm-stamp
 #   HSD_CACHE_DIR          Go caches (default ~/.cache/kubectl-hsd/go, with mod/ and build/)
 #   HSD_CLUSTER_OWNER_PID  with `up`: a watchdog runs `down` once that process has exited (if `up`
 #                          finds the cluster already up with a watchdog, the pid is added as a
 #                          further owner: down happens when the last owner is gone)
-#   HSD_NODES              number of fake nodes (default 2: hsd-node-1, hsd-node-2)
+#   HSD_NODES              number of ordinary fake nodes (default 2: hsd-node-1, hsd-node-2); the
+#                          data node hsd-data-node comes on top
 #   HSD_POD_CIDR           pod IP range (default 127.N.0.0/16, N in 10..89 derived from the dir)
 #   HSD_SERVICE_CIDR       service IP range, allocation only (default 127.96.0.0/16)
 #   HSD_TIMEOUT            seconds to wait for each readiness step (default 60)
 #
-# Cluster dir layout: state.env (sourceable KEY=value: ports, CIDRs, bin dir, kubeconfig path),
-#   kubeconfig, pki/, args/<component>.args (one argument a line, reused by `start`),
-#   pids/<component>.pid (+ watchdog.pid), logs/<component>.log, owners, etcd-data/.
+# Cluster dir layout: state.env (sourceable KEY=value: ports, CIDRs, bin dir, kubeconfig path,
+#   nodes), kubeconfig, pki/, args/<component>.args (one argument a line, reused by `start`),
+#   kwok-stages/ (this repo's kwok stages, copied at `up`), pids/<component>.pid (+ watchdog.pid),
+#   logs/<component>.log, owners, etcd-data/.
 #   A lock file .<dir name>.lock next to the dir serialises up/down/start/stop.
 set -euo pipefail
 
@@ -46,11 +54,21 @@ MOD_DIR="$HACK_DIR/k8s-bins"
 GO_CACHE="${HSD_CACHE_DIR:-$HOME/.cache/kubectl-hsd/go}"
 BIN_ROOT="${HSD_BIN_DIR:-$HOME/.cache/kubectl-hsd/bin}"
 CLUSTER_DIR=$(realpath -m "${HSD_CLUSTER_DIR:-$REPO_ROOT/.cluster/default}")
-TIMEOUT="${HSD_TIMEOUT:-60}"
 COMPONENTS=(etcd apiserver controller-manager scheduler kwok)
 BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok)
+# kwok's own files, copied from its module into <bin dir>/kwok-stages by `build`.
 KWOK_STAGES=(node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml
   pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml)
+KWOK_CRDS=(kwok.x-k8s.io_execs.yaml)
+# The stages a cluster runs: kwok's, except pod-complete, which this repo's hack/kwok/ replaces
+# (Jobs whose pods keep running until told to finish).
+CLUSTER_STAGES=(node-initialize.yaml node-heartbeat-with-lease.yaml pod-ready.yaml pod-delete.yaml)
+REPO_STAGES=(pod-complete.yaml pod-finish-on-request.yaml)
+# The data node: tainted, pod IPs from a range EndpointSlices accept (data only, never dialled).
+DATA_NODE=hsd-data-node
+DATA_NODE_CIDR=198.18.0.0/24
+DATA_NODE_TAINT=paia.tech/data-only
+HELM_MOD_DIR="$HACK_DIR/tools/helm"
 MARKER=.hsd-cluster
 
 # Loopback traffic must never go through a proxy.
@@ -61,12 +79,13 @@ die() { log "error: $*"; exit 1; }
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$SCRIPT_PATH"; }
 now_ms() { date +%s%3N; }
 since() { local ms=$(($(now_ms) - $1)); printf '%d.%01ds' $((ms / 1000)) $((ms % 1000 / 100)); }
+helper() { python3 "$HACK_DIR/cluster_helper.py" "$@"; }
 
 # ---------------------------------------------------------------------------------------------
 # versions, paths
 
-mod_version() { # module path -> version required in hack/k8s-bins/go.mod
-  awk -v m="$1" '($1 == m) {print $2; exit} ($1 == "require" && $2 == m) {print $3; exit}' "$MOD_DIR/go.mod"
+mod_version() { # mod_version MODULE [GO.MOD]: the version required (default: hack/k8s-bins/go.mod)
+  awk -v m="$1" '($1 == m) {print $2; exit} ($1 == "require" && $2 == m) {print $3; exit}' "${2:-$MOD_DIR/go.mod}"
 }
 k8s_version() {
   local v
@@ -105,31 +124,25 @@ go_net() {
 # Make the replace block match the Kubernetes version: every `k8s.io/X => ./staging/src/k8s.io/X`
 # of k8s.io/kubernetes' own go.mod becomes `k8s.io/X => k8s.io/X v0.MINOR.PATCH`.
 sync_replaces() {
-  local kv=$1 sv gomod m changed=0 current
+  local kv=$1 sv gomod m out outdated=()
   sv="v0.${kv#v1.}"
   gomod=$(cd "$MOD_DIR" && go_net go mod download -json "k8s.io/kubernetes@$kv" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')
-  local staging=()
-  mapfile -t staging < <(sed -n 's#^[[:space:]]*\(k8s\.io/[A-Za-z0-9._-]*\) => \./staging/src/k8s\.io/.*#\1#p' "$gomod")
-  ((${#staging[@]} > 0)) || die "no staging replaces found in $gomod"
-  current=$(cd "$MOD_DIR" && go_env go mod edit -json |
-    python3 -c 'import json,sys; [print(r["Old"]["Path"], r["New"]["Path"], r["New"].get("Version","")) for r in json.load(sys.stdin).get("Replace") or []]')
-  for m in "${staging[@]}"; do
-    if ! grep -qxF "$m $m $sv" <<<"$current"; then
-      (cd "$MOD_DIR" && go_env go mod edit -replace="$m=$m@$sv")
-      changed=1
-    fi
-  done
-  if ((changed)); then
-    log "  replace block updated for $kv (${#staging[@]} staging modules); running go mod tidy"
-    (cd "$MOD_DIR" && go_net go mod tidy)
-  else
-    log "  replace block matches $kv (${#staging[@]} staging modules)"
+  out=$(cd "$MOD_DIR" && go_env go mod edit -json | helper outdated-replaces "$gomod" "$sv") ||
+    die "could not compare the replace block with $gomod"
+  [[ -z $out ]] || mapfile -t outdated <<<"$out"
+  if ((${#outdated[@]} == 0)); then
+    log "  replace block matches $kv"
+    return 0
   fi
+  for m in "${outdated[@]}"; do (cd "$MOD_DIR" && go_env go mod edit -replace="$m=$m@$sv"); done
+  log "  replace block updated for $kv (${#outdated[@]} modules); running go mod tidy"
+  (cd "$MOD_DIR" && go_net go mod tidy)
 }
 
-cmd_build() {
-  command -v go >/dev/null || die "go is not installed"
+# The control plane binaries. The stamp format is shared with every checkout that uses this bin
+# dir: changing it rebuilds everything for everyone.
+build_k8s() {
   local kv kwv gv bdir stamp_file ldflags stamp t b missing=0
   kv=$(k8s_version)
   kwv=$(mod_version sigs.k8s.io/kwok)
@@ -146,13 +159,13 @@ cmd_build() {
   make_stamp() { printf 'k8s=%s\nkwok=%s\ngo=%s\nldflags=%s\ninputs=%s\n' "$kv" "$kwv" "$gv" "$ldflags" "$(inputs_hash)"; }
   stamp=$(make_stamp)
   for b in "${BINARIES[@]}"; do [[ -x $bdir/$b ]] || missing=1; done
-  for b in "${KWOK_STAGES[@]}"; do [[ -f $bdir/kwok-stages/$(basename "$b") ]] || missing=1; done
   if ((missing == 0)) && [[ -f $stamp_file && $(<"$stamp_file") == "$stamp" ]]; then
     log "binaries up to date in $bdir (Kubernetes $kv, kwok $kwv, $gv)"
+    install_kwok_files "$bdir" if-missing
     return 0
   fi
   log "building Kubernetes $kv + kwok $kwv with $gv into $bdir"
-  log "  (cold: expect 15-30 min on 2 cores and several GB in $GO_CACHE)"
+  log "  (cold: expect 10-30 min on 2 cores and several GB in $GO_CACHE)"
   mkdir -p "$bdir" "$GO_CACHE"
 
   t=$(now_ms)
@@ -180,15 +193,71 @@ cmd_build() {
   done
   rm -rf "$tmp"
   log "  done in $(since "$t")"
-
-  local kwok_dir
-  kwok_dir=$(cd "$MOD_DIR" && go_env go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
-  mkdir -p "$bdir/kwok-stages"
-  for b in "${KWOK_STAGES[@]}"; do
-    install -m 0644 "$kwok_dir/kustomize/stage/$b" "$bdir/kwok-stages/$(basename "$b")"
-  done
+  install_kwok_files "$bdir" always
   make_stamp >"$stamp_file"
   log "built: $(cd "$bdir" && echo "${BINARIES[@]}") + kwok-stages/ in $bdir"
+}
+
+# install_kwok_files BDIR always|if-missing: kwok's stages and Exec CRD, from its module, into
+# BDIR/kwok-stages (a copy: files missing from an older build need no compiling).
+install_kwok_files() {
+  local bdir=$1 kwok_dir f missing=0
+  for f in "${KWOK_STAGES[@]}" "${KWOK_CRDS[@]}"; do [[ -f $bdir/kwok-stages/$(basename "$f") ]] || missing=1; done
+  [[ $2 == always ]] || ((missing)) || return 0
+  kwok_dir=$(cd "$MOD_DIR" && go_net go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+  mkdir -p "$bdir/kwok-stages"
+  for f in "${KWOK_STAGES[@]}"; do
+    install -m 0644 "$kwok_dir/kustomize/stage/$f" "$bdir/kwok-stages/$(basename "$f")"
+  done
+  for f in "${KWOK_CRDS[@]}"; do install -m 0644 "$kwok_dir/kustomize/crd/bases/$f" "$bdir/kwok-stages/$f"; done
+  log "kwok stages and CRDs copied into $bdir/kwok-stages"
+}
+
+# helm, from its own wrapper module (hack/tools/helm), with a stamp of its own: it never rebuilds
+# the control plane, and the control plane never rebuilds it.
+build_helm() {
+  local hv gv bdir stamp_file ldflags stamp t tmp
+  hv=$(mod_version helm.sh/helm/v4 "$HELM_MOD_DIR/go.mod")
+  [[ -n $hv ]] || die "no helm.sh/helm/v4 requirement in $HELM_MOD_DIR/go.mod"
+  gv=$(go_env go env GOVERSION)
+  bdir=$(bin_dir)
+  stamp_file="$bdir/.helm-stamp"
+  ldflags="-s -w -X helm.sh/helm/v4/internal/version.version=$hv -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
+  stamp=$(printf 'helm=%s\ngo=%s\nldflags=%s\ninputs=%s\n' "$hv" "$gv" "$ldflags" \
+    "$( (cd "$HELM_MOD_DIR" && sha256sum go.mod go.sum) | sha256sum | cut -d' ' -f1)")
+  if [[ -x $bdir/helm && -f $stamp_file && $(<"$stamp_file") == "$stamp" ]]; then
+    log "helm $hv up to date in $bdir"
+    return 0
+  fi
+  log "building helm $hv with $gv into $bdir (cold: a few minutes)"
+  mkdir -p "$bdir" "$GO_CACHE"
+  t=$(now_ms)
+  (cd "$HELM_MOD_DIR" && go_net go mod download)
+  tmp="$bdir/.build-helm.$$"
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  if ! (cd "$HELM_MOD_DIR" && go_env go build -trimpath -ldflags "$ldflags" -o "$tmp/helm" helm.sh/helm/v4/cmd/helm); then
+    rm -rf "$tmp"
+    die "go build of helm failed"
+  fi
+  mv -f "$tmp/helm" "$bdir/helm"
+  rm -rf "$tmp"
+  printf '%s\n' "$stamp" >"$stamp_file"
+  log "built helm $hv in $(since "$t")"
+}
+
+cmd_build() {
+  command -v go >/dev/null || die "go is not installed"
+  mkdir -p "$BIN_ROOT"
+  # One build at a time per bin root (tests in several checkouts may call build at once).
+  exec 8>>"$BIN_ROOT/.build.lock"
+  flock -w 3600 8 || die "another build held $BIN_ROOT/.build.lock for an hour"
+  case ${1:-all} in
+    all) build_k8s && build_helm ;;
+    k8s) build_k8s ;;
+    helm) build_helm ;;
+    *) log "unknown build target '$1' (k8s or helm)"; exit 2 ;;
+  esac
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -241,6 +310,7 @@ port_of() {
     apiserver) echo "$APISERVER_PORT" ;;
     controller-manager) echo "$CONTROLLER_MANAGER_PORT" ;;
     scheduler) echo "$SCHEDULER_PORT" ;;
+    kwok) echo "$KWOK_PORT" ;;
     *) echo - ;;
   esac
 }
@@ -266,46 +336,11 @@ spawn() { # spawn COMPONENT: start it detached with its recorded args, record th
   echo $! >"$(pid_file "$c")"
 }
 
-curl_api() { # curl_api PATH: GET on the apiserver as admin
-  curl -sf --noproxy '*' --max-time 3 --cacert "$CLUSTER_DIR/pki/ca.crt" \
-    --cert "$CLUSTER_DIR/pki/admin.crt" --key "$CLUSTER_DIR/pki/admin.key" \
-    "https://127.0.0.1:$APISERVER_PORT$1"
-}
-healthy() { # healthy COMPONENT: one readiness probe
-  case $1 in
-    etcd) curl -sf --noproxy '*' --max-time 2 "http://127.0.0.1:$ETCD_CLIENT_PORT/health" | grep -q '"health":"true"' ;;
-    apiserver) [[ $(curl_api /readyz) == ok ]] ;;
-    controller-manager) curl -skf --noproxy '*' --max-time 2 "https://127.0.0.1:$CONTROLLER_MANAGER_PORT/healthz" >/dev/null ;;
-    scheduler) curl -skf --noproxy '*' --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/healthz" >/dev/null ;;
-    kwok) nodes_ready ;;
-  esac
-}
-nodes_ready() { # every node of state.env reports Ready=True
-  curl_api /api/v1/nodes | python3 -c '
-import json, sys
-want = set(sys.argv[1].split())
-ready = {n["metadata"]["name"] for n in json.load(sys.stdin)["items"]
-         if any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions") or [])}
-sys.exit(0 if want <= ready else 1)' "$NODES"
-}
+healthy() { helper healthy "$CLUSTER_DIR" "$1"; } # one readiness probe of COMPONENT
 
 # wait_healthy COMPONENT [WHAT]: poll until healthy; fail with the log tail if it dies or times out
 wait_healthy() {
-  local c=$1 what=${2:-$1 healthy} deadline
-  deadline=$(($(now_ms) + TIMEOUT * 1000))
-  until healthy "$c" 2>/dev/null; do
-    if ! component_alive "$c"; then
-      log "error: $c exited while waiting for: $what"
-      show_log_tail "$c"
-      return 1
-    fi
-    if (($(now_ms) > deadline)); then
-      log "error: timed out after ${TIMEOUT}s waiting for: $what"
-      show_log_tail "$c"
-      return 1
-    fi
-    sleep 0.1
-  done
+  helper wait-healthy "$CLUSTER_DIR" "$1" "${2:-$1 healthy}" || { show_log_tail "$1"; return 1; }
 }
 
 start_component() { # start_component C [wait]: start if not running, wait until healthy
@@ -377,18 +412,6 @@ wipe_dir() {
 # ---------------------------------------------------------------------------------------------
 # up
 
-free_ports() {
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
 gen_pki() {
   local p="$CLUSTER_DIR/pki"
   mkdir -p "$p"
@@ -458,6 +481,9 @@ write_args() {
   # --endpoint-reconciler-type=none: the `kubernetes` Endpoints would reject the loopback address.
   # --shutdown-watch-termination-grace-period=2s: without it, TERM leaves the apiserver waiting up to
   # --request-timeout (60s) for the open watches of the other components; with it, it exits in ~1s.
+  # --kubelet-preferred-address-types=InternalIP: exec and logs go to the node's InternalIP
+  # (127.0.0.1, kwok's kubelet API), never to a Hostname address, whose DNS lookup would leave
+  # 127.0.0.0/8 (kwok publishes none today, but the default order tries Hostname first).
   printf '%s\n' "--etcd-servers=http://127.0.0.1:$ETCD_CLIENT_PORT" \
     --bind-address=127.0.0.1 --advertise-address=127.0.0.1 "--secure-port=$APISERVER_PORT" \
     "--cert-dir=$d/pki/apiserver-generated" \
@@ -468,53 +494,21 @@ write_args() {
     "--service-cluster-ip-range=$SERVICE_CIDR" \
     --authorization-mode=Node,RBAC --allow-privileged=true --endpoint-reconciler-type=none \
     --disable-admission-plugins=TaintNodesByCondition --shutdown-watch-termination-grace-period=2s \
-    >"$a/apiserver.args"
+    --kubelet-preferred-address-types=InternalIP >"$a/apiserver.args"
   printf '%s\n' "--kubeconfig=$k" --bind-address=127.0.0.1 "--secure-port=$CONTROLLER_MANAGER_PORT" \
     "--cert-dir=$d/pki/controller-manager-generated" --leader-elect=false \
-    --controllers=deployment-controller,replicaset-controller,garbage-collector-controller,namespace-controller,job-controller,serviceaccount-controller \
+    --controllers=deployment-controller,replicaset-controller,garbage-collector-controller,namespace-controller,job-controller,serviceaccount-controller,endpointslice-controller \
     >"$a/controller-manager.args"
   printf '%s\n' "--kubeconfig=$k" --bind-address=127.0.0.1 "--secure-port=$SCHEDULER_PORT" \
     "--cert-dir=$d/pki/scheduler-generated" --leader-elect=false >"$a/scheduler.args"
+  # kwok's kubelet API on 127.0.0.1:KWOK_PORT, which node-initialize publishes as every node's
+  # kubeletEndpoint; exec commands come from Exec objects (--enable-crds), not from --config.
   {
-    printf '%s\n' "--kubeconfig=$k" --manage-all-nodes=true "--cidr=$POD_CIDR" "--node-ip=$NODE_IP"
-    for s in "${KWOK_STAGES[@]}"; do printf -- '--config=%s/kwok-stages/%s\n' "$BIN_DIR" "$(basename "$s")"; done
+    printf '%s\n' "--kubeconfig=$k" --manage-all-nodes=true "--cidr=$POD_CIDR" "--node-ip=$NODE_IP" \
+      "--node-port=$KWOK_PORT" "--server-address=127.0.0.1:$KWOK_PORT" --enable-crds=Exec
+    for s in "${CLUSTER_STAGES[@]}"; do printf -- '--config=%s/kwok-stages/%s\n' "$BIN_DIR" "$s"; done
+    for s in "${REPO_STAGES[@]}"; do printf -- '--config=%s/kwok-stages/%s\n' "$d" "$s"; done
   } >"$a/kwok.args"
-}
-
-create_nodes() {
-  local n
-  {
-    for n in $NODES; do
-      cat <<EOF
----
-apiVersion: v1
-kind: Node
-metadata:
-  name: $n
-  labels:
-    kubernetes.io/hostname: $n
-    kubernetes.io/os: linux
-    kubernetes.io/arch: amd64
-    type: kwok
-  annotations:
-    kwok.x-k8s.io/node: fake
-    node.alpha.kubernetes.io/ttl: "0"
-EOF
-    done
-  } | "$BIN_DIR/kubectl" --kubeconfig="$KUBECONFIG_PATH" apply -f - >/dev/null
-}
-
-wait_for() { # wait_for WHAT COMMAND...: poll a condition for up to TIMEOUT seconds
-  local what=$1 deadline
-  shift
-  deadline=$(($(now_ms) + TIMEOUT * 1000))
-  until "$@" >/dev/null 2>&1; do
-    if (($(now_ms) > deadline)); then
-      log "error: timed out after ${TIMEOUT}s waiting for: $what"
-      return 1
-    fi
-    sleep 0.1
-  done
 }
 
 register_owner() { # with HSD_CLUSTER_OWNER_PID: add an owner, start the watchdog if `fresh`
@@ -552,7 +546,9 @@ cmd_up() {
   for b in "${BINARIES[@]}"; do
     [[ -x $bdir/$b ]] || die "$bdir/$b is missing: run hack/cluster.sh build first (15-30 min cold)"
   done
-  [[ -f $bdir/kwok-stages/pod-ready.yaml ]] || die "$bdir/kwok-stages is missing: run hack/cluster.sh build"
+  for b in "${CLUSTER_STAGES[@]}" "${KWOK_CRDS[@]}"; do
+    [[ -f $bdir/kwok-stages/$b ]] || die "$bdir/kwok-stages/$b is missing: run hack/cluster.sh build"
+  done
   if [[ ! -f $bdir/.build-stamp ]] || ! grep -qxF "inputs=$(inputs_hash)" "$bdir/.build-stamp"; then
     log "warning: binaries in $bdir do not match hack/k8s-bins (run hack/cluster.sh build)"
   fi
@@ -579,12 +575,13 @@ cmd_up() {
   # fresh cluster
   UP_CLEANUP=1
   trap 'on_up_exit $?' EXIT
-  mkdir -p "$CLUSTER_DIR"/{logs,pids,args,kwok}
+  mkdir -p "$CLUSTER_DIR"/{logs,pids,args,kwok,kwok-stages}
   touch "$CLUSTER_DIR/$MARKER"
   BIN_DIR=$bdir
   KUBECONFIG_PATH="$CLUSTER_DIR/kubeconfig"
   local n i v
-  read -r ETCD_CLIENT_PORT ETCD_PEER_PORT APISERVER_PORT CONTROLLER_MANAGER_PORT SCHEDULER_PORT < <(free_ports 5)
+  read -r ETCD_CLIENT_PORT ETCD_PEER_PORT APISERVER_PORT CONTROLLER_MANAGER_PORT SCHEDULER_PORT KWOK_PORT \
+    < <(helper free-ports 6)
   POD_CIDR=${HSD_POD_CIDR:-127.$((10 + $(cksum <<<"$CLUSTER_DIR" | cut -d' ' -f1) % 80)).0.0/16}
   SERVICE_CIDR=${HSD_SERVICE_CIDR:-127.96.0.0/16}
   NODE_IP=127.0.0.1
@@ -595,7 +592,8 @@ cmd_up() {
   {
     printf '# written by hack/cluster.sh up; sourced by the other subcommands\n'
     for v in CLUSTER_DIR BIN_DIR KUBECONFIG_PATH ETCD_CLIENT_PORT ETCD_PEER_PORT APISERVER_PORT \
-      CONTROLLER_MANAGER_PORT SCHEDULER_PORT POD_CIDR SERVICE_CIDR NODE_IP NODES; do
+      CONTROLLER_MANAGER_PORT SCHEDULER_PORT KWOK_PORT POD_CIDR SERVICE_CIDR NODE_IP NODES \
+      DATA_NODE DATA_NODE_CIDR DATA_NODE_TAINT; do
       printf '%s=%q\n' "$v" "${!v}"
     done
     printf 'K8S_VERSION=%q\nCREATED=%q\n' "$(k8s_version)" "$(date -u +%FT%TZ)"
@@ -605,6 +603,7 @@ cmd_up() {
   t=$(now_ms)
   gen_pki
   write_kubeconfig
+  for b in "${REPO_STAGES[@]}"; do install -m 0644 "$HACK_DIR/kwok/$b" "$CLUSTER_DIR/kwok-stages/$b"; done
   write_args
   log "PKI, kubeconfig and args written in $(since "$t") (pods $POD_CIDR, services $SERVICE_CIDR)"
 
@@ -613,14 +612,17 @@ cmd_up() {
   t=$(now_ms)
   spawn controller-manager
   spawn scheduler
+  # kwok watches Exec objects from its start: their CRD must be established before.
+  local crds=()
+  for b in "${KWOK_CRDS[@]}"; do crds+=("$BIN_DIR/kwok-stages/$b"); done
+  helper create-nodes-and-crds "$CLUSTER_DIR" "${crds[@]}" || die "could not create the nodes and kwok's CRDs"
   spawn kwok
-  create_nodes || die "could not create the nodes"
   wait_healthy controller-manager
   wait_healthy scheduler
-  wait_healthy kwok "nodes Ready ($NODES)"
-  wait_for "ServiceAccount default/default (serviceaccount-controller)" curl_api /api/v1/namespaces/default/serviceaccounts/default ||
-    { show_log_tail controller-manager; exit 1; }
-  log "controller-manager, scheduler, kwok and $n Ready nodes in $(since "$t")"
+  wait_healthy kwok "nodes Ready ($NODES $DATA_NODE)"
+  helper wait-get "$CLUSTER_DIR" "ServiceAccount default/default (serviceaccount-controller)" \
+    /api/v1/namespaces/default/serviceaccounts/default || { show_log_tail controller-manager; exit 1; }
+  log "controller-manager, scheduler, kwok and $((n + 1)) Ready nodes in $(since "$t")"
   register_owner fresh
   UP_CLEANUP=0
   log "cluster up in $(since "$t0"): https://127.0.0.1:$APISERVER_PORT"
@@ -650,6 +652,8 @@ cmd_status() {
   local c pid state rc=0 extra
   printf 'cluster dir: %s\nkubeconfig:  %s\nkubernetes:  %s (bins %s)\npods: %s  services: %s  nodes: %s\n' \
     "$CLUSTER_DIR" "$KUBECONFIG_PATH" "$K8S_VERSION" "$BIN_DIR" "$POD_CIDR" "$SERVICE_CIDR" "$NODES"
+  [[ -z ${DATA_NODE:-} ]] || printf 'data node: %s (pods %s, data only; taint %s=true:NoSchedule)\n' \
+    "$DATA_NODE" "$DATA_NODE_CIDR" "$DATA_NODE_TAINT"
   printf '%-19s %-8s %-8s %s\n' COMPONENT PID STATE PORT
   for c in "${COMPONENTS[@]}" watchdog; do
     pid=$(recorded_pid "$c")
@@ -724,7 +728,7 @@ main() {
   local cmd=${1:-help}
   (($#)) && shift
   case $cmd in
-    build) cmd_build ;;
+    build) cmd_build "$@" ;;
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;

@@ -45,7 +45,7 @@ cargo build --locked --bin kubectl-hsd
 export PATH="$REPO_ROOT/target/debug:$PATH" # kubectl finds plugins named kubectl-* on PATH
 
 step "Building the control plane (skipped when cached)"
-hack/cluster.sh build
+hack/cluster.sh build k8s # the control plane only, no helm
 
 step "Starting the local control plane in $HSD_CLUSTER_DIR"
 KUBECONFIG=$(hack/cluster.sh up | tail -n 1)

@@ -453,3 +453,104 @@ pub async fn event_reasons(ns: &TestNs) -> Vec<(String, String, String)> {
         })
         .collect()
 }
+
+// The cluster's extras (hack/cluster.sh): the data node, kwok's exec, kubectl.
+
+/// The tainted node whose pods get IPs from `DATA_NODE_CIDR`, addresses that EndpointSlices accept
+/// (loopback pod IPs are refused there). Data only: nothing may ever connect to them.
+pub const DATA_NODE: &str = "hsd-data-node";
+pub const DATA_NODE_TAINT: &str = "paia.tech/data-only";
+pub const DATA_NODE_CIDR: &str = "198.18.0.0/24";
+
+/// Whether `ip` is a data node pod IP (198.18.0.0/24).
+pub fn is_data_node_ip(ip: &str) -> bool {
+    ip.parse::<std::net::Ipv4Addr>()
+        .is_ok_and(|ip| ip.octets()[..3] == [198, 18, 0])
+}
+
+/// Puts a pod spec (of a Pod, or a template's `spec`) on the data node: the toleration of its
+/// taint, kept beside any other, and a nodeSelector for it.
+pub fn on_data_node(mut pod_spec: Value) -> Value {
+    let toleration = serde_json::json!({
+        "key": DATA_NODE_TAINT, "operator": "Equal", "value": "true", "effect": "NoSchedule",
+    });
+    match pod_spec["tolerations"].as_array_mut() {
+        Some(tolerations) => tolerations.push(toleration),
+        None => pod_spec["tolerations"] = serde_json::json!([toleration]),
+    }
+    pod_spec["nodeSelector"] = serde_json::json!({"kubernetes.io/hostname": DATA_NODE});
+    pod_spec
+}
+
+/// The cluster's own kubectl (the bin dir named in the cluster dir's state.env), else `kubectl`.
+pub fn kubectl_path() -> PathBuf {
+    let state = kubeconfig()
+        .parent()
+        .map(|dir| dir.join("state.env"))
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .unwrap_or_default();
+    state
+        .lines()
+        .find_map(|line| line.strip_prefix("BIN_DIR="))
+        .map(|dir| Path::new(dir.trim_matches('\'')).join("kubectl"))
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| PathBuf::from("kubectl"))
+}
+
+/// Runs kubectl against the test cluster.
+pub fn kubectl(args: &[&str]) -> Output {
+    Command::new(kubectl_path())
+        .arg("--kubeconfig")
+        .arg(kubeconfig())
+        .args(args)
+        .output()
+        .expect("cannot run kubectl")
+}
+
+/// kwok's `Exec` for one pod: `pods/exec` into that pod runs the command on this machine, in a
+/// work dir of the pod's own, so that a relative command (`cat busy_state`) reads that pod's
+/// files. The dir is removed when this is dropped; the Exec goes with the namespace.
+pub struct PodExec {
+    pub dir: PathBuf,
+}
+
+impl PodExec {
+    pub async fn create(ns: &TestNs, pod: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("hsd-exec-{}-{pod}", ns.name));
+        std::fs::create_dir_all(&dir).unwrap();
+        let resource = kube::api::ApiResource {
+            group: "kwok.x-k8s.io".into(),
+            version: "v1alpha1".into(),
+            api_version: "kwok.x-k8s.io/v1alpha1".into(),
+            kind: "Exec".into(),
+            plural: "execs".into(),
+        };
+        let execs: Api<DynamicObject> =
+            Api::namespaced_with(ns.client.clone(), &ns.name, &resource);
+        let exec: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "Exec",
+            "metadata": {"name": pod, "namespace": ns.name},
+            "spec": {"execs": [{"local": {"workDir": dir}}]},
+        }))
+        .unwrap();
+        execs
+            .create(&PostParams::default(), &exec)
+            .await
+            .expect("create kwok's Exec for the pod");
+        Self { dir }
+    }
+
+    /// Writes a file of the pod's work dir (atomically: a probe never reads half of it).
+    pub fn write(&self, file: &str, content: &str) {
+        let partial = self.dir.join(format!(".{file}.partial"));
+        std::fs::write(&partial, content).unwrap();
+        std::fs::rename(&partial, self.dir.join(file)).unwrap();
+    }
+}
+
+impl Drop for PodExec {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
