@@ -137,11 +137,14 @@ pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<
         Ok(spec),
     ) = (&plan.deployment, &hsd.spec)
     {
-        if *relabel {
-            relabel_running_children(client, hsd, spec).await?;
-        }
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &hsd.namespace, &deployment_resource());
+        if *relabel {
+            // Paused, the Deployment controller neither creates a ReplicaSet for a template it
+            // cannot match nor rolls out: it only keeps the replicas.
+            set_paused_for_relabel(&api, hsd, true).await?;
+            relabel_running_children(client, hsd, spec).await?;
+        }
         let body = desired_deployment(hsd, spec, *replicas, template_hash);
         let applied = api
             .patch(&workload_name(&hsd.name), &params, &Patch::Apply(&body))
@@ -158,6 +161,10 @@ pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<
             ))?;
         written.deployment = true;
         written.deployment_version = applied.metadata.resource_version;
+        if *relabel {
+            // Now the template equals the labelled ReplicaSet's: unpaused, nothing rolls out.
+            written.deployment_version = set_paused_for_relabel(&api, hsd, false).await?;
+        }
     }
     if plan.status_changed {
         written.status_version = write_status(client, hsd, &plan.status).await?;
@@ -193,11 +200,46 @@ async fn patch_pod(
     }
 }
 
+/// Pauses the child (and marks it, so that an interrupted relabel is finished by the next pass)
+/// or unpauses it. Returns the Deployment's new resourceVersion.
+async fn set_paused_for_relabel(
+    api: &Api<DynamicObject>,
+    hsd: &ObservedHsd,
+    paused: bool,
+) -> Result<Option<String>> {
+    let body = if paused {
+        json!({"metadata": {"annotations": {crate::observe::RELABELLING_ANNOTATION: "true"}}, "spec": {"paused": true}})
+    } else {
+        json!({"metadata": {"annotations": {crate::observe::RELABELLING_ANNOTATION: null}}, "spec": {"paused": null}})
+    };
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..Default::default()
+    };
+    let workload = workload_name(&hsd.name);
+    let patched = api
+        .patch(&workload, &params, &Patch::Merge(&body))
+        .await
+        .map_err(kube_error(
+            format!(
+                "{} Deployment {}/{workload} for a relabel without a rollout",
+                if paused { "pausing" } else { "unpausing" },
+                hsd.namespace
+            ),
+            "patch",
+            "deployments.apps",
+            Some(&hsd.namespace),
+        ))?;
+    Ok(patched.metadata.resource_version)
+}
+
 /// Gives a child made before labels were injected those labels without a rollout: the
 /// Deployment controller treats the ReplicaSet whose template equals the Deployment's (apart
-/// from `pod-template-hash`) as its current one. So the ReplicaSets' templates are labelled
-/// first, then the running pods, and only then the Deployment, whose new template then equals
-/// the running ReplicaSet's: no new ReplicaSet, no pod replaced, busy or not.
+/// from `pod-template-hash`) as its current one. So, with the Deployment paused (else the
+/// controller, woken by the ReplicaSet change, would find no ReplicaSet matching the old
+/// template and create one), the ReplicaSets' templates are labelled first, then the running
+/// pods, then the Deployment, whose new template then equals the running ReplicaSet's; unpaused,
+/// no new ReplicaSet appears and no pod is replaced, busy or not.
 async fn relabel_running_children(
     client: &Client,
     hsd: &ObservedHsd,

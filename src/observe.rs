@@ -25,6 +25,9 @@ use crate::probe::{ProbeResult, ProbeTarget, Prober};
 pub const TEMPLATE_HASH_ANNOTATION: &str = "paia.tech/template-hash";
 /// The annotation on the child Deployment that holds the replicas this tool last applied.
 pub const APPLIED_REPLICAS_ANNOTATION: &str = "paia.tech/applied-replicas";
+/// The annotation on a child Deployment that this tool paused to relabel it without a rollout:
+/// a pass that finds it finishes the relabel and unpauses it.
+pub const RELABELLING_ANNOTATION: &str = "paia.tech/relabelling";
 
 /// Page size of list calls: bounds memory and the API server's work per request.
 const PAGE_SIZE: u32 = 500;
@@ -290,6 +293,9 @@ pub fn deployment_facts(deployment: &LeanDeployment, hsd_uid: &str) -> ObservedD
             .annotations()
             .get(APPLIED_REPLICAS_ANNOTATION)
             .and_then(|v| v.parse().ok()),
+        relabelling: deployment
+            .annotations()
+            .contains_key(RELABELLING_ANNOTATION),
     }
 }
 

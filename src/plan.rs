@@ -65,6 +65,8 @@ pub struct ObservedDeployment {
     pub template_hash: Option<String>,
     /// The replicas this tool last applied (an annotation), to tell another writer's change.
     pub applied_replicas: Option<i32>,
+    /// A relabel without a rollout was started and not finished (the child is paused).
+    pub relabelling: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -1060,12 +1062,15 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
                         ));
                     }
                 }
-                if current == desired && deployment.template_hash.as_deref() == Some(hash.as_str())
+                if current == desired
+                    && deployment.template_hash.as_deref() == Some(hash.as_str())
+                    && !deployment.relabelling
                 {
                     DeploymentAction::Keep
                 } else {
-                    let relabel = deployment.template_hash.as_deref()
-                        == Some(legacy_template_hash(spec).as_str());
+                    let relabel = deployment.relabelling
+                        || deployment.template_hash.as_deref()
+                            == Some(legacy_template_hash(spec).as_str());
                     DeploymentAction::Apply {
                         replicas: desired,
                         template_hash: hash,

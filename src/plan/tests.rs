@@ -103,6 +103,7 @@ fn observed(
             replicas: Some(replicas),
             template_hash: Some(hash),
             applied_replicas: Some(replicas),
+            relabelling: false,
         }),
         pods,
         probes_cut_short: 0,

@@ -659,6 +659,7 @@ async fn reconcile(
                     replicas: Some(*replicas),
                     template_hash: Some(template_hash.clone()),
                     applied_replicas: Some(*replicas),
+                    relabelling: false,
                 },
             ));
         }

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod busy_safe;
+mod busy_safety;
 mod cluster;
 mod common;
 mod core;
