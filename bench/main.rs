@@ -352,7 +352,7 @@ async fn benchmark(options: &Options, cluster: &Cluster, results: &mut Value) ->
         "Reaction: each event flips one pod's paia.tech/busy annotation (merge PATCH); the latency runs from the PATCH's response to this benchmark's own Deployment watch delivering the new spec.replicas. Flips alternate busy/idle per HSD (replicas 20 <-> 21), one at a time, each waited for. The floor (in-process kube-rs client on its own runtime thread) watches all pods and merge-PATCHes spec.replicas to idleTarget + busy on each change; it ran first, then the product's watcher (`reconcile --watch -A --leader-elect=false`), on the same pods.",
         "One-shot pass: `/usr/bin/time -v kubectl-hsd reconcile -A --stats` after a converging pass and a settled cluster; seconds = process wall time (median of the repetitions), pass_seconds = the --stats time, cpu_seconds = the process's user + system CPU (the rest of the wall time is waiting for the API server), requests/noop_writes from --stats, peak RSS from /usr/bin/time. HSDs are spread over 10 namespaces.",
         "Watch memory: VmRSS of `reconcile --watch -A` once /readyz answers 200 and every HSD has been reconciled (one hsd_desired_replicas series each), 5 s later.",
-        "Probes: per_second is kubectl_hsd::probe::Prober::probe_all at the default concurrency against one real HTTP server per pod IP (half 200, half 503), median of 5 rounds; pass_per_second is pods probed / --stats seconds of a one-shot pass over the HTTP-mode HSDs; slow_server_extra_ms is how much later the other servers were all answered when the first one never answers (1 s timeout) than in the baseline round just before, median of 3 such pairs.",
+        "Probes: per_second is kubectl_hsd::observe::probe::Prober::probe_all at the default concurrency against one real HTTP server per pod IP (half 200, half 503), median of 5 rounds; pass_per_second is pods probed / --stats seconds of a one-shot pass over the HTTP-mode HSDs; slow_server_extra_ms is how much later the other servers were all answered when the first one never answers (1 s timeout) than in the baseline round just before, median of 3 such pairs.",
     ]);
     if options.runs("probes") {
         results["probes"] = probes(options, &client, &product, &tracker).await?;
@@ -746,7 +746,7 @@ async fn probes(
         "pods": numbers.pods,
         "per_second": round(numbers.per_second, 0),
         "slow_server_extra_ms": round(numbers.slow_server_extra_ms, 1),
-        "method": "kubectl_hsd::probe::Prober::probe_all",
+        "method": "kubectl_hsd::observe::probe::Prober::probe_all",
         "concurrency": numbers.concurrency,
         "round_seconds": numbers.seconds.iter().map(|s| round(*s, 4)).collect::<Vec<_>>(),
         "slow_round_seconds": round(numbers.slow_round_seconds, 3),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use kubectl_hsd::probe::{DEFAULT_CONCURRENCY, ProbeTarget, Prober};
+use kubectl_hsd::observe::probe::{DEFAULT_CONCURRENCY, ProbeTarget, Prober};
 
 use crate::util::{Context, Res};
 

@@ -1,21 +1,25 @@
 //! kubectl-hsd keeps hot-standby capacity on Kubernetes: each HotStandbyDeployment's child
 //! Deployment runs `clamp(busyPods + idleTarget, minReplicas, maxReplicas)` replicas.
 //!
-//! A reconcile pass is `observe` (reads) -> `plan` (pure) -> `execute` (writes, status last);
-//! `reconcile` drives it once for the CronJob.
+//! One pipeline, two drivers:
+//! - [`api`]: the custom resources, one file per kind;
+//! - [`observe`] (reads: lists or caches into one snapshot, indexed by namespace and owner, and
+//!   the busy probes) -> [`plan`] (pure, in named steps) -> [`execute`] (writes, status last);
+//! - [`once`] drives the pipeline once over a scope (the CronJob, `kubectl hsd reconcile`);
+//!   [`watch`] drives it from caches, leader-elected (`reconcile --watch`);
+//! - [`manifests`] renders everything the tool installs; [`cli`] has one file per subcommand.
 
+pub mod api;
 pub mod cli;
 pub mod client;
-pub mod crd;
 pub mod error;
 pub mod execute;
 pub mod labels;
 pub mod manifests;
 pub mod metrics;
 pub mod observe;
+pub mod once;
 pub mod plan;
-pub mod probe;
-pub mod reconcile;
 pub mod watch;
 
 pub use error::{Error, Result};

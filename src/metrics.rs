@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::crd::HotStandbyDeploymentStatus;
+use crate::api::hsd::HotStandbyDeploymentStatus;
 use crate::plan::ProbeOutcome;
 
 type Labels = Vec<(&'static str, String)>;

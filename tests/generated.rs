@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use kubectl_hsd::crd::HotStandbyDeployment;
+use kubectl_hsd::api::hsd::HotStandbyDeployment;
 use kubectl_hsd::manifests::OperatorMode;
 
 fn check(relative: &str, rendered: &str) {
@@ -24,7 +24,7 @@ fn check(relative: &str, rendered: &str) {
 fn crd_yaml_is_up_to_date() {
     check(
         "crd/hotstandbydeployment.yaml",
-        &kubectl_hsd::crd::crd_yaml(),
+        &kubectl_hsd::manifests::crd_yaml(),
     );
 }
 

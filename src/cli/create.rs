@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 
 use super::output::{self, OutputFormat};
 use super::{CreateArgs, GlobalArgs, ProbeArg};
-use crate::crd::HotStandbyDeployment;
+use crate::api::hsd::HotStandbyDeployment;
 use crate::error::{Error, Result, is_not_found};
 
 /// The HSD the flags describe, as a manifest.

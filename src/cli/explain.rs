@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 use super::GlobalArgs;
 use super::output::{self, OutputFormat};
 use crate::error::{Error, Result};
+use crate::observe::probe::{DEFAULT_CONCURRENCY, Prober};
 use crate::observe::{self, Scope};
 use crate::plan;
-use crate::probe::{DEFAULT_CONCURRENCY, Prober};
 
 pub async fn explain(global: &GlobalArgs, name: &str) -> Result<i32> {
     let (client, _, default_ns) = crate::client::connect(&global.client_options()).await?;
@@ -27,7 +27,7 @@ pub async fn explain(global: &GlobalArgs, name: &str) -> Result<i32> {
         });
     }
     let targets = observe::probe_targets(&snapshot, &assembled[0]);
-    let deadline = tokio::time::Instant::now() + crate::reconcile::DEFAULT_PASS_DEADLINE;
+    let deadline = tokio::time::Instant::now() + crate::once::DEFAULT_PASS_DEADLINE;
     let hsd = &mut assembled[0].hsd;
     observe::probe_hsd(&Prober::new(DEFAULT_CONCURRENCY), hsd, targets, deadline).await;
     let hsd = &*hsd;

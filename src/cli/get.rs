@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::GlobalArgs;
 use super::output::{self, OutputFormat, age_since, table};
-use crate::crd::HotStandbyDeploymentStatus;
+use crate::api::hsd::HotStandbyDeploymentStatus;
 use crate::error::{Error, Result, hsd_read_error};
 use crate::observe::{self, Scope, hsd_resource};
 use crate::plan;
@@ -199,14 +199,14 @@ pub async fn describe(global: &GlobalArgs, name: &str) -> Result<i32> {
                 .collect();
             let _ = writeln!(text, "Selector:     {}", selector.join(","));
             match spec.busy_probe.mode {
-                crate::crd::ProbeMode::Annotation => {
+                crate::api::hsd::ProbeMode::Annotation => {
                     let _ = writeln!(
                         text,
                         "Busy probe:   annotation {}",
                         spec.busy_probe.annotation_key
                     );
                 }
-                crate::crd::ProbeMode::Http => {
+                crate::api::hsd::ProbeMode::Http => {
                     let http = &spec.busy_probe.http;
                     let _ = writeln!(
                         text,
@@ -228,7 +228,7 @@ pub async fn describe(global: &GlobalArgs, name: &str) -> Result<i32> {
         let _ = writeln!(
             text,
             "Paused:       yes ({}=true)",
-            crate::crd::PAUSED_ANNOTATION
+            crate::api::hsd::PAUSED_ANNOTATION
         );
     }
     let _ = writeln!(
@@ -244,7 +244,7 @@ pub async fn describe(global: &GlobalArgs, name: &str) -> Result<i32> {
     if let Some(time) = &status.last_scale_time {
         let _ = writeln!(text, "Last scale:   {time}");
     }
-    let workload = crate::crd::workload_name(name);
+    let workload = crate::api::hsd::workload_name(name);
     match &hsd.deployment {
         Some(d) => {
             let _ = writeln!(
@@ -280,7 +280,7 @@ pub async fn describe(global: &GlobalArgs, name: &str) -> Result<i32> {
     let http_mode = hsd
         .spec
         .as_ref()
-        .is_ok_and(|s| s.busy_probe.mode == crate::crd::ProbeMode::Http);
+        .is_ok_and(|s| s.busy_probe.mode == crate::api::hsd::ProbeMode::Http);
     let rows = found
         .pod_indexes
         .iter()

@@ -16,10 +16,11 @@ use kube::{Api, Client};
 use serde_json::Value;
 
 use super::{GlobalArgs, InstallArgs, UninstallArgs};
-use crate::crd::CRD_NAME;
+use crate::api::HotStandbyDeployment;
 use crate::error::{Error, Result, is_not_found, kube_error};
 use crate::execute::FIELD_MANAGER;
 use crate::manifests::{self, DEFAULT_OPERATOR_NAMESPACE, OperatorOptions};
+use kube::CustomResourceExt;
 
 fn operator_options(global: &GlobalArgs, args: &InstallArgs) -> Option<OperatorOptions> {
     args.operator.map(|mode| OperatorOptions {
@@ -131,19 +132,28 @@ pub async fn install(global: &GlobalArgs, args: InstallArgs) -> Result<i32> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let established = tokio::time::timeout(
         args.timeout,
-        await_condition(crds, CRD_NAME, conditions::is_crd_established()),
+        await_condition(
+            crds,
+            HotStandbyDeployment::crd_name(),
+            conditions::is_crd_established(),
+        ),
     )
     .await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
     match established {
-        Ok(Ok(_)) => eprintln!("{CRD_NAME} established"),
-        Ok(Err(e)) => return Err(Error::Invalid(format!("waiting for {CRD_NAME}: {e}"))),
+        Ok(Ok(_)) => eprintln!("{} established", HotStandbyDeployment::crd_name()),
+        Ok(Err(e)) => {
+            return Err(Error::Invalid(format!(
+                "waiting for {}: {e}",
+                HotStandbyDeployment::crd_name()
+            )));
+        }
         Err(_) => {
             return Err(Error::Timeout(
                 args.timeout,
-                format!("{CRD_NAME} to be established"),
+                format!("{} to be established", HotStandbyDeployment::crd_name()),
             ));
         }
     }

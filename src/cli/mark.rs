@@ -7,7 +7,7 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
 use super::{GlobalArgs, MarkArgs};
-use crate::crd::DEFAULT_BUSY_ANNOTATION;
+use crate::api::hsd::DEFAULT_BUSY_ANNOTATION;
 use crate::error::{Error, Result, kube_error};
 use crate::observe;
 

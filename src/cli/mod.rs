@@ -148,7 +148,7 @@ pub struct InstallArgs {
     #[arg(long)]
     pub pod_policy: bool,
     /// The busy annotation the pod policy lets pods change.
-    #[arg(long, default_value = crate::crd::DEFAULT_BUSY_ANNOTATION, value_name = "KEY")]
+    #[arg(long, default_value = crate::api::hsd::DEFAULT_BUSY_ANNOTATION, value_name = "KEY")]
     pub annotation_key: String,
     /// How long to wait for the CRD to be established.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
@@ -235,7 +235,7 @@ pub struct ReconcileArgs {
     #[arg(long)]
     pub stats: bool,
     /// HTTP probes in flight at once, per HSD.
-    #[arg(long, default_value_t = crate::probe::DEFAULT_CONCURRENCY)]
+    #[arg(long, default_value_t = crate::observe::probe::DEFAULT_CONCURRENCY)]
     pub probe_concurrency: usize,
     /// One-shot pass: end within this. Probes stop 15s before it (unprobed pods count as busy
     /// and their HSD keeps its replicas); writes still running at it fail with a timeout.
@@ -248,7 +248,7 @@ pub async fn run(cli: Cli) -> crate::Result<i32> {
     let global = cli.global;
     match cli.command {
         Command::Crd => {
-            print!("{}", crate::crd::crd_yaml());
+            print!("{}", crate::manifests::crd_yaml());
             Ok(0)
         }
         Command::Version => {

@@ -5,7 +5,7 @@ use serde_json::json;
 use super::output::{self, OutputFormat, table};
 use super::{GlobalArgs, ReconcileArgs};
 use crate::error::Result;
-use crate::reconcile::{PassOptions, PassReport, run_pass};
+use crate::once::{PassOptions, PassReport, run_pass};
 
 pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> {
     let config = crate::client::load_config(&global.client_options()).await?;
@@ -124,7 +124,7 @@ async fn watch(
     Ok(0)
 }
 
-fn action(outcome: &crate::reconcile::HsdOutcome, dry_run: bool) -> String {
+fn action(outcome: &crate::once::HsdOutcome, dry_run: bool) -> String {
     if !dry_run {
         return outcome.action();
     }

@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 pub use lease::{Fence, renew_deadline};
 pub use probes::Answers;
 
+use crate::api::hsd::ProbeMode;
 use crate::client::ClientHooks;
-use crate::crd::ProbeMode;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::observe::{self, LeanDeployment, LeanPod, Scope};
@@ -231,7 +231,7 @@ pub async fn run(config: Config, options: WatchOptions, shutdown: CancellationTo
 #[derive(Clone, Debug, Default)]
 struct OwnWrite {
     deployment: Option<(String, ObservedDeployment)>,
-    status: Option<(String, crate::crd::HotStandbyDeploymentStatus)>,
+    status: Option<(String, crate::api::hsd::HotStandbyDeploymentStatus)>,
 }
 
 /// Which caches have a complete view: set false when a (re)list starts, true when it is done.
@@ -476,7 +476,7 @@ fn receiver_stream<T: Send + 'static>(
 async fn observe_hsd(object: &DynamicObject, context: &Context) -> Result<ObservedHsd> {
     let key = (object.namespace().unwrap_or_default(), object.name_any());
     let mut hsd = observe::hsd_facts(object);
-    let workload = crate::crd::workload_name(&hsd.name);
+    let workload = crate::api::hsd::workload_name(&hsd.name);
     let mut deployment = context.deployments.get(
         &ObjectRef::new_with(&workload, observe::deployment_resource()).within(&hsd.namespace),
     );
@@ -580,7 +580,7 @@ async fn confirm_scale_down(
         .filter(|(_, state)| matches!(state, PodState::Idle | PodState::Starting))
         .map(|(name, _)| name.as_str())
         .collect();
-    let pods: Vec<(String, crate::probe::ProbeTarget)> = context
+    let pods: Vec<(String, crate::observe::probe::ProbeTarget)> = context
         .pods
         .state()
         .iter()
@@ -627,7 +627,7 @@ async fn reconcile(
     {
         tokio::time::sleep(delay).await;
     }
-    let result = crate::reconcile::execute_plan(&context.client, &hsd, &plan).await;
+    let result = crate::once::execute_plan(&context.client, &hsd, &plan).await;
     let error_reason = result.as_ref().err().map(Error::reason);
     context.metrics.reconciled(started.elapsed(), error_reason);
     let written = result?;

@@ -13,11 +13,11 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::crd::{HotStandbyDeploymentSpec, ProbeMode};
+use crate::api::hsd::{HotStandbyDeploymentSpec, ProbeMode};
 use crate::metrics::Metrics;
+use crate::observe::probe::{ProbeTarget, Prober};
 use crate::observe::{self, LeanPod};
 use crate::plan::ProbeOutcome;
-use crate::probe::{ProbeTarget, Prober};
 
 /// How often the scheduler looks for pods due for a probe.
 const TICK: Duration = Duration::from_millis(250);

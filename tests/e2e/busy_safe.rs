@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use kubectl_hsd::observe::{Scope, hsd_resource};
-use kubectl_hsd::reconcile::{PassOptions, run_pass};
+use kubectl_hsd::once::{PassOptions, run_pass};
 use serde_json::json;
 
 use crate::common::{

@@ -198,7 +198,7 @@ async fn a_child_made_before_labels_were_injected_gains_them_without_a_rollout()
     let hsd = create_hsd(&ns, &manifest).await.unwrap();
     // The child as an earlier version applied it: the user's template as it was, and the hash
     // of that version.
-    let spec: kubectl_hsd::crd::HotStandbyDeploymentSpec =
+    let spec: kubectl_hsd::api::hsd::HotStandbyDeploymentSpec =
         serde_json::from_value(manifest["spec"].clone()).unwrap();
     let legacy = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -351,10 +351,12 @@ async fn uninstalling_one_install_leaves_the_others_alone() {
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(ns.client.clone());
     assert!(
-        crds.get_opt(kubectl_hsd::crd::CRD_NAME)
-            .await
-            .unwrap()
-            .is_some()
+        crds.get_opt(
+            <kubectl_hsd::api::HotStandbyDeployment as kube::CustomResourceExt>::crd_name()
+        )
+        .await
+        .unwrap()
+        .is_some()
     );
 
     crate::common::hsd(&["uninstall", "-n", &b]);

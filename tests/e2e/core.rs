@@ -513,10 +513,12 @@ async fn uninstall_removes_the_operator_but_keeps_the_crd_while_hsds_exist() {
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(ns.client.clone());
     assert!(
-        crds.get_opt(kubectl_hsd::crd::CRD_NAME)
-            .await
-            .unwrap()
-            .is_some()
+        crds.get_opt(
+            <kubectl_hsd::api::HotStandbyDeployment as kube::CustomResourceExt>::crd_name()
+        )
+        .await
+        .unwrap()
+        .is_some()
     );
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ns.client.clone());
     let _ = namespaces

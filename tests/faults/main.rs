@@ -310,7 +310,7 @@ async fn an_hsd_deleted_during_a_pass_is_not_an_error_and_leaves_nothing_behind(
         .await
         .unwrap();
     for a in &assembled {
-        let (_, result) = kubectl_hsd::reconcile::reconcile_hsd(&ns.client, &a.hsd, false).await;
+        let (_, result) = kubectl_hsd::once::reconcile_hsd(&ns.client, &a.hsd, false).await;
         assert!(result.is_ok(), "{}: {result:?}", a.hsd.name);
     }
     assert_eq!(

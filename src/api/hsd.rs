@@ -1,19 +1,16 @@
-//! The `HotStandbyDeployment` custom resource (`apps.paia.tech/v1alpha1`).
+//! The `HotStandbyDeployment` custom resource (`apps.paia.tech/v1alpha1`). Its identity (group,
+//! version, kind, plural, short name) is the derive's alone; everything else reads it from there.
 //!
 //! Field names, defaults and meaning follow the Python reference operator, so its YAML applies
 //! unchanged; the status adds what users need to see why a pass decided what it did.
 
 use std::collections::BTreeMap;
 
-use kube::{CustomResource, CustomResourceExt, KubeSchema};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-pub const GROUP: &str = "apps.paia.tech";
-pub const VERSION: &str = "v1alpha1";
-pub const KIND: &str = "HotStandbyDeployment";
-pub const API_VERSION: &str = "apps.paia.tech/v1alpha1";
-pub const CRD_NAME: &str = "hotstandbydeployments.apps.paia.tech";
 /// The busy annotation when the HSD names none.
 pub const DEFAULT_BUSY_ANNOTATION: &str = "paia.tech/busy";
 /// Setting this annotation to "true" on an HSD stops all scaling of it.
@@ -255,22 +252,6 @@ pub struct TimedRecommendation {
     pub since: String,
 }
 
-/// A standard Kubernetes condition (`metav1.Condition`).
-#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Condition {
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// "True", "False" or "Unknown".
-    pub status: String,
-    pub reason: String,
-    #[serde(default)]
-    pub message: String,
-    pub last_transition_time: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-}
-
 fn pod_template_schema(_: &mut SchemaGenerator) -> Schema {
     // Unknown fields are kept (the API server validates them when the Deployment is applied);
     // metadata.labels is declared so that the CEL rule on the selector can read it.
@@ -314,13 +295,6 @@ fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {
         serde_json::json!(["type"]),
     );
     schema
-}
-
-/// The CRD as YAML, exactly as committed in `crd/hotstandbydeployment.yaml`.
-pub fn crd_yaml() -> String {
-    crate::manifests::to_yaml_documents(&[
-        serde_json::to_value(HotStandbyDeployment::crd()).expect("a CRD always serializes")
-    ])
 }
 
 impl HotStandbyDeployment {

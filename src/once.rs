@@ -8,9 +8,9 @@ use kube::Client;
 
 use crate::error::{Error, Result};
 use crate::execute::{self, Written};
+use crate::observe::probe::{ProbeResult, Prober};
 use crate::observe::{self, Scope};
 use crate::plan::{self, ObservedHsd, Plan};
-use crate::probe::{ProbeResult, Prober};
 
 /// HSDs executed at once in a pass.
 const EXECUTE_CONCURRENCY: usize = 16;
@@ -131,7 +131,10 @@ pub async fn run_pass(client: &Client, scope: &Scope, options: &PassOptions) -> 
     let (probe_deadline, deadline) = options.deadlines(started);
     let snapshot = observe::read_snapshot(client, scope).await?;
     let assembled = observe::assemble(&snapshot);
-    let work: Vec<(ObservedHsd, Vec<(usize, crate::probe::ProbeTarget)>)> = assembled
+    let work: Vec<(
+        ObservedHsd,
+        Vec<(usize, crate::observe::probe::ProbeTarget)>,
+    )> = assembled
         .into_iter()
         .map(|assembled| {
             let targets = observe::probe_targets(&snapshot, &assembled);
@@ -142,7 +145,7 @@ pub async fn run_pass(client: &Client, scope: &Scope, options: &PassOptions) -> 
     let prober = Prober::new(
         options
             .probe_concurrency
-            .unwrap_or(crate::probe::DEFAULT_CONCURRENCY),
+            .unwrap_or(crate::observe::probe::DEFAULT_CONCURRENCY),
     );
     let execute_slots = tokio::sync::Semaphore::new(EXECUTE_CONCURRENCY);
 

@@ -2,6 +2,8 @@
 //! namespace, or all with `-A`), never once per HSD, into lean types that keep only what the
 //! plan reads; then HTTP-mode pods are probed.
 
+pub mod probe;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -14,12 +16,12 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::crd::{
+use crate::api::hsd::{
     HotStandbyDeployment, HotStandbyDeploymentSpec, HotStandbyDeploymentStatus, ProbeMode,
 };
 use crate::error::{Result, hsd_read_error, kube_error};
+use crate::observe::probe::{ProbeResult, ProbeTarget, Prober};
 use crate::plan::{self, ObservedDeployment, ObservedHsd, ObservedPod, PodPhase};
-use crate::probe::{ProbeResult, ProbeTarget, Prober};
 
 /// The annotation on the child Deployment that holds the applied template's hash.
 pub const TEMPLATE_HASH_ANNOTATION: &str = "paia.tech/template-hash";
@@ -266,7 +268,7 @@ pub fn hsd_facts(object: &DynamicObject) -> ObservedHsd {
         generation: object.metadata.generation,
         paused: object
             .annotations()
-            .get(crate::crd::PAUSED_ANNOTATION)
+            .get(crate::api::hsd::PAUSED_ANNOTATION)
             .is_some_and(|v| v.eq_ignore_ascii_case("true")),
         spec,
         status,
@@ -456,7 +458,7 @@ pub fn assemble(snapshot: &Snapshot) -> Vec<Assembled> {
         })
         .collect();
     for Assembled { hsd, .. } in &mut observed {
-        let name = crate::crd::workload_name(&hsd.name);
+        let name = crate::api::hsd::workload_name(&hsd.name);
         if let Some(deployment) = deployments.get(&(hsd.namespace.as_str(), name.as_str())) {
             hsd.deployment = Some(deployment_facts(deployment, &hsd.uid));
         }

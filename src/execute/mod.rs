@@ -8,10 +8,11 @@ use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::core::ObjectMeta;
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
 use serde_json::json;
 
-use crate::crd::{API_VERSION, HotStandbyDeploymentSpec, KIND, workload_name};
+use crate::api::HotStandbyDeployment;
+use crate::api::hsd::{HotStandbyDeploymentSpec, workload_name};
 use crate::error::{Result, kube_error};
 use crate::labels::{HSD_LABEL, hsd_label_value};
 use crate::observe::{
@@ -74,8 +75,8 @@ pub fn desired_deployment(
                 APPLIED_REPLICAS_ANNOTATION: replicas.to_string(),
             },
             "ownerReferences": [{
-                "apiVersion": API_VERSION,
-                "kind": KIND,
+                "apiVersion": HotStandbyDeployment::api_version(&()),
+                "kind": HotStandbyDeployment::kind(&()),
                 "name": hsd.name,
                 "uid": hsd.uid,
                 "controller": true,
@@ -336,11 +337,11 @@ async fn relabel_running_children(
 pub async fn write_status(
     client: &Client,
     hsd: &ObservedHsd,
-    status: &crate::crd::HotStandbyDeploymentStatus,
+    status: &crate::api::hsd::HotStandbyDeploymentStatus,
 ) -> Result<Option<String>> {
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &hsd.namespace, &hsd_resource());
-    let body = json!({ "apiVersion": API_VERSION, "kind": KIND, "status": status });
+    let body = json!({ "apiVersion": HotStandbyDeployment::api_version(&()), "kind": HotStandbyDeployment::kind(&()), "status": status });
     let written = api
         .patch_status(
             &hsd.name,
@@ -381,8 +382,8 @@ pub async fn publish(client: &Client, hsd: &ObservedHsd, event: &PlannedEvent) -
         reporting_controller: Some(REPORTING_CONTROLLER.to_string()),
         reporting_instance: Some(reporting_instance()),
         regarding: Some(ObjectReference {
-            api_version: Some(API_VERSION.to_string()),
-            kind: Some(KIND.to_string()),
+            api_version: Some(HotStandbyDeployment::api_version(&()).to_string()),
+            kind: Some(HotStandbyDeployment::kind(&()).to_string()),
             name: Some(hsd.name.clone()),
             namespace: Some(hsd.namespace.clone()),
             uid: Some(hsd.uid.clone()),

@@ -1,0 +1,7 @@
+//! The custom resources, one file per kind. Each kind's identity (group, version, kind, plural)
+//! comes from its `#[derive(CustomResource)]` alone: use `Resource::kind(&())`,
+//! `CustomResourceExt::crd_name()` and friends, never a copy of the strings.
+
+pub mod hsd;
+
+pub use hsd::HotStandbyDeployment;

@@ -1,0 +1,198 @@
+//! The unattended operator: its namespace, ServiceAccount, RBAC, and the CronJob (one pass a
+//! minute) or the watcher Deployment.
+
+use serde_json::{Value, json};
+
+use super::{
+    OPERATOR_NAME, OperatorMode, OperatorOptions, RUN_AS, cluster_object_name, install_labels,
+    lease_rules, reconcile_rules,
+};
+
+/// The manifests of the unattended operator (without the CRD).
+pub fn operator(options: &OperatorOptions) -> Vec<Value> {
+    let ns = &options.namespace;
+    let name = OPERATOR_NAME;
+    let labels = || install_labels(ns);
+    let subjects = json!([{"kind": "ServiceAccount", "name": name, "namespace": ns}]);
+    let mut documents = vec![
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": labels()}}),
+        json!({
+            "apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": {"name": name, "namespace": ns, "labels": labels()},
+            "automountServiceAccountToken": true,
+        }),
+    ];
+    if options.namespace_scoped {
+        // One Role in the watched namespace holds every right, the Lease's included.
+        let mut rules = reconcile_rules(options.mode)
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        rules.extend(
+            lease_rules(options.mode)
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+        );
+        documents.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": name, "namespace": ns, "labels": labels()},
+            "rules": rules,
+        }));
+        documents.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": ns, "labels": labels()},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": subjects,
+        }));
+    } else {
+        let cluster_name = cluster_object_name(ns);
+        documents.extend([
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                "metadata": {"name": cluster_name, "labels": labels()},
+                "rules": reconcile_rules(options.mode),
+            }),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                "metadata": {"name": cluster_name, "labels": labels()},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_name},
+                "subjects": subjects,
+            }),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+                "metadata": {"name": format!("{name}-lease"), "namespace": ns, "labels": labels()},
+                "rules": lease_rules(options.mode),
+            }),
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": format!("{name}-lease"), "namespace": ns, "labels": labels()},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": format!("{name}-lease")},
+                "subjects": subjects,
+            }),
+        ]);
+    }
+    match options.mode {
+        OperatorMode::Cronjob => documents.push(cronjob(options)),
+        OperatorMode::Deployment => documents.push(deployment(options)),
+    }
+    documents
+}
+
+/// The reconciler's arguments with its scope: `--all-namespaces`, or its own namespace.
+fn scope_args(options: &OperatorOptions, args: &[&str]) -> Value {
+    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    if options.namespace_scoped {
+        all.extend(["--namespace".to_string(), options.namespace.clone()]);
+    } else {
+        all.push("--all-namespaces".to_string());
+    }
+    json!(all)
+}
+
+fn pod_security_context() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": RUN_AS,
+        "runAsGroup": RUN_AS,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+fn container_security_context() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]},
+    })
+}
+
+/// The CronJob's `activeDeadlineSeconds`: the pass's own deadline (`reconcile --deadline`)
+/// plus a few seconds to start the process and print the summary.
+pub fn cronjob_active_deadline_seconds() -> u64 {
+    crate::once::DEFAULT_PASS_DEADLINE.as_secs() + 5
+}
+
+fn cronjob(options: &OperatorOptions) -> Value {
+    let deadline = format!("{}s", crate::once::DEFAULT_PASS_DEADLINE.as_secs());
+    let labels = || install_labels(&options.namespace);
+    json!({
+        "apiVersion": "batch/v1", "kind": "CronJob",
+        "metadata": {"name": OPERATOR_NAME, "namespace": options.namespace, "labels": labels()},
+        "spec": {
+            "schedule": "* * * * *",
+            "concurrencyPolicy": "Forbid",
+            "startingDeadlineSeconds": 30,
+            "successfulJobsHistoryLimit": 1,
+            "failedJobsHistoryLimit": 3,
+            "jobTemplate": {"spec": {
+                "backoffLimit": 0,
+                "activeDeadlineSeconds": cronjob_active_deadline_seconds(),
+                "ttlSecondsAfterFinished": 600,
+                "template": {
+                    "metadata": {"labels": labels()},
+                    "spec": {
+                        "serviceAccountName": OPERATOR_NAME,
+                        "restartPolicy": "Never",
+                        "securityContext": pod_security_context(),
+                        "containers": [{
+                            "name": "reconcile",
+                            "image": options.image,
+                            "args": scope_args(options, &["reconcile", "--deadline", &deadline]),
+                            // POD_NAMESPACE: the Lease of a watcher to stand aside for.
+                            "env": downward_api_env(),
+                            "securityContext": container_security_context(),
+                            "resources": {
+                                "requests": {"cpu": "50m", "memory": "64Mi"},
+                                "limits": {"memory": "256Mi"},
+                            },
+                        }],
+                    },
+                },
+            }},
+        },
+    })
+}
+
+fn downward_api_env() -> Value {
+    json!([
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ])
+}
+
+fn deployment(options: &OperatorOptions) -> Value {
+    let probe = |path: &str| json!({"httpGet": {"path": path, "port": "metrics"}, "periodSeconds": 10, "timeoutSeconds": 2});
+    let labels = || install_labels(&options.namespace);
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": OPERATOR_NAME, "namespace": options.namespace, "labels": labels()},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app.kubernetes.io/name": OPERATOR_NAME, "app.kubernetes.io/component": "reconciler"}},
+            "template": {
+                "metadata": {"labels": labels()},
+                "spec": {
+                    "serviceAccountName": OPERATOR_NAME,
+                    "securityContext": pod_security_context(),
+                    // The standby takes over within the lease duration; SIGTERM releases the lease at once.
+                    "terminationGracePeriodSeconds": 30,
+                    "containers": [{
+                        "name": "reconcile",
+                        "image": options.image,
+                        "args": scope_args(options, &["reconcile", "--watch", "--log-format", "json", "--v", "1"]),
+                        "env": downward_api_env(),
+                        "ports": [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}],
+                        "livenessProbe": probe("/healthz"),
+                        "readinessProbe": probe("/readyz"),
+                        "securityContext": container_security_context(),
+                        "resources": {
+                            "requests": {"cpu": "100m", "memory": "64Mi"},
+                            "limits": {"memory": "512Mi"},
+                        },
+                    }],
+                },
+            },
+        },
+    })
+}

@@ -1,0 +1,41 @@
+//! Least-privilege rules: what each operator mode needs, and nothing more.
+
+use serde_json::{Value, json};
+
+use super::OperatorMode;
+
+pub fn reconcile_rules(mode: OperatorMode) -> Value {
+    let read: &[&str] = match mode {
+        OperatorMode::Cronjob => &["list"],
+        OperatorMode::Deployment => &["list", "watch"],
+    };
+    // get: a watcher reads a child missing from its cache before creating it.
+    let write_deployments = [read, &["get", "create", "patch"]].concat();
+    let patch_pods = [read, &["patch"]].concat();
+    json!([
+        {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments"], "verbs": read},
+        {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments/status"], "verbs": ["patch"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": write_deployments},
+        // list, patch: children made before labels were injected gain them without a rollout.
+        {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list", "patch"]},
+        // patch: the deletion cost that keeps busy pods out of a scale-down.
+        {"apiGroups": [""], "resources": ["pods"], "verbs": patch_pods},
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+    ])
+}
+
+/// The Lease rules, in the operator's namespace only and on the one Lease by name: a pass
+/// reads it to stand aside while a watcher holds it; a watcher takes and renews it (create
+/// cannot be limited by name: the object has none yet when it is authorized).
+pub fn lease_rules(mode: OperatorMode) -> Value {
+    let named = json!([crate::watch::DEFAULT_LEASE_NAME]);
+    match mode {
+        OperatorMode::Cronjob => json!([
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": named, "verbs": ["get"]},
+        ]),
+        OperatorMode::Deployment => json!([
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": named, "verbs": ["get", "update", "patch"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        ]),
+    }
+}

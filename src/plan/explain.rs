@@ -1,0 +1,225 @@
+//! Why the plan chose its replica count: the `Decision` that `explain` prints, and the words of
+//! events and conditions.
+
+use std::fmt::Write as _;
+
+use super::DeploymentAction;
+use super::count::Counts;
+use super::target::{Bound, Recommendation};
+
+/// Why the plan chose its replica count, step by step (what `explain` prints).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    pub busy_by_annotation: i32,
+    pub busy_by_probe: i32,
+    /// Busy pods whose annotation value is not an accepted spelling (counted as busy).
+    pub busy_by_invalid_annotation: i32,
+    pub unknown: i32,
+    pub idle: i32,
+    pub starting: i32,
+    pub terminating: i32,
+    pub unschedulable: i32,
+    pub idle_target_fixed: i32,
+    /// `ceil(busy * idlePercent / 100)` when idlePercent is set.
+    pub idle_target_from_percent: Option<i32>,
+    pub idle_target: i32,
+    pub min_replicas: i32,
+    pub max_replicas: Option<i32>,
+    /// `busy + unknown + idle target`.
+    pub formula: i32,
+    /// The formula within the bounds.
+    pub bounded: i32,
+    pub scale_down_delay_seconds: i32,
+    /// The highest recommendation of the delay window, when it holds replicas up.
+    pub held_by_delay: Option<i32>,
+    /// The lowest count the ReplicaSet's ranking makes safe, when it holds replicas up.
+    pub held_to_protect_busy: Option<i32>,
+    /// The pods that exist, when they capped what unknown pods add.
+    pub unknown_capped_at: Option<i32>,
+    /// Held at the current count: busy pods' deletion costs are written this pass and must
+    /// be visible before replicas drop.
+    pub held_for_costs: Option<i32>,
+    /// Held at the current count: the pods belong to more than one ReplicaSet (a rollout).
+    pub held_for_rollout: Option<i32>,
+    /// Held at the current count: some probes did not run before the probe deadline.
+    pub held_for_probe_deadline: Option<i32>,
+    pub current_replicas: Option<i32>,
+    pub replicas: i32,
+    pub why: Vec<String>,
+}
+
+pub fn explain_steps(decision: &Decision, paused: bool, action: &DeploymentAction) -> Vec<String> {
+    let mut why = Vec::new();
+    let busy =
+        decision.busy_by_annotation + decision.busy_by_probe + decision.busy_by_invalid_annotation;
+    let target = match decision.idle_target_from_percent {
+        Some(percent) => format!(
+            "idle target {} = max(idleTarget {}, {percent} from idlePercent)",
+            decision.idle_target, decision.idle_target_fixed
+        ),
+        None => format!("idle target {}", decision.idle_target),
+    };
+    match decision.unknown_capped_at {
+        Some(existing) => why.push(format!(
+            "{busy} busy + {} unknown + {target}, with what unknown pods add capped at the {existing} pods that exist = {}",
+            decision.unknown, decision.formula
+        )),
+        None => why.push(format!(
+            "{busy} busy + {} unknown + {target} = {}",
+            decision.unknown, decision.formula
+        )),
+    }
+    if decision.bounded != decision.formula {
+        why.push(format!(
+            "bounded to {} by {}",
+            decision.bounded,
+            if decision.bounded > decision.formula {
+                "minReplicas"
+            } else {
+                "maxReplicas"
+            }
+        ));
+    }
+    if let Some(held) = decision.held_by_delay {
+        why.push(format!(
+            "held at {held}: the highest recommendation of the last {}s (scaleDownDelaySeconds)",
+            decision.scale_down_delay_seconds
+        ));
+    }
+    if let Some(held) = decision.held_to_protect_busy {
+        why.push(format!(
+            "held at {held}: a deeper step could reach a busy pod that the ReplicaSet deletes first (not ready or unscheduled)"
+        ));
+    }
+    if let Some(held) = decision.held_for_probe_deadline {
+        why.push(format!(
+            "held at {held}: some pods were not probed before the probe deadline"
+        ));
+    }
+    if let Some(held) = decision.held_for_rollout {
+        why.push(format!(
+            "held at {held}: the pods belong to more than one ReplicaSet (a rollout); no scale-down until it ends"
+        ));
+    }
+    if let Some(held) = decision.held_for_costs {
+        why.push(format!(
+            "held at {held}: busy pods' deletion costs are written first; replicas drop on the next pass"
+        ));
+    }
+    match (paused, action, decision.current_replicas) {
+        (true, _, _) => why.push("paused: the Deployment is left as it is".into()),
+        (_, DeploymentAction::Blocked, _) => {
+            why.push("blocked: the Deployment is not touched".into())
+        }
+        (_, _, Some(current)) if current != decision.replicas => {
+            why.push(format!(
+                "the Deployment goes from {current} to {} replicas",
+                decision.replicas
+            ));
+        }
+        (_, _, Some(_)) => why.push(format!(
+            "the Deployment already has {} replicas",
+            decision.replicas
+        )),
+        (_, _, None) => why.push(format!(
+            "the Deployment is created with {} replicas",
+            decision.replicas
+        )),
+    }
+    why
+}
+
+/// The `ProbeDegraded` reason and message, if probes or annotations say nothing usable.
+pub fn probe_degraded_message(
+    probes_cut_short: usize,
+    probe_failures: &[String],
+    invalid_annotations: &[String],
+    annotation_key: &str,
+) -> Option<(&'static str, String)> {
+    const SHOWN: usize = 5;
+    let list = |items: &[String]| {
+        let mut text = items
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if items.len() > SHOWN {
+            let _ = write!(text, " and {} more", items.len() - SHOWN);
+        }
+        text
+    };
+    if probes_cut_short > 0 {
+        Some((
+            "ProbeDeadlineExceeded",
+            format!(
+                "{probes_cut_short} pod(s) were not probed before the probe deadline; they count as busy and replicas are held: lower busyProbe.http.timeoutSeconds, or fix the pods that do not answer ({})",
+                list(probe_failures)
+            ),
+        ))
+    } else if !probe_failures.is_empty() {
+        Some((
+            "ProbeFailed",
+            format!(
+                "{} pod(s) did not answer the busy probe and count as busy: {}",
+                probe_failures.len(),
+                list(probe_failures)
+            ),
+        ))
+    } else if !invalid_annotations.is_empty() {
+        Some((
+            "InvalidBusyAnnotation",
+            format!(
+                "{} pod(s) carry a {annotation_key} value that is not true/false (counted as busy): {}",
+                invalid_annotations.len(),
+                list(invalid_annotations)
+            ),
+        ))
+    } else {
+        None
+    }
+}
+
+/// The note of a `ScaledUp`/`ScaledDown` event: the arithmetic.
+pub fn scale_message(
+    from: i32,
+    to: i32,
+    counts: &Counts,
+    idle_target: i32,
+    recommendation: &Recommendation,
+    decision: &Decision,
+) -> String {
+    let mut message = format!("from {from} to {to}: {} busy", counts.busy);
+    if counts.unknown > 0 {
+        let _ = write!(message, " + {} unknown", counts.unknown);
+    }
+    let _ = write!(message, " + idle target {idle_target}");
+    match recommendation.limited_by {
+        Some(Bound::Max) => {
+            let _ = write!(
+                message,
+                " (limited by maxReplicas {})",
+                recommendation.replicas
+            );
+        }
+        Some(Bound::Min) => {
+            let _ = write!(
+                message,
+                " (held at minReplicas {})",
+                recommendation.replicas
+            );
+        }
+        None => {}
+    }
+    if decision.held_by_delay == Some(to) {
+        let _ = write!(message, " (held by the scale-down delay)");
+    }
+    if decision.held_to_protect_busy == Some(to) {
+        let _ = write!(message, " (step limited to protect busy pods)");
+    }
+    if decision.held_for_probe_deadline == Some(to) {
+        let _ = write!(message, " (held: probes ran out of time)");
+    }
+    message
+}

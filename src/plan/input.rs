@@ -1,0 +1,112 @@
+//! What the plan reads: one HSD with its child Deployment and pods, as a pass observed them.
+
+use jiff::Timestamp;
+
+use crate::api::hsd::{HotStandbyDeploymentSpec, HotStandbyDeploymentStatus};
+
+/// What a pass knows about one HSD and its objects.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedHsd {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+    pub generation: Option<i64>,
+    pub paused: bool,
+    /// The spec, or why it could not be read.
+    pub spec: Result<HotStandbyDeploymentSpec, String>,
+    pub status: Option<HotStandbyDeploymentStatus>,
+    pub deployment: Option<ObservedDeployment>,
+    /// The HSD's pods (labelled as its own), terminating ones included (the plan leaves them out).
+    pub pods: Vec<ObservedPod>,
+    /// Pods whose probe did not run before the HSD's probe deadline (they count as unknown,
+    /// and the HSD keeps its replicas).
+    pub probes_cut_short: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObservedDeployment {
+    /// Whether this HSD is the Deployment's controller owner.
+    pub owned: bool,
+    pub replicas: Option<i32>,
+    /// The hash of the selector and template this tool last applied (an annotation).
+    pub template_hash: Option<String>,
+    /// The replicas this tool last applied (an annotation), to tell another writer's change.
+    pub applied_replicas: Option<i32>,
+    /// A relabel without a rollout was started and not finished (the child is paused).
+    pub relabelling: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PodPhase {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+impl PodPhase {
+    pub fn parse(phase: Option<&str>) -> Self {
+        match phase {
+            Some("Running") => Self::Running,
+            Some("Succeeded") => Self::Succeeded,
+            Some("Failed") => Self::Failed,
+            Some("Unknown") => Self::Unknown,
+            _ => Self::Pending,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ObservedPod {
+    pub name: String,
+    pub uid: String,
+    pub ready: bool,
+    pub phase: PodPhase,
+    pub terminating: bool,
+    /// The value of the HSD's busy annotation, if the pod has it.
+    pub busy_annotation: Option<String>,
+    /// The HTTP probe's fresh answer (http mode, running pods with an IP only).
+    pub probe: Option<ProbeOutcome>,
+    /// Bound to a node (`spec.nodeName`).
+    pub scheduled: bool,
+    /// `controller.kubernetes.io/pod-deletion-cost` as read, if set and readable.
+    pub deletion_cost: Option<i32>,
+    /// A cost this process wrote that the read has not caught up with yet: it saves writing
+    /// it again, but a scale-down waits until the read shows it.
+    pub cost_in_flight: Option<i32>,
+    /// The ReplicaSet the pod belongs to (its `pod-template-hash` label).
+    pub template_hash: Option<String>,
+    /// Since when the scheduler has reported the pod unschedulable, if it does.
+    pub unschedulable_since: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// A 2xx answer.
+    Success,
+    /// An answer outside 2xx and 3xx.
+    Failure(u16),
+    /// A 3xx answer: never followed, and no answer about busy at all (unknown).
+    Redirect {
+        status: u16,
+        location: Option<String>,
+    },
+    /// No answer: timeout, refused connection, invalid HTTP.
+    Error(String),
+}
+
+impl ProbeOutcome {
+    /// Why the answer says nothing about busy, if it does not.
+    pub fn unknown_reason(&self) -> Option<String> {
+        match self {
+            Self::Error(error) => Some(error.clone()),
+            Self::Redirect { status, location } => Some(format!(
+                "redirect {status} to {} (redirects are not followed)",
+                location.as_deref().unwrap_or("no Location")
+            )),
+            Self::Success | Self::Failure(_) => None,
+        }
+    }
+}

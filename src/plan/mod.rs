@@ -1,0 +1,532 @@
+//! The scaling plan: a pure function of what a pass observed and the time.
+//!
+//! Nothing here sees a client or the clock, so every rule is unit-tested table-driven and
+//! property-tested. [`plan`] runs the named steps in order; each step is a module with its own
+//! tests: [`count`] (each pod's state), [`target`] (the formula and its bounds), [`stabilize`]
+//! (the scale-down delay), [`protect`] (deletion costs and what holds a scale-down) and
+//! [`step`] (how far one scale-down may go). `execute` carries the plan out.
+
+pub mod conditions;
+pub mod count;
+pub mod explain;
+pub mod input;
+pub mod protect;
+pub mod stabilize;
+pub mod step;
+pub mod target;
+pub mod template;
+pub mod validate;
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+pub use conditions::{Conditions, condition};
+pub use count::{
+    BusyAnnotation, Counted, Counts, PodState, UNSCHEDULABLE_WARNING_AFTER, classify, count,
+    is_counted, parse_busy_annotation,
+};
+pub use explain::Decision;
+pub use input::{ObservedDeployment, ObservedHsd, ObservedPod, PodPhase, ProbeOutcome};
+pub use protect::{
+    BUSY_DELETION_COST, CostWrite, DELETION_COST_ANNOTATION, Hold, effective_cost, is_protected,
+    wanted_cost,
+};
+pub use stabilize::{MAX_RECOMMENDATIONS, stabilize};
+pub use step::{deletion_rank, safe_deletions};
+pub use target::{Bound, Recommendation, effective_max_replicas, idle_target, recommend};
+pub use template::{
+    busy_annotation_in_template, child_template, legacy_template_hash, selector_matches,
+    template_hash, template_labels,
+};
+pub use validate::validate_spec;
+
+use crate::api::hsd::{HotStandbyDeploymentSpec, HotStandbyDeploymentStatus};
+
+/// The label Deployments put on their pods, one value per ReplicaSet.
+pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventType {
+    Normal,
+    Warning,
+}
+
+/// An event to publish on the HSD.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedEvent {
+    pub type_: EventType,
+    pub reason: &'static str,
+    pub note: String,
+}
+
+fn normal(reason: &'static str, note: String) -> PlannedEvent {
+    PlannedEvent {
+        type_: EventType::Normal,
+        reason,
+        note,
+    }
+}
+
+fn warning(reason: &'static str, note: String) -> PlannedEvent {
+    PlannedEvent {
+        type_: EventType::Warning,
+        reason,
+        note,
+    }
+}
+
+/// What to do with the child Deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeploymentAction {
+    /// It is as it should be.
+    Keep,
+    /// Server-side apply it (create, template change or replica change).
+    Apply {
+        replicas: i32,
+        template_hash: String,
+        /// The child was made before labels were injected and its template is otherwise
+        /// unchanged: label its ReplicaSets' templates and its pods first (the Deployment
+        /// paused meanwhile), so that the new template matches the running ReplicaSet and
+        /// nothing rolls out.
+        relabel: bool,
+    },
+    /// Something stops the pass from touching it (invalid spec, paused, not ours).
+    Blocked,
+}
+
+/// The plan for one HSD.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub counts: Counts,
+    /// Each counted pod and its state, for `describe` and `--dry-run`.
+    pub pod_states: Vec<(String, PodState)>,
+    pub recommendation: Option<Recommendation>,
+    pub decision: Option<Decision>,
+    /// Deletion costs to write, before anything else.
+    pub cost_writes: Vec<CostWrite>,
+    pub deployment: DeploymentAction,
+    /// `(from, to)` when the replica count changes.
+    pub scale: Option<(i32, i32)>,
+    pub status: HotStandbyDeploymentStatus,
+    /// Whether `status` differs from the HSD's current status (a write is needed).
+    pub status_changed: bool,
+    pub events: Vec<PlannedEvent>,
+}
+
+/// Plans one HSD: count, target, stabilize, then protect and step for the child Deployment.
+pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
+    let previous = observed.status.clone().unwrap_or_default();
+    let mut conditions = Conditions::new(&previous.conditions, now, observed.generation);
+    let mut events = Vec::new();
+
+    let spec = match &observed.spec {
+        Ok(spec) => validate_spec(spec).map(|()| spec),
+        Err(parse_error) => Err(format!("the spec cannot be read: {parse_error}")),
+    };
+    let spec = match spec {
+        Ok(spec) => spec,
+        Err(message) => return invalid(observed, previous, conditions, events, message),
+    };
+    conditions.set(condition::INVALID_SPEC, false, "Valid", "the spec is valid");
+
+    // 1. Count.
+    let counted = count(&observed.pods, spec, now);
+    report_pods(observed, spec, &counted, &mut conditions, &mut events);
+
+    // 2. Target.
+    let recommendation = recommend(&counted.counts, spec);
+    let (idle_target_in_force, from_percent) = idle_target(&counted.counts, spec);
+    report_limit(&recommendation, &mut conditions, &mut events);
+
+    // 3. Stabilize.
+    let delay_seconds = spec.scale_down_delay_seconds.unwrap_or(0).max(0);
+    let window = Duration::from_secs(u64::try_from(delay_seconds).unwrap_or(0));
+    let (stabilized, recent_recommendations) = stabilize(
+        recommendation.replicas,
+        &previous.recent_recommendations,
+        window,
+        now,
+    );
+
+    let mut decision = Decision {
+        busy_by_annotation: counted.busy_by_annotation,
+        busy_by_probe: counted.busy_by_probe,
+        busy_by_invalid_annotation: counted.busy_by_invalid_annotation,
+        unknown: counted.counts.unknown,
+        idle: counted.counts.idle,
+        starting: counted.counts.starting,
+        terminating: counted.terminating,
+        unschedulable: counted.unschedulable,
+        idle_target_fixed: spec.idle_target,
+        idle_target_from_percent: from_percent,
+        idle_target: idle_target_in_force,
+        min_replicas: spec.min_replicas,
+        max_replicas: spec.max_replicas,
+        formula: recommendation.unbounded,
+        bounded: recommendation.replicas,
+        unknown_capped_at: recommendation.unknown_capped_at,
+        scale_down_delay_seconds: delay_seconds,
+        held_by_delay: (stabilized > recommendation.replicas).then_some(stabilized),
+        ..Decision::default()
+    };
+
+    // 4 and 5. Protect and step: what the child Deployment gets.
+    let child = decide_child(
+        observed,
+        spec,
+        &counted,
+        stabilized,
+        &mut decision,
+        &mut conditions,
+        &mut events,
+    );
+    decision.replicas = child.replicas;
+    decision.why = explain::explain_steps(&decision, observed.paused, &child.action);
+
+    if let Some((from, to)) = child.scale {
+        let reason = if to > from { "ScaledUp" } else { "ScaledDown" };
+        events.push(normal(
+            reason,
+            explain::scale_message(
+                from,
+                to,
+                &counted.counts,
+                idle_target_in_force,
+                &recommendation,
+                &decision,
+            ),
+        ));
+    }
+    if child.action != DeploymentAction::Blocked || observed.paused {
+        // The same words before and after the scale, so that the next pass writes nothing.
+        let message = if observed.paused {
+            "paused: no scaling until the annotation is removed".to_string()
+        } else {
+            format!(
+                "the child Deployment is kept at {} replicas",
+                child.replicas
+            )
+        };
+        let reason = if observed.paused {
+            "Paused"
+        } else {
+            "Reconciled"
+        };
+        conditions.set(condition::READY, !observed.paused, reason, &message);
+    }
+
+    let last_scale_time = match child.scale {
+        Some(_) if !observed.paused => Some(now.to_string()),
+        _ => previous.last_scale_time.clone(),
+    };
+    let status = HotStandbyDeploymentStatus {
+        busy_count: counted.counts.busy,
+        idle_count: counted.counts.idle,
+        starting_count: counted.counts.starting,
+        unknown_count: counted.counts.unknown,
+        terminating_count: counted.terminating,
+        desired_replicas: recommendation.replicas,
+        replicas: counted.counts.total(),
+        observed_generation: observed.generation,
+        last_scale_time,
+        recent_recommendations,
+        conditions: conditions.finish(),
+    };
+    Plan {
+        counts: counted.counts,
+        pod_states: counted.pod_states(),
+        recommendation: Some(recommendation),
+        decision: Some(decision),
+        cost_writes: child.cost_writes,
+        deployment: child.action,
+        scale: child.scale,
+        status_changed: status != previous,
+        status,
+        events,
+    }
+}
+
+/// The plan of an HSD whose spec cannot be used: a condition and a Warning, nothing touched.
+fn invalid(
+    observed: &ObservedHsd,
+    previous: HotStandbyDeploymentStatus,
+    mut conditions: Conditions,
+    mut events: Vec<PlannedEvent>,
+    message: String,
+) -> Plan {
+    if conditions.set(condition::INVALID_SPEC, true, "InvalidSpec", &message) {
+        events.push(warning("InvalidSpec", message.clone()));
+    }
+    conditions.set(condition::READY, false, "InvalidSpec", &message);
+    let status = HotStandbyDeploymentStatus {
+        conditions: conditions.finish(),
+        observed_generation: observed.generation,
+        ..previous.clone()
+    };
+    Plan {
+        counts: Counts::default(),
+        pod_states: Vec::new(),
+        recommendation: None,
+        decision: None,
+        cost_writes: Vec::new(),
+        deployment: DeploymentAction::Blocked,
+        scale: None,
+        status_changed: status != previous,
+        status,
+        events,
+    }
+}
+
+/// The conditions (and transition Warnings) that the pods alone decide.
+fn report_pods(
+    observed: &ObservedHsd,
+    spec: &HotStandbyDeploymentSpec,
+    counted: &Counted,
+    conditions: &mut Conditions,
+    events: &mut Vec<PlannedEvent>,
+) {
+    match explain::probe_degraded_message(
+        observed.probes_cut_short,
+        &counted.probe_failures,
+        &counted.invalid_annotations,
+        &spec.busy_probe.annotation_key,
+    ) {
+        Some((reason, message)) => {
+            if conditions.set(condition::PROBE_DEGRADED, true, reason, &message) {
+                events.push(warning(reason, message));
+            }
+        }
+        None => {
+            conditions.set(
+                condition::PROBE_DEGRADED,
+                false,
+                "ProbesHealthy",
+                "every probe answered",
+            );
+        }
+    }
+    match busy_annotation_in_template(spec) {
+        Some(value) => {
+            let message = format!(
+                "podTemplate.metadata.annotations sets {}={value:?}: every new pod starts out marked busy. Remove it from the template; pods mark themselves busy when work starts (Pending pods are never counted as busy)",
+                spec.busy_probe.annotation_key
+            );
+            if conditions.set(
+                condition::BUSY_TEMPLATE,
+                true,
+                "BusyAnnotationInTemplate",
+                &message,
+            ) {
+                events.push(warning("BusyAnnotationInTemplate", message));
+            }
+        }
+        None => conditions.remove(condition::BUSY_TEMPLATE),
+    }
+    let unschedulable = &counted.unschedulable_too_long;
+    if unschedulable.is_empty() {
+        conditions.remove(condition::PODS_UNSCHEDULABLE);
+    } else {
+        let message = format!(
+            "{} pod(s) unschedulable for over {}s (they count as starting, never as capacity): {}",
+            unschedulable.len(),
+            UNSCHEDULABLE_WARNING_AFTER.as_secs(),
+            unschedulable
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if conditions.set(
+            condition::PODS_UNSCHEDULABLE,
+            true,
+            "Unschedulable",
+            &message,
+        ) {
+            events.push(warning("PodsUnschedulable", message));
+        }
+    }
+}
+
+/// `ScalingLimited`, and a Warning when maxReplicas starts capping the formula.
+fn report_limit(
+    recommendation: &Recommendation,
+    conditions: &mut Conditions,
+    events: &mut Vec<PlannedEvent>,
+) {
+    match target::limit_message(recommendation) {
+        Some((reason, message)) => {
+            let changed = conditions.set(condition::SCALING_LIMITED, true, reason, &message);
+            // Being held at minReplicas is normal operation; running out of room is worth a warning.
+            if changed && recommendation.limited_by == Some(Bound::Max) {
+                events.push(warning("ScalingLimited", message));
+            }
+        }
+        None => {
+            conditions.set(
+                condition::SCALING_LIMITED,
+                false,
+                "DesiredWithinRange",
+                "the formula is within the bounds",
+            );
+        }
+    }
+}
+
+/// What the pass does to the child Deployment.
+struct Child {
+    action: DeploymentAction,
+    replicas: i32,
+    scale: Option<(i32, i32)>,
+    cost_writes: Vec<CostWrite>,
+}
+
+/// Protect and step: from the stabilized count to what the child Deployment gets this pass.
+fn decide_child(
+    observed: &ObservedHsd,
+    spec: &HotStandbyDeploymentSpec,
+    counted: &Counted,
+    stabilized: i32,
+    decision: &mut Decision,
+    conditions: &mut Conditions,
+    events: &mut Vec<PlannedEvent>,
+) -> Child {
+    let hash = template_hash(&observed.namespace, &observed.name, spec);
+    let mut desired = stabilized;
+    if observed.paused {
+        conditions.set(
+            condition::PAUSED,
+            true,
+            "Paused",
+            &format!(
+                "the {} annotation stops all scaling",
+                crate::api::hsd::PAUSED_ANNOTATION
+            ),
+        );
+        let owned = observed.deployment.as_ref().is_some_and(|d| d.owned);
+        return Child {
+            action: DeploymentAction::Blocked,
+            replicas: desired,
+            scale: None,
+            cost_writes: if owned {
+                protect::cost_changes(&counted.classified, false)
+            } else {
+                Vec::new()
+            },
+        };
+    }
+    conditions.remove(condition::PAUSED);
+    let Some(deployment) = &observed.deployment else {
+        events.push(normal(
+            "Created",
+            format!(
+                "created Deployment {}-workload with {desired} replicas",
+                observed.name
+            ),
+        ));
+        return Child {
+            action: DeploymentAction::Apply {
+                replicas: desired,
+                template_hash: hash,
+                relabel: false,
+            },
+            replicas: desired,
+            scale: None,
+            cost_writes: Vec::new(),
+        };
+    };
+    if !deployment.owned {
+        let message = format!(
+            "a Deployment named {}-workload exists and is not owned by this HotStandbyDeployment: delete or rename it, or rename the HotStandbyDeployment",
+            observed.name
+        );
+        if conditions.set(condition::READY, false, "DeploymentNotOwned", &message) {
+            events.push(warning("DeploymentNotOwned", message));
+        }
+        return Child {
+            action: DeploymentAction::Blocked,
+            replicas: desired,
+            scale: None,
+            cost_writes: Vec::new(),
+        };
+    }
+
+    let current = deployment.replicas.unwrap_or(1);
+    decision.current_replicas = Some(current);
+    let relabel = deployment.relabelling
+        || deployment.template_hash.as_deref() == Some(legacy_template_hash(spec).as_str());
+    let active = i32::try_from(counted.classified.len()).unwrap_or(i32::MAX);
+    if relabel {
+        // Pods made before the labels were injected are not the HSD's by label yet: this pass
+        // only relabels; the next one, which sees them, decides.
+        desired = current;
+    } else {
+        // Step: no deeper than the ReplicaSet's ranking makes safe.
+        if desired < active {
+            let lowest_safe = step::lowest_safe(&counted.classified);
+            if lowest_safe > desired {
+                decision.held_to_protect_busy = Some(lowest_safe);
+                desired = lowest_safe;
+            }
+        }
+        // Protect: what keeps the current count.
+        let held = protect::hold(
+            &counted.classified,
+            observed.probes_cut_short,
+            current,
+            desired,
+        );
+        match held {
+            Some(Hold::ProbeDeadline) => decision.held_for_probe_deadline = Some(current),
+            Some(Hold::Rollout) => decision.held_for_rollout = Some(current),
+            Some(Hold::CostsUnseen) => decision.held_for_costs = Some(current),
+            None => {}
+        }
+        if held.is_some() {
+            desired = current;
+        }
+    }
+    let lowers = desired < current || desired < active || current < active;
+    let cost_writes = protect::cost_changes(&counted.classified, !lowers);
+
+    let mut scale = None;
+    if current != desired {
+        scale = Some((current, desired));
+        if let Some(applied) = deployment
+            .applied_replicas
+            .filter(|applied| *applied != current)
+        {
+            events.push(warning(
+                "ReplicasOverridden",
+                format!(
+                    "spec.replicas of {}-workload was set to {current} by another writer (this tool set {applied}); setting it to {desired}. Scale the HotStandbyDeployment's bounds instead",
+                    observed.name
+                ),
+            ));
+        }
+    }
+    let action = if current == desired
+        && deployment.template_hash.as_deref() == Some(hash.as_str())
+        && !deployment.relabelling
+    {
+        DeploymentAction::Keep
+    } else {
+        DeploymentAction::Apply {
+            replicas: desired,
+            template_hash: hash,
+            relabel,
+        }
+    };
+    Child {
+        action,
+        replicas: desired,
+        scale,
+        cost_writes,
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures;
+#[cfg(test)]
+mod tests;
