@@ -1,4 +1,4 @@
-//! `install` and `uninstall`.
+//! `install`: the CRD, and with `--operator`, the unattended reconciler.
 
 use std::io::IsTerminal;
 
@@ -10,12 +10,12 @@ use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
 use serde_json::Value;
 
-use super::{GlobalArgs, InstallArgs, UninstallArgs};
+use super::{GlobalArgs, InstallArgs};
 use crate::api::HotStandbyDeployment;
 use crate::error::{Error, Result, is_not_found, kube_error};
 use crate::execute::FIELD_MANAGER;
@@ -31,7 +31,7 @@ fn operator_options(global: &GlobalArgs, args: &InstallArgs) -> Option<OperatorO
     })
 }
 
-fn operator_namespace(global: &GlobalArgs) -> String {
+pub(super) fn operator_namespace(global: &GlobalArgs) -> String {
     global
         .namespace
         .clone()
@@ -164,118 +164,7 @@ pub async fn install(global: &GlobalArgs, args: InstallArgs) -> Result<i32> {
     Ok(0)
 }
 
-/// Removes one install (the operator objects of `-n`, default hsd-system, of every mode, and its
-/// pod policy), and the CRD when nothing needs it any more. It first checks for HSDs, and it
-/// never touches another install's objects.
-pub async fn uninstall(global: &GlobalArgs, args: UninstallArgs) -> Result<i32> {
-    let (client, _, _) = crate::client::connect(&global.client_options()).await?;
-    let namespace = operator_namespace(global);
-
-    // First, before deleting anything: do HSDs still exist?
-    let hsds: Api<DynamicObject> = Api::all_with(client.clone(), &crate::observe::hsd_resource());
-    let (crd_installed, hsds_exist) = match hsds.list(&ListParams::default().limit(1)).await {
-        Ok(list) => (true, !list.items.is_empty()),
-        Err(e) if is_not_found(&e) => (false, false),
-        Err(e) => {
-            return Err(kube_error(
-                "listing HotStandbyDeployments",
-                "list",
-                "hotstandbydeployments.apps.paia.tech",
-                None,
-            )(e));
-        }
-    };
-
-    // This install's objects, newest first; those that are absent are skipped.
-    let mut documents = Vec::new();
-    for mode in [
-        manifests::OperatorMode::Deployment,
-        manifests::OperatorMode::Cronjob,
-    ] {
-        let scoped = [false, true].map(|namespace_scoped| OperatorOptions {
-            mode,
-            namespace: namespace.clone(),
-            image: manifests::default_image(),
-            namespace_scoped,
-        });
-        let rendered = scoped
-            .iter()
-            .flat_map(manifests::operator)
-            .chain(manifests::pod_policy(&namespace, "", false));
-        for document in rendered.collect::<Vec<_>>().into_iter().rev() {
-            // A namespace the user named may hold other things: only ours is deleted.
-            let foreign_namespace =
-                document["kind"] == "Namespace" && namespace != DEFAULT_OPERATOR_NAMESPACE;
-            let key = (
-                document["kind"].clone(),
-                document["metadata"]["name"].clone(),
-            );
-            if !foreign_namespace
-                && !documents
-                    .iter()
-                    .any(|d: &Value| (d["kind"].clone(), d["metadata"]["name"].clone()) == key)
-            {
-                documents.push(document);
-            }
-        }
-    }
-    for document in &documents {
-        delete_document(&client, document).await?;
-    }
-
-    if !crd_installed {
-        eprintln!("the CRD is not installed");
-        return Ok(0);
-    }
-    if hsds_exist && !args.force {
-        return Err(Error::Invalid(
-            "HotStandbyDeployments still exist: the CRD stays, because deleting it would delete them, their Deployments and their pods. \
-             Delete them first, or pass --force"
-                .into(),
-        ));
-    }
-    let others = other_installs(&client, &namespace).await;
-    if !others.is_empty() && !args.force {
-        eprintln!(
-            "the CRD stays: other installs use it (namespaces {}); pass --force to delete it anyway",
-            others.join(", ")
-        );
-        return Ok(0);
-    }
-    delete_document(&client, &manifests::crd()).await?;
-    Ok(0)
-}
-
-/// The namespaces of the other installs of kubectl-hsd (found by the label every install puts on
-/// its Roles and ClusterRoles). Unknown (no right to list) counts as none.
-async fn other_installs(client: &Client, namespace: &str) -> Vec<String> {
-    let selector = format!("{key},{key}!={namespace}", key = manifests::INSTALL_LABEL);
-    let params = ListParams::default().labels(&selector);
-    let mut found = std::collections::BTreeSet::new();
-    let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
-    if let Ok(list) = cluster_roles.list(&params).await {
-        found.extend(list.items.iter().filter_map(|role| {
-            role.metadata
-                .labels
-                .as_ref()?
-                .get(manifests::INSTALL_LABEL)
-                .cloned()
-        }));
-    }
-    let roles: Api<Role> = Api::all(client.clone());
-    if let Ok(list) = roles.list(&params).await {
-        found.extend(list.items.iter().filter_map(|role| {
-            role.metadata
-                .labels
-                .as_ref()?
-                .get(manifests::INSTALL_LABEL)
-                .cloned()
-        }));
-    }
-    found.into_iter().collect()
-}
-
-async fn delete_document(client: &Client, document: &Value) -> Result<()> {
+pub(super) async fn delete_document(client: &Client, document: &Value) -> Result<()> {
     let (api, kind, name) = api_for(client, document)?;
     match api.delete(&name, &DeleteParams::background()).await {
         Ok(_) => println!("{}/{name} deleted", kind.to_lowercase()),

@@ -10,12 +10,14 @@ use crate::manifests::OperatorMode;
 use crate::observe::Scope;
 
 mod create;
+mod describe;
 mod explain;
 mod get;
 mod install;
 mod mark;
 pub mod output;
 mod reconcile;
+mod uninstall;
 
 pub use output::OutputFormat;
 
@@ -262,10 +264,10 @@ pub async fn run(cli: Cli) -> crate::Result<i32> {
             Ok(0)
         }
         Command::Install(args) => install::install(&global, args).await,
-        Command::Uninstall(args) => install::uninstall(&global, args).await,
+        Command::Uninstall(args) => uninstall::uninstall(&global, args).await,
         Command::Create(args) => create::create(&global, args).await,
         Command::Get { name } => get::get(&global, name).await,
-        Command::Describe { name } => get::describe(&global, &name).await,
+        Command::Describe { name } => describe::describe(&global, &name).await,
         Command::Explain { name } => explain::explain(&global, &name).await,
         Command::MarkBusy(args) => mark::mark(&global, args, true).await,
         Command::MarkIdle(args) => mark::mark(&global, args, false).await,

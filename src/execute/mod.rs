@@ -3,11 +3,7 @@
 //! replaced under the same name is never written), and events, which are created. A plan that
 //! changes nothing writes nothing.
 
-use k8s_openapi::api::core::v1::ObjectReference;
-use k8s_openapi::api::events::v1::Event;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::ObjectMeta;
+use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::{Api, Client, Resource};
 use serde_json::json;
 
@@ -18,10 +14,10 @@ use crate::labels::{HSD_LABEL, hsd_label_value};
 use crate::observe::{
     APPLIED_REPLICAS_ANNOTATION, TEMPLATE_HASH_ANNOTATION, deployment_resource, hsd_resource,
 };
-use crate::plan::{
-    DELETION_COST_ANNOTATION, DeploymentAction, EventType, ObservedHsd, Plan, PlannedEvent,
-    child_template,
-};
+mod events;
+mod relabel;
+
+use crate::plan::{DELETION_COST_ANNOTATION, DeploymentAction, ObservedHsd, Plan, child_template};
 
 /// The one field manager of every write this tool makes.
 pub const FIELD_MANAGER: &str = "kubectl-hsd";
@@ -143,8 +139,8 @@ pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<
         if *relabel {
             // Paused, the Deployment controller neither creates a ReplicaSet for a template it
             // cannot match nor rolls out: it only keeps the replicas.
-            set_paused_for_relabel(&api, hsd, true).await?;
-            relabel_running_children(client, hsd, spec).await?;
+            relabel::set_paused(&api, hsd, true).await?;
+            relabel::label_running_children(client, hsd, spec).await?;
         }
         let body = desired_deployment(hsd, spec, *replicas, template_hash);
         let applied = api
@@ -164,7 +160,7 @@ pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<
         written.deployment_version = applied.metadata.resource_version;
         if *relabel {
             // Now the template equals the labelled ReplicaSet's: unpaused, nothing rolls out.
-            written.deployment_version = set_paused_for_relabel(&api, hsd, false).await?;
+            written.deployment_version = relabel::set_paused(&api, hsd, false).await?;
         }
     }
     if plan.status_changed {
@@ -172,7 +168,7 @@ pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<
         written.status = true;
     }
     for event in &plan.events {
-        match publish(client, hsd, event).await {
+        match events::publish(client, hsd, event).await {
             Ok(()) => written.events += 1,
             Err(error) => {
                 written.events_failed += 1;
@@ -185,7 +181,7 @@ pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<
 
 /// A merge patch of one pod whose body carries `metadata.uid` as a precondition. Returns the
 /// new resourceVersion, or `None` when the pod is gone or was replaced under its name.
-async fn patch_pod(
+pub(crate) async fn patch_pod(
     pods: &Api<DynamicObject>,
     name: &str,
     body: &serde_json::Value,
@@ -199,138 +195,6 @@ async fn patch_pod(
         Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(None),
         Err(error) => Err(error),
     }
-}
-
-/// Pauses the child (and marks it, so that an interrupted relabel is finished by the next pass)
-/// or unpauses it. Returns the Deployment's new resourceVersion.
-async fn set_paused_for_relabel(
-    api: &Api<DynamicObject>,
-    hsd: &ObservedHsd,
-    paused: bool,
-) -> Result<Option<String>> {
-    let body = if paused {
-        json!({"metadata": {"annotations": {crate::observe::RELABELLING_ANNOTATION: "true"}}, "spec": {"paused": true}})
-    } else {
-        json!({"metadata": {"annotations": {crate::observe::RELABELLING_ANNOTATION: null}}, "spec": {"paused": null}})
-    };
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_string()),
-        ..Default::default()
-    };
-    let workload = workload_name(&hsd.name);
-    let patched = api
-        .patch(&workload, &params, &Patch::Merge(&body))
-        .await
-        .map_err(kube_error(
-            format!(
-                "{} Deployment {}/{workload} for a relabel without a rollout",
-                if paused { "pausing" } else { "unpausing" },
-                hsd.namespace
-            ),
-            "patch",
-            "deployments.apps",
-            Some(&hsd.namespace),
-        ))?;
-    Ok(patched.metadata.resource_version)
-}
-
-/// Gives a child made before labels were injected those labels without a rollout: the
-/// Deployment controller treats the ReplicaSet whose template equals the Deployment's (apart
-/// from `pod-template-hash`) as its current one. So, with the Deployment paused (else the
-/// controller, woken by the ReplicaSet change, would find no ReplicaSet matching the old
-/// template and create one), the ReplicaSets' templates are labelled first, then the running
-/// pods, then the Deployment, whose new template then equals the running ReplicaSet's; unpaused,
-/// no new ReplicaSet appears and no pod is replaced, busy or not.
-async fn relabel_running_children(
-    client: &Client,
-    hsd: &ObservedHsd,
-    spec: &HotStandbyDeploymentSpec,
-) -> Result<()> {
-    let labels = crate::labels::injected(&hsd.namespace, &hsd.name);
-    let selector = spec
-        .selector
-        .match_labels
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let list = kube::api::ListParams::default().labels(&selector);
-    let workload = workload_name(&hsd.name);
-    let replica_sets: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        &hsd.namespace,
-        &kube::api::ApiResource::erase::<k8s_openapi::api::apps::v1::ReplicaSet>(&()),
-    );
-    let owned_by = |object: &DynamicObject, kind: &str, name: &str| {
-        object
-            .metadata
-            .owner_references
-            .iter()
-            .flatten()
-            .any(|owner| owner.kind == kind && owner.name == name && owner.controller == Some(true))
-    };
-    let sets = replica_sets.list(&list).await.map_err(kube_error(
-        format!("listing the ReplicaSets of {}/{workload}", hsd.namespace),
-        "list",
-        "replicasets.apps",
-        Some(&hsd.namespace),
-    ))?;
-    let mut set_names = Vec::new();
-    for set in sets
-        .items
-        .iter()
-        .filter(|set| owned_by(set, "Deployment", &workload))
-    {
-        let name = kube::ResourceExt::name_any(set);
-        let body = json!({
-            "metadata": {"uid": set.metadata.uid},
-            "spec": {"template": {"metadata": {"labels": labels}}},
-        });
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_string()),
-            ..Default::default()
-        };
-        replica_sets
-            .patch(&name, &params, &Patch::Merge(&body))
-            .await
-            .map_err(kube_error(
-                format!(
-                    "labelling the template of ReplicaSet {}/{name}",
-                    hsd.namespace
-                ),
-                "patch",
-                "replicasets.apps",
-                Some(&hsd.namespace),
-            ))?;
-        set_names.push(name);
-    }
-    let pods: Api<DynamicObject> = Api::namespaced_with(
-        client.clone(),
-        &hsd.namespace,
-        &crate::observe::pod_resource(),
-    );
-    let listed = pods.list(&list).await.map_err(kube_error(
-        format!("listing the pods of {}/{}", hsd.namespace, hsd.name),
-        "list",
-        "pods",
-        Some(&hsd.namespace),
-    ))?;
-    for pod in listed
-        .items
-        .iter()
-        .filter(|pod| set_names.iter().any(|set| owned_by(pod, "ReplicaSet", set)))
-    {
-        let name = kube::ResourceExt::name_any(pod);
-        let body = json!({"metadata": {"uid": pod.metadata.uid, "labels": labels}});
-        patch_pod(&pods, &name, &body).await.map_err(kube_error(
-            format!("labelling pod {}/{name}", hsd.namespace),
-            "patch",
-            "pods",
-            Some(&hsd.namespace),
-        ))?;
-    }
-    tracing::info!(namespace = %hsd.namespace, name = %hsd.name, replica_sets = set_names.len(), "labelled a child made before labels were injected, without a rollout");
-    Ok(())
 }
 
 /// Applies the HSD's status subresource; returns the new resourceVersion.
@@ -356,68 +220,4 @@ pub async fn write_status(
             Some(&hsd.namespace),
         ))?;
     Ok(written.metadata.resource_version)
-}
-
-/// Creates one `events.k8s.io/v1` Event about the HSD.
-pub async fn publish(client: &Client, hsd: &ObservedHsd, event: &PlannedEvent) -> Result<()> {
-    let now = jiff::Timestamp::now();
-    let api: Api<Event> = Api::namespaced(client.clone(), &hsd.namespace);
-    let body = Event {
-        metadata: ObjectMeta {
-            name: Some(format!("{}.{:x}", hsd.name, now.as_nanosecond())),
-            namespace: Some(hsd.namespace.clone()),
-            ..Default::default()
-        },
-        event_time: Some(MicroTime(now)),
-        action: Some(event.reason.to_string()),
-        reason: Some(event.reason.to_string()),
-        note: Some(truncate(&event.note, 1000)),
-        type_: Some(
-            match event.type_ {
-                EventType::Normal => "Normal",
-                EventType::Warning => "Warning",
-            }
-            .to_string(),
-        ),
-        reporting_controller: Some(REPORTING_CONTROLLER.to_string()),
-        reporting_instance: Some(reporting_instance()),
-        regarding: Some(ObjectReference {
-            api_version: Some(HotStandbyDeployment::api_version(&()).to_string()),
-            kind: Some(HotStandbyDeployment::kind(&()).to_string()),
-            name: Some(hsd.name.clone()),
-            namespace: Some(hsd.namespace.clone()),
-            uid: Some(hsd.uid.clone()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    api.create(&PostParams::default(), &body)
-        .await
-        .map_err(kube_error(
-            format!(
-                "recording event {} on {}/{}",
-                event.reason, hsd.namespace, hsd.name
-            ),
-            "create",
-            "events.events.k8s.io",
-            Some(&hsd.namespace),
-        ))?;
-    Ok(())
-}
-
-fn reporting_instance() -> String {
-    std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| FIELD_MANAGER.to_string())
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
 }
