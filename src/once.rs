@@ -130,15 +130,19 @@ pub async fn run_pass(client: &Client, scope: &Scope, options: &PassOptions) -> 
     let started = Instant::now();
     let (probe_deadline, deadline) = options.deadlines(started);
     let snapshot = observe::read_snapshot(client, scope).await?;
-    let assembled = observe::assemble(&snapshot);
     let work: Vec<(
         ObservedHsd,
         Vec<(usize, crate::observe::probe::ProbeTarget)>,
-    )> = assembled
-        .into_iter()
-        .map(|assembled| {
-            let targets = observe::probe_targets(&snapshot, &assembled);
-            (assembled.hsd, targets)
+    )> = snapshot
+        .hsds
+        .iter()
+        .map(|object| {
+            let (hsd, pods) = observe::observe_hsd(object, &snapshot.index, |_| None);
+            let targets = match &hsd.spec {
+                Ok(spec) => observe::probe_targets(spec, &pods),
+                Err(_) => Vec::new(),
+            };
+            (hsd, targets)
         })
         .collect();
     drop(snapshot);
@@ -159,6 +163,18 @@ pub async fn run_pass(client: &Client, scope: &Scope, options: &PassOptions) -> 
                 } else {
                     observe::probe_hsd(prober, &mut hsd, targets, probe_deadline).await
                 };
+                if let Err(error) = observe::confirm_missing_child(client, &mut hsd).await {
+                    let plan = plan::plan(&hsd, jiff::Timestamp::now());
+                    return (
+                        HsdOutcome {
+                            namespace: hsd.namespace,
+                            name: hsd.name,
+                            plan,
+                            result: Err(error),
+                        },
+                        probes,
+                    );
+                }
                 let _slot = execute_slots.acquire().await.expect("never closed");
                 let (plan, result) = match tokio::time::timeout_at(
                     deadline,

@@ -21,18 +21,14 @@ pub async fn describe(global: &GlobalArgs, name: &str) -> Result<i32> {
     };
     let scope = Scope::Namespace(namespace.clone());
     let snapshot = observe::read_snapshot(&client, &scope).await?;
-    let assembled = observe::assemble(&snapshot);
-    let Some(found) = assembled.iter().find(|a| a.hsd.name == name) else {
+    let Some(object) = snapshot.hsds.iter().find(|o| o.name_any() == name) else {
         return Err(Error::NotFound {
             what: format!("hotstandbydeployments.apps.paia.tech {name:?} in namespace {namespace}"),
         });
     };
-    let hsd = &found.hsd;
-    let object = snapshot
-        .hsds
-        .iter()
-        .find(|o| o.name_any() == name)
-        .expect("assembled from the snapshot");
+    let (mut observed, pods) = observe::observe_hsd(object, &snapshot.index, |_| None);
+    observe::confirm_missing_child(&client, &mut observed).await?;
+    let hsd = &observed;
     let status = hsd.status.clone().unwrap_or_default();
     // The plan as a pass would make it, without probes (pod IPs are often not reachable from
     // where kubectl runs); HTTP-mode pod states come from the last pass's status instead.
@@ -145,10 +141,8 @@ pub async fn describe(global: &GlobalArgs, name: &str) -> Result<i32> {
         .spec
         .as_ref()
         .is_ok_and(|s| s.busy_probe.mode == crate::api::hsd::ProbeMode::Http);
-    let rows = found
-        .pod_indexes
+    let rows = pods
         .iter()
-        .map(|&p| &snapshot.pods[p])
         .filter(|pod| pod.metadata.deletion_timestamp.is_none())
         .map(|pod| {
             let pod_name = pod.name_any();
@@ -157,11 +151,12 @@ pub async fn describe(global: &GlobalArgs, name: &str) -> Result<i32> {
                 .iter()
                 .find(|(n, _)| *n == pod_name)
                 .map_or("terminating", |(_, s)| s.as_str());
+            // describe does not probe (pod IPs are often out of reach from where kubectl runs).
             let state = if http_mode
-                && state == "starting"
+                && state == "unknown"
                 && observe::probe_target(pod, hsd.spec.as_ref().expect("http mode")).is_some()
             {
-                "ready (probed by the reconciler)"
+                "not probed here (the reconciler probes it)"
             } else {
                 state
             };

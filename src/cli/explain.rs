@@ -17,20 +17,29 @@ pub async fn explain(global: &GlobalArgs, name: &str) -> Result<i32> {
     };
     let scope = Scope::Namespace(namespace.clone());
     let snapshot = observe::read_snapshot(&client, &scope).await?;
-    let mut assembled: Vec<observe::Assembled> = observe::assemble(&snapshot)
-        .into_iter()
-        .filter(|a| a.hsd.name == name)
-        .collect();
-    if assembled.is_empty() {
+    let Some(object) = snapshot
+        .hsds
+        .iter()
+        .find(|o| kube::ResourceExt::name_any(*o) == name)
+    else {
         return Err(Error::NotFound {
             what: format!("hotstandbydeployments.apps.paia.tech {name:?} in namespace {namespace}"),
         });
+    };
+    let (mut observed, pods) = observe::observe_hsd(object, &snapshot.index, |_| None);
+    if let Ok(spec) = observed.spec.clone() {
+        let targets = observe::probe_targets(&spec, &pods);
+        let deadline = tokio::time::Instant::now() + crate::once::DEFAULT_PASS_DEADLINE;
+        observe::probe_hsd(
+            &Prober::new(DEFAULT_CONCURRENCY),
+            &mut observed,
+            targets,
+            deadline,
+        )
+        .await;
     }
-    let targets = observe::probe_targets(&snapshot, &assembled[0]);
-    let deadline = tokio::time::Instant::now() + crate::once::DEFAULT_PASS_DEADLINE;
-    let hsd = &mut assembled[0].hsd;
-    observe::probe_hsd(&Prober::new(DEFAULT_CONCURRENCY), hsd, targets, deadline).await;
-    let hsd = &*hsd;
+    observe::confirm_missing_child(&client, &mut observed).await?;
+    let hsd = &observed;
     let plan = plan::plan(hsd, jiff::Timestamp::now());
     let Some(decision) = plan.decision.clone() else {
         let reason = plan

@@ -1,10 +1,14 @@
-//! Observe: the reads of a pass. HSDs, Deployments and pods are each listed once per scope (one
-//! namespace, or all with `-A`), never once per HSD, into lean types that keep only what the
-//! plan reads; then HTTP-mode pods are probed.
+//! Observe: the reads of a pass. HSDs, and the Deployments and pods that carry the HSD label,
+//! are each listed once per scope (one namespace, or all with `-A`), never once per HSD, into
+//! lean types that keep only what the plan reads, and filed in the [`Index`] that both drivers
+//! read through; then HTTP-mode pods are probed.
 
+pub mod index;
 pub mod probe;
 
-use std::collections::{BTreeMap, HashMap};
+pub use index::Index;
+
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -117,8 +121,12 @@ pub fn hsd_resource() -> ApiResource {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub hsds: Vec<DynamicObject>,
-    pub deployments: Vec<LeanDeployment>,
-    pub pods: Vec<LeanPod>,
+    pub index: Index,
+}
+
+/// Only what an HSD made: its child Deployments and their pods carry the HSD label.
+pub fn hsd_owned_selector() -> String {
+    crate::labels::HSD_LABEL.to_string()
 }
 
 /// Lists everything a pass needs in the scope: three paginated lists.
@@ -132,25 +140,34 @@ pub async fn read_snapshot(client: &Client, scope: &Scope) -> Result<Snapshot> {
     }
     let (deployments, pods) = tokio::try_join!(
         async {
-            list_lean::<LeanDeploymentSpec, NotUsed>(client, scope, &deployment_resource())
-                .await
-                .map_err(kube_error(
-                    "listing Deployments",
-                    "list",
-                    "deployments.apps",
-                    namespace,
-                ))
+            list_lean::<LeanDeploymentSpec, NotUsed>(
+                client,
+                scope,
+                &deployment_resource(),
+                &hsd_owned_selector(),
+            )
+            .await
+            .map_err(kube_error(
+                "listing Deployments",
+                "list",
+                "deployments.apps",
+                namespace,
+            ))
         },
         async {
-            list_lean::<LeanPodSpec, LeanPodStatus>(client, scope, &pod_resource())
-                .await
-                .map_err(kube_error("listing pods", "list", "pods", namespace))
+            list_lean::<LeanPodSpec, LeanPodStatus>(
+                client,
+                scope,
+                &pod_resource(),
+                &hsd_owned_selector(),
+            )
+            .await
+            .map_err(kube_error("listing pods", "list", "pods", namespace))
         },
     )?;
     Ok(Snapshot {
         hsds,
-        deployments,
-        pods,
+        index: Index::from_lists(deployments, pods),
     })
 }
 
@@ -204,10 +221,11 @@ struct LeanList<P, U> {
 
 /// Lists a resource page by page straight into lean objects: one request per page, and the
 /// memory of one page's raw JSON at a time.
-async fn list_lean<P, U>(
+pub async fn list_lean<P, U>(
     client: &Client,
     scope: &Scope,
     resource: &ApiResource,
+    label_selector: &str,
 ) -> Result<Vec<Object<P, U>>, kube::Error>
 where
     P: Clone + Default + DeserializeOwned,
@@ -216,7 +234,9 @@ where
     let url = <Object<P, U> as Resource>::url_path(resource, scope.namespace());
     let request = kube::core::Request::new(url);
     let mut items = Vec::new();
-    let mut params = ListParams::default().limit(PAGE_SIZE);
+    let mut params = ListParams::default()
+        .limit(PAGE_SIZE)
+        .labels(label_selector);
     loop {
         let http_request = request.list(&params).map_err(kube::Error::BuildRequest)?;
         let page: LeanList<P, U> = client.request(http_request).await?;
@@ -369,29 +389,6 @@ pub fn hsd_selects(hsd: &ObservedHsd, pod: &LeanPod) -> bool {
             .is_some_and(|labels| plan::selector_matches(&spec.selector.match_labels, labels))
 }
 
-/// Whether the pod belongs to the raw HSD object, reading only its selector (the pod-event
-/// mapper runs this for every HSD on every pod event: no full spec parse there).
-pub fn raw_hsd_selects(hsd: &DynamicObject, pod: &LeanPod) -> bool {
-    // The namespace first: it rules out most HSDs before any JSON is looked at.
-    if pod.metadata.namespace != hsd.metadata.namespace {
-        return false;
-    }
-    let Some(selector) = hsd
-        .data
-        .get("spec")
-        .and_then(|spec| spec.get("selector"))
-        .and_then(|selector| selector.get("matchLabels"))
-        .and_then(|m| m.as_object())
-    else {
-        return false;
-    };
-    let labels = pod.metadata.labels.as_ref();
-    !selector.is_empty()
-        && selector.iter().all(|(key, value)| {
-            labels.and_then(|l| l.get(key)).map(String::as_str) == value.as_str()
-        })
-}
-
 /// A pod an HSD in http mode wants probed: every Running pod with an IP, ready or not (a busy
 /// pod may be NotReady), as the reference operator probed.
 pub fn probe_target(pod: &LeanPod, spec: &HotStandbyDeploymentSpec) -> Option<ProbeTarget> {
@@ -425,108 +422,55 @@ pub fn answer_lifetime(spec: &HotStandbyDeploymentSpec) -> Duration {
         + probe_timeout(spec)
 }
 
-/// One HSD with its objects, and where its pods stand in the snapshot.
-#[derive(Debug)]
-pub struct Assembled {
-    pub hsd: ObservedHsd,
-    pub pod_indexes: Vec<usize>,
+/// One HSD as the index shows it: its child Deployment, and its pods (those labelled as its own
+/// that its selector matches), each with its fresh probe answer if it has one. Also returns the
+/// lean pods, in the order of `hsd.pods`.
+pub fn observe_hsd(
+    object: &DynamicObject,
+    index: &Index,
+    probe: impl Fn(&LeanPod) -> Option<crate::plan::ProbeOutcome>,
+) -> (ObservedHsd, Vec<std::sync::Arc<LeanPod>>) {
+    let mut hsd = hsd_facts(object);
+    let workload = crate::api::hsd::workload_name(&hsd.name);
+    hsd.deployment = index
+        .deployment(&hsd.namespace, &workload)
+        .map(|deployment| deployment_facts(&deployment, &hsd.uid));
+    let pods: Vec<std::sync::Arc<LeanPod>> = index
+        .pods_of(&hsd.namespace, &hsd.name)
+        .into_iter()
+        .filter(|pod| hsd_selects(&hsd, pod))
+        .collect();
+    hsd.pods = pods_facts(&hsd, pods.iter().map(|pod| pod.as_ref()), probe);
+    (hsd, pods)
 }
 
-/// Groups pods and Deployments under their HSDs. Pods are matched by selector through an index
-/// on one selector label, so the cost is O(pods x labels), not O(pods x HSDs).
-pub fn assemble(snapshot: &Snapshot) -> Vec<Assembled> {
-    let mut observed: Vec<Assembled> = snapshot
-        .hsds
-        .iter()
-        .map(|object| Assembled {
-            hsd: hsd_facts(object),
-            pod_indexes: Vec::new(),
-        })
-        .collect();
-
-    let deployments: HashMap<(&str, &str), &LeanDeployment> = snapshot
-        .deployments
-        .iter()
-        .filter_map(|d| {
-            Some((
-                (
-                    d.metadata.namespace.as_deref()?,
-                    d.metadata.name.as_deref()?,
-                ),
-                d,
-            ))
-        })
-        .collect();
-    for Assembled { hsd, .. } in &mut observed {
-        let name = crate::api::hsd::workload_name(&hsd.name);
-        if let Some(deployment) = deployments.get(&(hsd.namespace.as_str(), name.as_str())) {
-            hsd.deployment = Some(deployment_facts(deployment, &hsd.uid));
-        }
+/// A child missing from the index may exist all the same: not made by this HSD (no label), or
+/// not in a cache yet. It is read before anything creates it (this happens once per child).
+pub async fn confirm_missing_child(client: &Client, hsd: &mut ObservedHsd) -> Result<()> {
+    if hsd.deployment.is_some() {
+        return Ok(());
     }
-
-    // (namespace, key, value) of each HSD's first selector label -> indexes of those HSDs.
-    let selectors: Vec<Option<BTreeMap<String, String>>> = observed
-        .iter()
-        .map(|a| {
-            a.hsd
-                .spec
-                .as_ref()
-                .ok()
-                .map(|spec| spec.selector.match_labels.clone())
-        })
-        .collect();
-    let mut index: HashMap<(&str, &str, &str), Vec<usize>> = HashMap::new();
-    for (i, a) in observed.iter().enumerate() {
-        if let Some((key, value)) = selectors[i]
-            .as_ref()
-            .and_then(|labels| labels.iter().next())
-        {
-            index
-                .entry((a.hsd.namespace.as_str(), key, value))
-                .or_default()
-                .push(i);
-        }
-    }
-    let mut matches: Vec<Vec<usize>> = vec![Vec::new(); observed.len()];
-    let empty = BTreeMap::new();
-    for (p, pod) in snapshot.pods.iter().enumerate() {
-        let namespace = pod.metadata.namespace.as_deref().unwrap_or_default();
-        let labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
-        for (key, value) in labels {
-            let Some(candidates) = index.get(&(namespace, key.as_str(), value.as_str())) else {
-                continue;
-            };
-            for &i in candidates {
-                if selectors[i]
-                    .as_ref()
-                    .is_some_and(|selector| plan::selector_matches(selector, labels))
-                {
-                    matches[i].push(p);
-                }
-            }
-        }
-    }
-    for (assembled, pod_indexes) in observed.iter_mut().zip(matches) {
-        assembled.hsd.pods = pods_facts(
-            &assembled.hsd,
-            pod_indexes.iter().map(|&p| &snapshot.pods[p]),
-            |_| None,
-        );
-        assembled.pod_indexes = pod_indexes;
-    }
-    observed
+    let workload = crate::api::hsd::workload_name(&hsd.name);
+    let api: Api<LeanDeployment> =
+        Api::namespaced_with(client.clone(), &hsd.namespace, &deployment_resource());
+    let found = api.get_opt(&workload).await.map_err(kube_error(
+        format!("reading Deployment {}/{workload}", hsd.namespace),
+        "get",
+        "deployments.apps",
+        Some(&hsd.namespace),
+    ))?;
+    hsd.deployment = found.map(|deployment| deployment_facts(&deployment, &hsd.uid));
+    Ok(())
 }
 
-/// The probes one HSD needs this pass: (index of the pod in `hsd.pods`, target).
-pub fn probe_targets(snapshot: &Snapshot, assembled: &Assembled) -> Vec<(usize, ProbeTarget)> {
-    let Ok(spec) = &assembled.hsd.spec else {
-        return Vec::new();
-    };
-    assembled
-        .pod_indexes
-        .iter()
+/// The probes one HSD needs: (index of the pod in `pods`, target).
+pub fn probe_targets(
+    spec: &HotStandbyDeploymentSpec,
+    pods: &[std::sync::Arc<LeanPod>],
+) -> Vec<(usize, ProbeTarget)> {
+    pods.iter()
         .enumerate()
-        .filter_map(|(p, &pod)| Some((p, probe_target(&snapshot.pods[pod], spec)?)))
+        .filter_map(|(p, pod)| Some((p, probe_target(pod, spec)?)))
         .collect()
 }
 
@@ -581,7 +525,7 @@ mod tests {
     }
 
     #[test]
-    fn the_raw_selector_check_agrees_with_the_parsed_one() {
+    fn a_pod_belongs_to_an_hsd_of_its_namespace_whose_selector_it_matches() {
         let cases = [
             (
                 hsd("a", json!({"app": "x"})),
@@ -607,18 +551,38 @@ mod tests {
         ];
         for (object, pod, expected) in cases {
             assert_eq!(
-                raw_hsd_selects(&object, &pod),
-                expected,
-                "{:?}",
-                object.data
-            );
-            assert_eq!(
                 hsd_selects(&hsd_facts(&object), &pod),
                 expected,
                 "{:?}",
                 object.data
             );
         }
+    }
+
+    #[test]
+    fn an_hsd_sees_only_its_labelled_pods_that_its_selector_matches() {
+        let labelled = |name: &str, labels: serde_json::Value| {
+            let mut p = pod("a", labels);
+            p.metadata.name = Some(name.into());
+            p
+        };
+        let index = Index::from_lists(
+            Vec::new(),
+            vec![
+                labelled("mine", json!({"app": "x", crate::labels::HSD_LABEL: "h"})),
+                labelled("stray", json!({"app": "x"})),
+                labelled(
+                    "relabelled",
+                    json!({"app": "y", crate::labels::HSD_LABEL: "h"}),
+                ),
+                labelled("other", json!({"app": "x", crate::labels::HSD_LABEL: "g"})),
+            ],
+        );
+        let (observed, lean) = observe_hsd(&hsd("a", json!({"app": "x"})), &index, |_| None);
+        let names: Vec<&str> = observed.pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["mine"]);
+        assert_eq!(lean.len(), 1);
+        assert!(observed.deployment.is_none());
     }
 
     #[test]

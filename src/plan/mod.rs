@@ -220,18 +220,29 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
         Some(_) if !observed.paused => Some(now.to_string()),
         _ => previous.last_scale_time.clone(),
     };
-    let status = HotStandbyDeploymentStatus {
-        busy_count: counted.counts.busy,
-        idle_count: counted.counts.idle,
-        starting_count: counted.counts.starting,
-        unknown_count: counted.counts.unknown,
-        terminating_count: counted.terminating,
-        desired_replicas: recommendation.replicas,
-        replicas: counted.counts.total(),
-        observed_generation: observed.generation,
-        last_scale_time,
-        recent_recommendations,
-        conditions: conditions.finish(),
+    let relabelling = matches!(child.action, DeploymentAction::Apply { relabel: true, .. });
+    let status = if relabelling {
+        // The child's pods are not the HSD's by label yet: the counts of this pass would be
+        // false. The status keeps the last ones until the next pass sees the pods.
+        HotStandbyDeploymentStatus {
+            observed_generation: observed.generation,
+            conditions: conditions.finish(),
+            ..previous.clone()
+        }
+    } else {
+        HotStandbyDeploymentStatus {
+            busy_count: counted.counts.busy,
+            idle_count: counted.counts.idle,
+            starting_count: counted.counts.starting,
+            unknown_count: counted.counts.unknown,
+            terminating_count: counted.terminating,
+            desired_replicas: recommendation.replicas,
+            replicas: counted.counts.total(),
+            observed_generation: observed.generation,
+            last_scale_time,
+            recent_recommendations,
+            conditions: conditions.finish(),
+        }
     };
     Plan {
         counts: counted.counts,

@@ -5,12 +5,12 @@
 //! only from a complete view: nothing is decided until all three caches are synced (at start,
 //! after every lease acquisition and after every relist).
 
+mod cache;
 mod lease;
 mod probes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::observe::{self, LeanDeployment, LeanPod, Scope};
 use crate::plan::{ObservedDeployment, ObservedHsd, PodState};
+use cache::{Cache, DeploymentFiler, HsdNames, PodFiler, SharedIndex, SyncGate};
 use probes::Probes;
 
 pub const DEFAULT_LEASE_NAME: &str = "kubectl-hsd";
@@ -234,60 +235,9 @@ struct OwnWrite {
     status: Option<(String, crate::api::hsd::HotStandbyDeploymentStatus)>,
 }
 
-/// Which caches have a complete view: set false when a (re)list starts, true when it is done.
-/// Decisions wait for all three.
-#[derive(Default)]
-struct SyncGate {
-    hsds: AtomicBool,
-    pods: AtomicBool,
-    deployments: AtomicBool,
-    became_synced: Mutex<Option<tokio::sync::mpsc::UnboundedSender<()>>>,
-}
-
-#[derive(Clone, Copy)]
-enum Cache {
-    Hsds,
-    Pods,
-    Deployments,
-}
-
-impl SyncGate {
-    fn flag(&self, cache: Cache) -> &AtomicBool {
-        match cache {
-            Cache::Hsds => &self.hsds,
-            Cache::Pods => &self.pods,
-            Cache::Deployments => &self.deployments,
-        }
-    }
-
-    fn synced(&self) -> bool {
-        self.hsds.load(Ordering::SeqCst)
-            && self.pods.load(Ordering::SeqCst)
-            && self.deployments.load(Ordering::SeqCst)
-    }
-
-    fn observe<K>(&self, cache: Cache, event: &watcher::Event<K>) {
-        match event {
-            watcher::Event::Init => self.flag(cache).store(false, Ordering::SeqCst),
-            watcher::Event::InitDone => {
-                let was = self.synced();
-                self.flag(cache).store(true, Ordering::SeqCst);
-                if !was
-                    && self.synced()
-                    && let Some(tell) = self.became_synced.lock().expect("gate lock").as_ref()
-                {
-                    let _ = tell.send(());
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
 struct Context {
     client: Client,
-    pods: Store<LeanPod>,
-    deployments: Store<LeanDeployment>,
+    index: SharedIndex,
     probes: Arc<Probes>,
     gate: Arc<SyncGate>,
     own_writes: Mutex<HashMap<(String, String), OwnWrite>>,
@@ -339,44 +289,53 @@ async fn run_controller(
     let pod_resource = observe::pod_resource();
     let deployment_resource = observe::deployment_resource();
     let hsd_resource = observe::hsd_resource();
-    let gate = Arc::new(SyncGate::default());
     let (synced_tx, synced_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    *gate.became_synced.lock().expect("gate lock") = Some(synced_tx);
+    let gate = SyncGate::new(synced_tx);
+    let index: SharedIndex = Arc::default();
+    let names = Arc::new(HsdNames::default());
+    // Only what an HSD made: pods and Deployments that carry the HSD label.
+    let owned = watcher::Config::default().labels(&observe::hsd_owned_selector());
 
-    let pod_writer = Writer::new(pod_resource.clone());
-    let pods = pod_writer.as_reader();
     let pod_gate = gate.clone();
+    let mut pod_filer = PodFiler::new(index.clone());
     let pod_stream = watcher(
         scoped::<LeanPod>(&client, scope, &pod_resource),
-        watcher::Config::default(),
+        owned.clone(),
     )
     .backoff(watch_backoff())
     .modify(|pod: &mut LeanPod| strip_meta(&mut pod.metadata))
-    .reflect(pod_writer)
-    .inspect_ok(move |event| pod_gate.observe(Cache::Pods, event))
+    .inspect_ok(move |event| {
+        pod_filer.apply(event);
+        pod_gate.observe(Cache::Pods, event);
+    })
     .touched_objects();
-    let deployment_writer = Writer::new(deployment_resource.clone());
-    let deployments = deployment_writer.as_reader();
     let deployment_gate = gate.clone();
+    let mut deployment_filer = DeploymentFiler::new(index.clone());
     let deployment_stream = watcher(
         scoped::<LeanDeployment>(&client, scope, &deployment_resource),
-        watcher::Config::default(),
+        owned,
     )
     .backoff(watch_backoff())
     .modify(|d: &mut LeanDeployment| strip_meta(&mut d.metadata))
-    .reflect(deployment_writer)
-    .inspect_ok(move |event| deployment_gate.observe(Cache::Deployments, event))
+    .inspect_ok(move |event| {
+        deployment_filer.apply(event);
+        deployment_gate.observe(Cache::Deployments, event);
+    })
     .touched_objects();
     let hsd_writer = Writer::new(hsd_resource.clone());
     let hsds = hsd_writer.as_reader();
     let hsd_gate = gate.clone();
+    let hsd_names = names.clone();
     let hsd_stream = watcher(
         scoped::<DynamicObject>(&client, scope, &hsd_resource),
         watcher::Config::default(),
     )
     .backoff(watch_backoff())
     .reflect(hsd_writer)
-    .inspect_ok(move |event| hsd_gate.observe(Cache::Hsds, event))
+    .inspect_ok(move |event| {
+        hsd_names.apply(event);
+        hsd_gate.observe(Cache::Hsds, event);
+    })
     .touched_objects();
 
     let controller = Controller::for_stream_with(hsd_stream, hsds.clone(), hsd_resource.clone())
@@ -388,8 +347,7 @@ async fn run_controller(
 
     let context = Arc::new(Context {
         client: client.clone(),
-        pods: pods.clone(),
-        deployments,
+        index: index.clone(),
         probes: probes.clone(),
         gate,
         own_writes: Mutex::new(HashMap::new()),
@@ -399,12 +357,11 @@ async fn run_controller(
         resync: options.resync,
     });
 
-    let mapper_hsds = hsds.clone();
     let hsd_resource_for_map = hsd_resource.clone();
     let pruner_task = tokio::spawn(prune_loop(hsds.clone(), context.clone(), stop.clone()));
     let prober_task = tokio::spawn(probes::probe_loop(
         hsds.clone(),
-        pods.clone(),
+        index,
         probes,
         probe_trigger,
         stop.clone(),
@@ -413,17 +370,11 @@ async fn run_controller(
     let running = controller
         .watches_stream_with(
             pod_stream,
+            // A pod names its HSD in its label: O(1) per event, whatever the number of HSDs.
             move |pod: LeanPod| {
-                // The HSDs whose selector takes this pod.
-                mapper_hsds
-                    .state()
-                    .into_iter()
-                    .filter(|hsd| observe::raw_hsd_selects(hsd, &pod))
-                    .map(|hsd| {
-                        ObjectRef::new_with(&hsd.name_any(), hsd_resource_for_map.clone())
-                            .within(&hsd.namespace().unwrap_or_default())
-                    })
-                    .collect::<Vec<_>>()
+                names.of_pod(&pod).map(|(namespace, name)| {
+                    ObjectRef::new_with(&name, hsd_resource_for_map.clone()).within(&namespace)
+                })
             },
             pod_resource,
         )
@@ -472,56 +423,34 @@ fn receiver_stream<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
 
-/// The HSD as the caches (and this process's own writes) show it, with fresh probe answers.
-async fn observe_hsd(object: &DynamicObject, context: &Context) -> Result<ObservedHsd> {
+/// The HSD as the index (and this process's own writes) show it, with fresh probe answers.
+async fn observe_hsd(
+    object: &DynamicObject,
+    context: &Context,
+) -> Result<(ObservedHsd, Vec<Arc<LeanPod>>)> {
     let key = (object.namespace().unwrap_or_default(), object.name_any());
-    let mut hsd = observe::hsd_facts(object);
-    let workload = crate::api::hsd::workload_name(&hsd.name);
-    let mut deployment = context.deployments.get(
-        &ObjectRef::new_with(&workload, observe::deployment_resource()).within(&hsd.namespace),
-    );
-    if deployment.is_none() {
-        // Absent from a synced cache is absent, unless the cache is a moment behind a create:
-        // ask before creating (this happens once per child).
-        let api: Api<LeanDeployment> = Api::namespaced_with(
-            context.client.clone(),
-            &hsd.namespace,
-            &observe::deployment_resource(),
-        );
-        deployment = api
-            .get_opt(&workload)
-            .await
-            .map_err(crate::error::kube_error(
-                format!("reading Deployment {}/{workload}", hsd.namespace),
-                "get",
-                "deployments.apps",
-                Some(&hsd.namespace),
-            ))?
-            .map(Arc::new);
-    }
-    hsd.deployment = deployment
-        .as_ref()
-        .map(|d| observe::deployment_facts(d, &hsd.uid));
-    let pods: Vec<Arc<LeanPod>> = context
-        .pods
-        .state()
-        .into_iter()
-        .filter(|pod| observe::hsd_selects(&hsd, pod))
-        .collect();
-    let lifetime = hsd.spec.as_ref().ok().map(observe::answer_lifetime);
-    let http = hsd
+    let lifetime = observe::hsd_facts(object)
         .spec
         .as_ref()
-        .is_ok_and(|spec| spec.busy_probe.mode == ProbeMode::Http);
-    hsd.pods = observe::pods_facts(&hsd, pods.iter().map(|p| p.as_ref()), |pod| {
-        let uid = pod.uid()?;
-        context.probes.answers.fresh(&uid, lifetime?)
-    });
-    if !http {
-        for pod in &mut hsd.pods {
-            pod.probe = None;
-        }
-    }
+        .ok()
+        .filter(|spec| spec.busy_probe.mode == ProbeMode::Http)
+        .map(observe::answer_lifetime);
+    let (mut hsd, pods) = {
+        let index = context.index.read().expect("index lock");
+        observe::observe_hsd(object, &index, |pod| {
+            context.probes.answers.fresh(&pod.uid()?, lifetime?)
+        })
+    };
+    let cached_deployment_version = {
+        let workload = crate::api::hsd::workload_name(&hsd.name);
+        let index = context.index.read().expect("index lock");
+        index
+            .deployment(&hsd.namespace, &workload)
+            .and_then(|d| d.metadata.resource_version.clone())
+    };
+    // Absent from a synced cache is absent, unless the child is not ours or the cache is a
+    // moment behind a create: it is read before anything creates it.
+    observe::confirm_missing_child(&context.client, &mut hsd).await?;
     // Our own last writes win over caches that have not seen them yet.
     {
         let mut own_costs = context.own_costs.lock().expect("own costs lock");
@@ -542,13 +471,10 @@ async fn observe_hsd(object: &DynamicObject, context: &Context) -> Result<Observ
         .get(&key)
         .cloned()
     {
-        if let Some((version, written)) = own.deployment {
-            let cached_version = deployment
-                .as_ref()
-                .and_then(|d| d.metadata.resource_version.clone());
-            if cache_is_behind(cached_version.as_deref(), &version) {
-                hsd.deployment = Some(written);
-            }
+        if let Some((version, written)) = own.deployment
+            && cache_is_behind(cached_deployment_version.as_deref(), &version)
+        {
+            hsd.deployment = Some(written);
         }
         if let Some((version, status)) = own.status
             && cache_is_behind(object.metadata.resource_version.as_deref(), &version)
@@ -556,13 +482,14 @@ async fn observe_hsd(object: &DynamicObject, context: &Context) -> Result<Observ
             hsd.status = Some(status);
         }
     }
-    Ok(hsd)
+    Ok((hsd, pods))
 }
 
 /// In HTTP mode a scale-down needs a fresh idle answer from every pod it may remove: probe
-/// them again now, then plan again.
+/// them again now, then observe again.
 async fn confirm_scale_down(
     hsd: &mut ObservedHsd,
+    pods: &[Arc<LeanPod>],
     object: &DynamicObject,
     plan: &crate::plan::Plan,
     context: &Context,
@@ -580,21 +507,19 @@ async fn confirm_scale_down(
         .filter(|(_, state)| matches!(state, PodState::Idle | PodState::Starting))
         .map(|(name, _)| name.as_str())
         .collect();
-    let pods: Vec<(String, crate::observe::probe::ProbeTarget)> = context
-        .pods
-        .state()
+    let targets: Vec<(String, crate::observe::probe::ProbeTarget)> = pods
         .iter()
-        .filter(|pod| removable.contains(pod.name_any().as_str()) && observe::hsd_selects(hsd, pod))
+        .filter(|pod| removable.contains(pod.name_any().as_str()))
         .filter_map(|pod| Some((pod.uid()?, observe::probe_target(pod, &spec)?)))
         .collect();
-    if pods.is_empty() {
+    if targets.is_empty() {
         return false;
     }
     let key = (hsd.namespace.clone(), hsd.name.clone());
     let deadline = tokio::time::Instant::now() + observe::probe_timeout(&spec);
-    context.probes.confirm(&key, pods, deadline).await;
+    context.probes.confirm(&key, targets, deadline).await;
     match observe_hsd(object, context).await {
-        Ok(fresh) => {
+        Ok((fresh, _)) => {
             *hsd = fresh;
             true
         }
@@ -617,9 +542,9 @@ async fn reconcile(
     if !context.gate.synced() {
         return Ok(Action::requeue(UNSYNCED_RETRY));
     }
-    let mut hsd = observe_hsd(&object, &context).await?;
+    let (mut hsd, pods) = observe_hsd(&object, &context).await?;
     let mut plan = crate::plan::plan(&hsd, jiff::Timestamp::now());
-    if confirm_scale_down(&mut hsd, &object, &plan, &context).await {
+    if confirm_scale_down(&mut hsd, &pods, &object, &plan, &context).await {
         plan = crate::plan::plan(&hsd, jiff::Timestamp::now());
     }
     if let Some(delay) = test_write_delay()

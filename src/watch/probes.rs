@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::hsd::{HotStandbyDeploymentSpec, ProbeMode};
 use crate::metrics::Metrics;
+use crate::observe;
 use crate::observe::probe::{ProbeTarget, Prober};
-use crate::observe::{self, LeanPod};
 use crate::plan::ProbeOutcome;
 
 /// How often the scheduler looks for pods due for a probe.
@@ -142,7 +142,7 @@ fn period(spec: &HotStandbyDeploymentSpec) -> Duration {
 /// waits for a slow endpoint.
 pub async fn probe_loop(
     hsds: Store<DynamicObject>,
-    pods: Store<LeanPod>,
+    index: super::cache::SharedIndex,
     probes: Arc<Probes>,
     trigger: tokio::sync::mpsc::UnboundedSender<ObjectRef<DynamicObject>>,
     stop: CancellationToken,
@@ -156,8 +156,8 @@ pub async fn probe_loop(
             _ = tick.tick() => {}
         }
         while running.try_join_next().is_some() {}
-        let all_pods = pods.state();
         let mut live_hsds = HashSet::new();
+        let mut live_pods = HashSet::new();
         for object in hsds.state() {
             if !wants_http(&object) {
                 continue;
@@ -172,14 +172,16 @@ pub async fn probe_loop(
             let period = period(spec);
             let hsd_ref =
                 ObjectRef::new_with(&hsd.name, observe::hsd_resource()).within(&hsd.namespace);
-            for pod in all_pods
-                .iter()
-                .filter(|pod| observe::hsd_selects(&hsd, pod))
-            {
+            let pods = index
+                .read()
+                .expect("index lock")
+                .pods_of(&hsd.namespace, &hsd.name);
+            for pod in pods.iter().filter(|pod| observe::hsd_selects(&hsd, pod)) {
                 let (Some(target), Some(uid)) = (observe::probe_target(pod, spec), pod.uid())
                 else {
                     continue;
                 };
+                live_pods.insert(uid.clone());
                 if probes.answers.age(&uid).is_some_and(|age| age < period) {
                     continue;
                 }
@@ -208,7 +210,7 @@ pub async fn probe_loop(
                 });
             }
         }
-        let live_pods: HashSet<String> = all_pods.iter().filter_map(|pod| pod.uid()).collect();
+        // Answers of pods no HTTP-mode HSD probes any more go.
         probes.answers.retain(&live_pods);
         probes.forget_hsds(&live_hsds);
     }

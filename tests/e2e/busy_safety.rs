@@ -282,8 +282,24 @@ async fn a_child_made_before_labels_were_injected_gains_them_without_a_rollout()
             .contains_key(kubectl_hsd::labels::HSD_LABEL),
         "the child's own template carries the label"
     );
-    // The next pass is quiet, and the busy pod is still there.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The next pass sees the pods (they are the HSD's by label now): it counts them and gives
+    // the busy one its cost. The one after is quiet.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ns.hsd_ok(&["reconcile"]);
+    let status = hsd_status(&ns, "game-ws").await;
+    assert_eq!(
+        (status["busyCount"].as_i64(), status["idleCount"].as_i64()),
+        (Some(1), Some(2)),
+        "{status}"
+    );
+    let busy: k8s_openapi::api::core::v1::Pod = ns.api().get(&pods[0].name_any()).await.unwrap();
+    assert_eq!(
+        busy.annotations()
+            .get("controller.kubernetes.io/pod-deletion-cost")
+            .map(String::as_str),
+        Some("1000000")
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let output = ns.hsd(&["reconcile", "--stats"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(" 0 writes)"), "{stderr}");

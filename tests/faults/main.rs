@@ -303,15 +303,20 @@ async fn an_hsd_deleted_during_a_pass_is_not_an_error_and_leaves_nothing_behind(
     // The pass has observed both; then one is deleted before it writes.
     let scope = Scope::Namespace(ns.name.clone());
     let snapshot = observe::read_snapshot(&ns.client, &scope).await.unwrap();
-    let assembled = observe::assemble(&snapshot);
+    let observed: Vec<_> = snapshot
+        .hsds
+        .iter()
+        .map(|object| observe::observe_hsd(object, &snapshot.index, |_| None).0)
+        .collect();
+    assert_eq!(observed.len(), 2);
     let hsds: Api<DynamicObject> =
         Api::namespaced_with(ns.client.clone(), &ns.name, &hsd_resource());
     hsds.delete("doomed", &DeleteParams::background())
         .await
         .unwrap();
-    for a in &assembled {
-        let (_, result) = kubectl_hsd::once::reconcile_hsd(&ns.client, &a.hsd, false).await;
-        assert!(result.is_ok(), "{}: {result:?}", a.hsd.name);
+    for hsd in &observed {
+        let (_, result) = kubectl_hsd::once::reconcile_hsd(&ns.client, hsd, false).await;
+        assert!(result.is_ok(), "{}: {result:?}", hsd.name);
     }
     assert_eq!(
         replicas(&ns, "kept-workload").await,
