@@ -6,42 +6,33 @@
 //! after every lease acquisition and after every relist).
 
 mod cache;
+mod hsd;
 mod lease;
 mod probes;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
-use kube::api::DynamicObject;
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Config, ResourceExt};
+use kube::{Api, Client, Config};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
 
 pub use lease::{Fence, renew_deadline};
 pub use probes::Answers;
 
-use crate::api::hsd::ProbeMode;
 use crate::client::ClientHooks;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
-use crate::observe::{self, LeanDeployment, LeanPod, Scope};
-use crate::plan::{ObservedDeployment, ObservedHsd, PodState};
-use cache::{Cache, DeploymentFiler, HsdNames, PodFiler, SharedIndex, SyncGate};
-use probes::Probes;
+use crate::observe::Scope;
 
 pub const DEFAULT_LEASE_NAME: &str = "kubectl-hsd";
 /// How long running reconciles may go on after a shutdown or a lost lease.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// How often the leader checks that its lease is still fresh.
 const FENCE_CHECK: Duration = Duration::from_millis(100);
 /// Retry delay of a reconcile that found the caches not synced yet.
-const UNSYNCED_RETRY: Duration = Duration::from_millis(500);
+pub(crate) const UNSYNCED_RETRY: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug)]
 pub struct WatchOptions {
@@ -119,7 +110,7 @@ pub async fn run(config: Config, options: WatchOptions, shutdown: CancellationTo
     if !options.leader_elect {
         metrics.set_leader(true);
         metrics.set_ready(true);
-        run_controller(client, options.clone(), metrics.clone(), shutdown.clone()).await;
+        run_kinds(client, options.clone(), metrics.clone(), shutdown.clone()).await;
         if let Some(server) = server {
             let _ = server.await;
         }
@@ -168,7 +159,7 @@ pub async fn run(config: Config, options: WatchOptions, shutdown: CancellationTo
             eprintln!("leading: reconciling");
             metrics.set_leader(true);
             let stop = shutdown.child_token();
-            let controller = tokio::spawn(run_controller(
+            let controller = tokio::spawn(run_kinds(
                 client.clone(),
                 options.clone(),
                 metrics.clone(),
@@ -227,29 +218,19 @@ pub async fn run(config: Config, options: WatchOptions, shutdown: CancellationTo
     Ok(())
 }
 
-/// What this process wrote last per HSD, overlaid on the caches until they catch up, so that a
-/// reconcile triggered before its own write comes back through the watch does not repeat it.
-#[derive(Clone, Debug, Default)]
-struct OwnWrite {
-    deployment: Option<(String, ObservedDeployment)>,
-    status: Option<(String, crate::api::hsd::HotStandbyDeploymentStatus)>,
-}
-
-struct Context {
+/// Runs the controller of every kind while this process leads, until `stop`. A new kind of
+/// controller adds one line here (and its module beside `hsd`).
+async fn run_kinds(
     client: Client,
-    index: SharedIndex,
-    probes: Arc<Probes>,
-    gate: Arc<SyncGate>,
-    own_writes: Mutex<HashMap<(String, String), OwnWrite>>,
-    /// Deletion costs written, by pod uid: (resourceVersion, cost).
-    own_costs: Mutex<HashMap<String, (String, i32)>>,
-    failures: Mutex<HashMap<(String, String), u32>>,
+    options: WatchOptions,
     metrics: Arc<Metrics>,
-    resync: Duration,
+    stop: CancellationToken,
+) {
+    hsd::run(client, options, metrics, stop).await;
 }
 
 /// Whether the cached object (at `cached`) is older than our write (at `written`).
-fn cache_is_behind(cached: Option<&str>, written: &str) -> bool {
+pub(crate) fn cache_is_behind(cached: Option<&str>, written: &str) -> bool {
     match (
         cached.and_then(|c| c.parse::<u64>().ok()),
         written.parse::<u64>().ok(),
@@ -259,14 +240,14 @@ fn cache_is_behind(cached: Option<&str>, written: &str) -> bool {
     }
 }
 
-fn strip_meta(meta: &mut kube::api::ObjectMeta) {
+pub(crate) fn strip_meta(meta: &mut kube::api::ObjectMeta) {
     meta.managed_fields = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
 }
 
-fn scoped<K>(client: &Client, scope: &Scope, resource: &kube::api::ApiResource) -> Api<K>
+pub(crate) fn scoped<K>(client: &Client, scope: &Scope, resource: &kube::api::ApiResource) -> Api<K>
 where
     K: kube::Resource<
             DynamicType = kube::api::ApiResource,
@@ -279,136 +260,9 @@ where
     }
 }
 
-async fn run_controller(
-    client: Client,
-    options: WatchOptions,
-    metrics: Arc<Metrics>,
-    stop: CancellationToken,
-) {
-    let scope = &options.scope;
-    let pod_resource = observe::pod_resource();
-    let deployment_resource = observe::deployment_resource();
-    let hsd_resource = observe::hsd_resource();
-    let (synced_tx, synced_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let gate = SyncGate::new(synced_tx);
-    let index: SharedIndex = Arc::default();
-    let names = Arc::new(HsdNames::default());
-    // Only what an HSD made: pods and Deployments that carry the HSD label.
-    let owned = watcher::Config::default().labels(&observe::hsd_owned_selector());
-
-    let pod_gate = gate.clone();
-    let mut pod_filer = PodFiler::new(index.clone());
-    let pod_stream = watcher(
-        scoped::<LeanPod>(&client, scope, &pod_resource),
-        owned.clone(),
-    )
-    .backoff(watch_backoff())
-    .modify(|pod: &mut LeanPod| strip_meta(&mut pod.metadata))
-    .inspect_ok(move |event| {
-        pod_filer.apply(event);
-        pod_gate.observe(Cache::Pods, event);
-    })
-    .touched_objects();
-    let deployment_gate = gate.clone();
-    let mut deployment_filer = DeploymentFiler::new(index.clone());
-    let deployment_stream = watcher(
-        scoped::<LeanDeployment>(&client, scope, &deployment_resource),
-        owned,
-    )
-    .backoff(watch_backoff())
-    .modify(|d: &mut LeanDeployment| strip_meta(&mut d.metadata))
-    .inspect_ok(move |event| {
-        deployment_filer.apply(event);
-        deployment_gate.observe(Cache::Deployments, event);
-    })
-    .touched_objects();
-    let hsd_writer = Writer::new(hsd_resource.clone());
-    let hsds = hsd_writer.as_reader();
-    let hsd_gate = gate.clone();
-    let hsd_names = names.clone();
-    let hsd_stream = watcher(
-        scoped::<DynamicObject>(&client, scope, &hsd_resource),
-        watcher::Config::default(),
-    )
-    .backoff(watch_backoff())
-    .reflect(hsd_writer)
-    .inspect_ok(move |event| {
-        hsd_names.apply(event);
-        hsd_gate.observe(Cache::Hsds, event);
-    })
-    .touched_objects();
-
-    let controller = Controller::for_stream_with(hsd_stream, hsds.clone(), hsd_resource.clone())
-        .with_config(ControllerConfig::default().concurrency(16))
-        .trigger_backoff(watch_backoff());
-    let (probe_trigger, probe_triggers) =
-        tokio::sync::mpsc::unbounded_channel::<ObjectRef<DynamicObject>>();
-    let probes = Probes::new(options.probe_concurrency, metrics.clone());
-
-    let context = Arc::new(Context {
-        client: client.clone(),
-        index: index.clone(),
-        probes: probes.clone(),
-        gate,
-        own_writes: Mutex::new(HashMap::new()),
-        own_costs: Mutex::new(HashMap::new()),
-        failures: Mutex::new(HashMap::new()),
-        metrics: metrics.clone(),
-        resync: options.resync,
-    });
-
-    let hsd_resource_for_map = hsd_resource.clone();
-    let pruner_task = tokio::spawn(prune_loop(hsds.clone(), context.clone(), stop.clone()));
-    let prober_task = tokio::spawn(probes::probe_loop(
-        hsds.clone(),
-        index,
-        probes,
-        probe_trigger,
-        stop.clone(),
-    ));
-    let stop_for_controller = stop.clone();
-    let running = controller
-        .watches_stream_with(
-            pod_stream,
-            // A pod names its HSD in its label: O(1) per event, whatever the number of HSDs.
-            move |pod: LeanPod| {
-                names.of_pod(&pod).map(|(namespace, name)| {
-                    ObjectRef::new_with(&name, hsd_resource_for_map.clone()).within(&namespace)
-                })
-            },
-            pod_resource,
-        )
-        .owns_stream_with(deployment_stream, deployment_resource)
-        .reconcile_on(receiver_stream(probe_triggers))
-        // Once every cache holds a complete view, reconcile everything: the reconciles that
-        // came earlier decided nothing.
-        .reconcile_all_on(receiver_stream(synced_rx))
-        .graceful_shutdown_on(async move { stop_for_controller.cancelled().await })
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "controller");
-            }
-        });
-    // A graceful shutdown lets running reconciles finish, but the custom trigger streams (pods,
-    // Deployments, probes) need not end: bound the wait. Reconciles are idempotent, so one cut
-    // short is redone by the next leader.
-    let grace = async {
-        stop.cancelled().await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    tokio::select! {
-        _ = running => {}
-        _ = grace => tracing::info!("reconciles still running after the shutdown grace: dropped"),
-    }
-    stop.cancel();
-    let _ = prober_task.await;
-    let _ = pruner_task.await;
-}
-
 /// Re-watch backoff: short, so that a watcher is back within seconds of an API server's return
 /// (the default grows to 30 s during an outage, which then delays the first reaction after it).
-fn watch_backoff() -> kube::runtime::watcher::ExponentialBackoff {
+pub(crate) fn watch_backoff() -> kube::runtime::watcher::ExponentialBackoff {
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
         .with_max_delay(Duration::from_secs(3))
@@ -417,220 +271,14 @@ fn watch_backoff() -> kube::runtime::watcher::ExponentialBackoff {
         .into()
 }
 
-fn receiver_stream<T: Send + 'static>(
+pub(crate) fn receiver_stream<T: Send + 'static>(
     mut receiver: tokio::sync::mpsc::UnboundedReceiver<T>,
 ) -> impl futures::Stream<Item = T> + Send {
     futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
 
-/// The HSD as the index (and this process's own writes) show it, with fresh probe answers.
-async fn observe_hsd(
-    object: &DynamicObject,
-    context: &Context,
-) -> Result<(ObservedHsd, Vec<Arc<LeanPod>>)> {
-    let key = (object.namespace().unwrap_or_default(), object.name_any());
-    let lifetime = observe::hsd_facts(object)
-        .spec
-        .as_ref()
-        .ok()
-        .filter(|spec| spec.busy_probe.mode == ProbeMode::Http)
-        .map(observe::answer_lifetime);
-    let (mut hsd, pods) = {
-        let index = context.index.read().expect("index lock");
-        observe::observe_hsd(object, &index, |pod| {
-            context.probes.answers.fresh(&pod.uid()?, lifetime?)
-        })
-    };
-    let cached_deployment_version = {
-        let workload = crate::api::hsd::workload_name(&hsd.name);
-        let index = context.index.read().expect("index lock");
-        index
-            .deployment(&hsd.namespace, &workload)
-            .and_then(|d| d.metadata.resource_version.clone())
-    };
-    // Absent from a synced cache is absent, unless the child is not ours or the cache is a
-    // moment behind a create: it is read before anything creates it.
-    observe::confirm_missing_child(&context.client, &mut hsd).await?;
-    // Our own last writes win over caches that have not seen them yet.
-    {
-        let mut own_costs = context.own_costs.lock().expect("own costs lock");
-        for (pod, lean) in hsd.pods.iter_mut().zip(&pods) {
-            if let Some((version, cost)) = own_costs.get(&pod.uid).cloned() {
-                if cache_is_behind(lean.metadata.resource_version.as_deref(), &version) {
-                    pod.cost_in_flight = Some(cost);
-                } else {
-                    own_costs.remove(&pod.uid);
-                }
-            }
-        }
-    }
-    if let Some(own) = context
-        .own_writes
-        .lock()
-        .expect("own writes lock")
-        .get(&key)
-        .cloned()
-    {
-        if let Some((version, written)) = own.deployment
-            && cache_is_behind(cached_deployment_version.as_deref(), &version)
-        {
-            hsd.deployment = Some(written);
-        }
-        if let Some((version, status)) = own.status
-            && cache_is_behind(object.metadata.resource_version.as_deref(), &version)
-        {
-            hsd.status = Some(status);
-        }
-    }
-    Ok((hsd, pods))
-}
-
-/// In HTTP mode a scale-down needs a fresh idle answer from every pod it may remove: probe
-/// them again now, then observe again.
-async fn confirm_scale_down(
-    hsd: &mut ObservedHsd,
-    pods: &[Arc<LeanPod>],
-    object: &DynamicObject,
-    plan: &crate::plan::Plan,
-    context: &Context,
-) -> bool {
-    let Ok(spec) = hsd.spec.clone() else {
-        return false;
-    };
-    let lowers = plan.scale.is_some_and(|(from, to)| to < from);
-    if spec.busy_probe.mode != ProbeMode::Http || !lowers {
-        return false;
-    }
-    let removable: std::collections::HashSet<&str> = plan
-        .pod_states
-        .iter()
-        .filter(|(_, state)| matches!(state, PodState::Idle | PodState::Starting))
-        .map(|(name, _)| name.as_str())
-        .collect();
-    let targets: Vec<(String, crate::observe::probe::ProbeTarget)> = pods
-        .iter()
-        .filter(|pod| removable.contains(pod.name_any().as_str()))
-        .filter_map(|pod| Some((pod.uid()?, observe::probe_target(pod, &spec)?)))
-        .collect();
-    if targets.is_empty() {
-        return false;
-    }
-    let key = (hsd.namespace.clone(), hsd.name.clone());
-    let deadline = tokio::time::Instant::now() + observe::probe_timeout(&spec);
-    context.probes.confirm(&key, targets, deadline).await;
-    match observe_hsd(object, context).await {
-        Ok((fresh, _)) => {
-            *hsd = fresh;
-            true
-        }
-        Err(_) => false,
-    }
-}
-
-async fn reconcile(
-    object: Arc<DynamicObject>,
-    context: Arc<Context>,
-) -> std::result::Result<Action, Error> {
-    let started = Instant::now();
-    let key = (object.namespace().unwrap_or_default(), object.name_any());
-    if object.metadata.deletion_timestamp.is_some() {
-        context.metrics.forget(&key.0, &key.1);
-        return Ok(Action::await_change());
-    }
-    // Decisions only from a complete view: an unsynced pod cache would show busy pods as
-    // missing, and an unsynced Deployment cache would show the child as missing.
-    if !context.gate.synced() {
-        return Ok(Action::requeue(UNSYNCED_RETRY));
-    }
-    let (mut hsd, pods) = observe_hsd(&object, &context).await?;
-    let mut plan = crate::plan::plan(&hsd, jiff::Timestamp::now());
-    if confirm_scale_down(&mut hsd, &pods, &object, &plan, &context).await {
-        plan = crate::plan::plan(&hsd, jiff::Timestamp::now());
-    }
-    if let Some(delay) = test_write_delay()
-        && plan.deployment != crate::plan::DeploymentAction::Keep
-    {
-        tokio::time::sleep(delay).await;
-    }
-    let result = crate::once::execute_plan(&context.client, &hsd, &plan).await;
-    let error_reason = result.as_ref().err().map(Error::reason);
-    context.metrics.reconciled(started.elapsed(), error_reason);
-    let written = result?;
-    context.failures.lock().expect("failures lock").remove(&key);
-    context.metrics.set_status(&key.0, &key.1, &plan.status);
-    context.metrics.events_failed(written.events_failed);
-    if !written.cost_versions.is_empty() {
-        let mut own_costs = context.own_costs.lock().expect("own costs lock");
-        for (uid, version, cost) in &written.cost_versions {
-            own_costs.insert(uid.clone(), (version.clone(), *cost));
-        }
-    }
-    if written.deployment || written.status {
-        let mut own_writes = context.own_writes.lock().expect("own writes lock");
-        let entry = own_writes.entry(key).or_default();
-        if let (
-            Some(version),
-            crate::plan::DeploymentAction::Apply {
-                replicas,
-                template_hash,
-                ..
-            },
-        ) = (written.deployment_version, &plan.deployment)
-        {
-            entry.deployment = Some((
-                version,
-                ObservedDeployment {
-                    owned: true,
-                    replicas: Some(*replicas),
-                    template_hash: Some(template_hash.clone()),
-                    applied_replicas: Some(*replicas),
-                    relabelling: false,
-                },
-            ));
-        }
-        if let Some(version) = written.status_version {
-            entry.status = Some((version, plan.status.clone()));
-        }
-    }
-    // A scale-down held for its costs to be seen goes on as soon as they are: soon.
-    if plan
-        .decision
-        .as_ref()
-        .is_some_and(|d| d.held_for_costs.is_some())
-    {
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
-    Ok(Action::requeue(context.resync))
-}
-
-/// Tests only: `HSD_TEST_WRITE_DELAY_MS` holds each Deployment write of a reconcile that long
-/// after planning, so that a test can freeze the process with a write in flight.
-fn test_write_delay() -> Option<Duration> {
-    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
-    *DELAY.get_or_init(|| {
-        std::env::var("HSD_TEST_WRITE_DELAY_MS")
-            .ok()?
-            .parse()
-            .ok()
-            .map(Duration::from_millis)
-    })
-}
-
-fn error_policy(object: Arc<DynamicObject>, error: &Error, context: Arc<Context>) -> Action {
-    let key = (object.namespace().unwrap_or_default(), object.name_any());
-    let attempt = {
-        let mut failures = context.failures.lock().expect("failures lock");
-        let attempt = failures.entry(key.clone()).or_insert(0);
-        *attempt += 1;
-        *attempt
-    };
-    let delay = backoff_delay(attempt);
-    tracing::warn!(namespace = %key.0, name = %key.1, %error, attempt, retry_in = ?delay, "reconcile failed");
-    Action::requeue(delay)
-}
-
 /// Exponential backoff with jitter: 0.5 s doubling to 60 s, each delay randomized by up to half.
-fn backoff_delay(attempt: u32) -> Duration {
+pub(crate) fn backoff_delay(attempt: u32) -> Duration {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(500))
@@ -696,43 +344,4 @@ pub async fn live_holder(client: &Client, namespace: &str, name: &str) -> Result
     let duration =
         jiff::SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
     Ok((renewed.0 + duration > jiff::Timestamp::now()).then_some(holder))
-}
-
-/// Forgets what belonged to deleted HSDs (their metric series above all: a gauge of an HSD that
-/// no longer exists would be a false number) every few seconds.
-async fn prune_loop(hsds: Store<DynamicObject>, context: Arc<Context>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            ready = hsds.wait_until_ready() => if ready.is_err() { return },
-        }
-        let live: std::collections::HashSet<(String, String)> = hsds
-            .state()
-            .iter()
-            .map(|hsd| (hsd.namespace().unwrap_or_default(), hsd.name_any()))
-            .collect();
-        let gone: Vec<(String, String)> = context
-            .own_writes
-            .lock()
-            .expect("own writes lock")
-            .keys()
-            .chain(context.metrics.known_hsds().iter())
-            .filter(|key| !live.contains(*key))
-            .cloned()
-            .collect();
-        for key in gone {
-            context
-                .own_writes
-                .lock()
-                .expect("own writes lock")
-                .remove(&key);
-            context.failures.lock().expect("failures lock").remove(&key);
-            context.metrics.forget(&key.0, &key.1);
-        }
-    }
 }
