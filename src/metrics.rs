@@ -41,6 +41,8 @@ pub struct Metrics {
     probes: Family<Labels, Counter>,
     probe_duration: Histogram,
     leader: Gauge,
+    shards_led: Gauge,
+    cached_pods: Family<Labels, Gauge>,
     events_failed: Counter,
     writes: Family<Labels, Counter>,
     ready: AtomicBool,
@@ -69,6 +71,8 @@ impl Metrics {
         let probe_duration = seconds_histogram();
         let leader = Gauge::default();
         let events_failed = Counter::default();
+        let shards_led = Gauge::default();
+        let cached_pods = Family::<Labels, Gauge>::default();
         let writes = Family::<Labels, Counter>::default();
         registry.register(
             "pods",
@@ -108,6 +112,16 @@ impl Metrics {
             writes.clone(),
         );
         registry.register(
+            "shards_led",
+            "Shards whose Lease this process holds (each reconciled while its lease is fresh)",
+            shards_led.clone(),
+        );
+        registry.register(
+            "cached_pods",
+            "Pods in this process's caches, by shard (only the pods of the shard's HSDs are watched)",
+            cached_pods.clone(),
+        );
+        registry.register(
             "events_failed",
             "Events that could not be recorded (best effort: they never fail a reconcile)",
             events_failed.clone(),
@@ -128,6 +142,8 @@ impl Metrics {
             probes,
             probe_duration,
             leader,
+            shards_led,
+            cached_pods,
             events_failed,
             writes,
             ready: AtomicBool::new(false),
@@ -222,6 +238,16 @@ impl Metrics {
             .get_or_create(&vec![("outcome", outcome.to_string())])
             .inc();
         self.probe_duration.observe(duration.as_secs_f64());
+    }
+
+    pub fn set_shards_led(&self, shards: usize) {
+        self.shards_led.set(shards as i64);
+    }
+
+    pub fn set_cached_pods(&self, shard: u32, pods: usize) {
+        self.cached_pods
+            .get_or_create(&vec![("shard", shard.to_string())])
+            .set(pods as i64);
     }
 
     pub fn set_leader(&self, leader: bool) {

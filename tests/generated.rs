@@ -175,6 +175,7 @@ fn namespace_scoped_installs_use_a_role_and_watch_one_namespace() {
             namespace: "team-a".into(),
             image: "img:1".into(),
             namespace_scoped: true,
+            ..OperatorOptions::default()
         });
         assert!(
             !documents
@@ -202,4 +203,46 @@ fn namespace_scoped_installs_use_a_role_and_watch_one_namespace() {
             "{text}"
         );
     }
+}
+
+#[test]
+fn a_sharded_watcher_takes_its_replicas_and_shards_and_may_keep_member_leases() {
+    use kubectl_hsd::manifests::{OperatorOptions, operator};
+    let documents = operator(&OperatorOptions {
+        mode: OperatorMode::Deployment,
+        replicas: 3,
+        shards: 4,
+        ..OperatorOptions::default()
+    });
+    let deployment = documents
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap();
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(args.contains("\"--shards\",\"4\""), "{args}");
+    let lease_role = documents.iter().find(|d| d["kind"] == "Role").unwrap();
+    let verbs = lease_role["rules"][0]["verbs"].to_string();
+    assert!(
+        verbs.contains("list") && verbs.contains("delete"),
+        "{verbs}"
+    );
+    // Unsharded, the Lease stays named.
+    let plain = operator(&OperatorOptions {
+        mode: OperatorMode::Deployment,
+        ..OperatorOptions::default()
+    });
+    let role = plain.iter().find(|d| d["kind"] == "Role").unwrap();
+    assert_eq!(
+        role["rules"][0]["resourceNames"],
+        serde_json::json!(["kubectl-hsd"])
+    );
+    assert!(
+        !plain
+            .iter()
+            .find(|d| d["kind"] == "Deployment")
+            .unwrap()
+            .to_string()
+            .contains("--shards")
+    );
 }

@@ -28,6 +28,8 @@ fn operator_options(global: &GlobalArgs, args: &InstallArgs) -> Option<OperatorO
         namespace: operator_namespace(global),
         image: args.image.clone().unwrap_or_else(manifests::default_image),
         namespace_scoped: args.namespace_scoped,
+        replicas: args.replicas,
+        shards: args.shards,
     })
 }
 

@@ -149,6 +149,13 @@ pub struct InstallArgs {
     /// and only its busy annotation.
     #[arg(long)]
     pub pod_policy: bool,
+    /// With --operator deployment: watcher replicas.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(i32).range(1..))]
+    pub replicas: i32,
+    /// With --operator deployment: split the HSDs into this many shards, each on its own Lease;
+    /// each replica holds a fair share and watches only its shards' pods.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub shards: u32,
     /// The busy annotation the pod policy lets pods change.
     #[arg(long, default_value = crate::api::hsd::DEFAULT_BUSY_ANNOTATION, value_name = "KEY")]
     pub annotation_key: String,
@@ -230,6 +237,10 @@ pub struct ReconcileArgs {
     /// This replica's identity in the Lease (default: $POD_NAME or the host name, with the pid).
     #[arg(long, value_name = "ID")]
     pub identity: Option<String>,
+    /// With --watch: split the HSDs into this many shards, each on its own Lease; each replica
+    /// holds a fair share and watches only its shards' pods.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub shards: u32,
     /// With --watch: reconcile every HSD at least this often, even without changes.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub resync: std::time::Duration,

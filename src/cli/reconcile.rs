@@ -106,6 +106,7 @@ async fn watch(
         identity: args.identity.unwrap_or_else(crate::watch::default_identity),
         resync: args.resync,
         probe_concurrency: args.probe_concurrency,
+        shards: args.shards,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let on_signal = shutdown.clone();

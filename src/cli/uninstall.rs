@@ -41,8 +41,8 @@ pub async fn uninstall(global: &GlobalArgs, args: UninstallArgs) -> Result<i32> 
         let scoped = [false, true].map(|namespace_scoped| OperatorOptions {
             mode,
             namespace: namespace.clone(),
-            image: manifests::default_image(),
             namespace_scoped,
+            ..OperatorOptions::default()
         });
         let rendered = scoped
             .iter()

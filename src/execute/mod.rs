@@ -10,7 +10,6 @@ use serde_json::json;
 use crate::api::HotStandbyDeployment;
 use crate::api::hsd::{HotStandbyDeploymentSpec, workload_name};
 use crate::error::{Result, kube_error};
-use crate::labels::{HSD_LABEL, hsd_label_value};
 use crate::observe::{
     APPLIED_REPLICAS_ANNOTATION, TEMPLATE_HASH_ANNOTATION, deployment_resource, hsd_resource,
 };
@@ -49,6 +48,17 @@ impl Written {
     }
 }
 
+/// The labels on the child Deployment itself: who manages it, and the HSD label and bucket its
+/// pods carry too (so that a sharded watcher's label-filtered watch sees it).
+pub fn child_labels(namespace: &str, name: &str) -> serde_json::Value {
+    let mut labels = serde_json::Map::new();
+    labels.insert(MANAGED_BY_LABEL.into(), FIELD_MANAGER.into());
+    for (key, value) in crate::labels::injected(namespace, name) {
+        labels.insert(key, value.into());
+    }
+    serde_json::Value::Object(labels)
+}
+
 /// The child Deployment as this tool applies it.
 pub fn desired_deployment(
     hsd: &ObservedHsd,
@@ -62,10 +72,7 @@ pub fn desired_deployment(
         "metadata": {
             "name": workload_name(&hsd.name),
             "namespace": hsd.namespace,
-            "labels": {
-                MANAGED_BY_LABEL: FIELD_MANAGER,
-                HSD_LABEL: hsd_label_value(&hsd.name),
-            },
+            "labels": child_labels(&hsd.namespace, &hsd.name),
             "annotations": {
                 TEMPLATE_HASH_ANNOTATION: template_hash,
                 APPLIED_REPLICAS_ANNOTATION: replicas.to_string(),

@@ -29,9 +29,10 @@ pub fn default_image() -> String {
     )
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum OperatorMode {
     /// One pass a minute from a CronJob.
+    #[default]
     Cronjob,
     /// `reconcile --watch` in a 2-replica Deployment with leader election.
     Deployment,
@@ -44,6 +45,23 @@ pub struct OperatorOptions {
     pub image: String,
     /// Watch only `namespace`, with a Role there instead of a ClusterRole.
     pub namespace_scoped: bool,
+    /// Watcher replicas (Deployment mode).
+    pub replicas: i32,
+    /// Shards of the HSDs, each on its own Lease (Deployment mode; 1: no sharding).
+    pub shards: u32,
+}
+
+impl Default for OperatorOptions {
+    fn default() -> Self {
+        Self {
+            mode: OperatorMode::default(),
+            namespace: DEFAULT_OPERATOR_NAMESPACE.to_string(),
+            image: default_image(),
+            namespace_scoped: false,
+            replicas: 2,
+            shards: 1,
+        }
+    }
 }
 
 /// Serializes manifests as a YAML stream (`---` between documents).
@@ -103,8 +121,6 @@ pub fn install_documents(operator_options: Option<&OperatorOptions>) -> Vec<Valu
 pub fn default_operator_yaml(mode: OperatorMode) -> String {
     to_yaml_documents(&install_documents(Some(&OperatorOptions {
         mode,
-        namespace: DEFAULT_OPERATOR_NAMESPACE.to_string(),
-        image: default_image(),
-        namespace_scoped: false,
+        ..OperatorOptions::default()
     })))
 }

@@ -29,7 +29,7 @@ pub fn operator(options: &OperatorOptions) -> Vec<Value> {
             .cloned()
             .unwrap_or_default();
         rules.extend(
-            lease_rules(options.mode)
+            lease_rules(options.mode, options.shards)
                 .as_array()
                 .cloned()
                 .unwrap_or_default(),
@@ -62,7 +62,7 @@ pub fn operator(options: &OperatorOptions) -> Vec<Value> {
             json!({
                 "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
                 "metadata": {"name": format!("{name}-lease"), "namespace": ns, "labels": labels()},
-                "rules": lease_rules(options.mode),
+                "rules": lease_rules(options.mode, options.shards),
             }),
             json!({
                 "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
@@ -80,8 +80,8 @@ pub fn operator(options: &OperatorOptions) -> Vec<Value> {
 }
 
 /// The reconciler's arguments with its scope: `--all-namespaces`, or its own namespace.
-fn scope_args(options: &OperatorOptions, args: &[&str]) -> Value {
-    let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+fn scope_args<S: AsRef<str>>(options: &OperatorOptions, args: &[S]) -> Value {
+    let mut all: Vec<String> = args.iter().map(|a| a.as_ref().to_string()).collect();
     if options.namespace_scoped {
         all.extend(["--namespace".to_string(), options.namespace.clone()]);
     } else {
@@ -161,6 +161,16 @@ fn downward_api_env() -> Value {
     ])
 }
 
+fn watch_args(options: &OperatorOptions) -> Vec<String> {
+    let mut args: Vec<String> = ["reconcile", "--watch", "--log-format", "json", "--v", "1"]
+        .map(String::from)
+        .to_vec();
+    if options.shards > 1 {
+        args.extend(["--shards".to_string(), options.shards.to_string()]);
+    }
+    args
+}
+
 fn deployment(options: &OperatorOptions) -> Value {
     let probe = |path: &str| json!({"httpGet": {"path": path, "port": "metrics"}, "periodSeconds": 10, "timeoutSeconds": 2});
     let labels = || install_labels(&options.namespace);
@@ -168,7 +178,7 @@ fn deployment(options: &OperatorOptions) -> Value {
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": OPERATOR_NAME, "namespace": options.namespace, "labels": labels()},
         "spec": {
-            "replicas": 2,
+            "replicas": options.replicas,
             "selector": {"matchLabels": {"app.kubernetes.io/name": OPERATOR_NAME, "app.kubernetes.io/component": "reconciler"}},
             "template": {
                 "metadata": {"labels": labels()},
@@ -180,7 +190,7 @@ fn deployment(options: &OperatorOptions) -> Value {
                     "containers": [{
                         "name": "reconcile",
                         "image": options.image,
-                        "args": scope_args(options, &["reconcile", "--watch", "--log-format", "json", "--v", "1"]),
+                        "args": scope_args(options, &watch_args(options)),
                         "env": downward_api_env(),
                         "ports": [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}],
                         "livenessProbe": probe("/healthz"),

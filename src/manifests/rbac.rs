@@ -27,9 +27,14 @@ pub fn reconcile_rules(mode: OperatorMode) -> Value {
 /// The Lease rules, in the operator's namespace only and on the one Lease by name: a pass
 /// reads it to stand aside while a watcher holds it; a watcher takes and renews it (create
 /// cannot be limited by name: the object has none yet when it is authorized).
-pub fn lease_rules(mode: OperatorMode) -> Value {
+pub fn lease_rules(mode: OperatorMode, shards: u32) -> Value {
     let named = json!([crate::watch::DEFAULT_LEASE_NAME]);
     match mode {
+        // Sharded watchers keep a Lease per shard and one per replica (whose names follow the
+        // pods'): those cannot be listed by name, so the rights cover the namespace's Leases.
+        OperatorMode::Deployment if shards > 1 => json!([
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "create", "update", "patch", "delete"]},
+        ]),
         OperatorMode::Cronjob => json!([
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": named, "verbs": ["get"]},
         ]),

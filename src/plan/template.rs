@@ -83,7 +83,11 @@ pub fn template_hash(namespace: &str, name: &str, spec: &HotStandbyDeploymentSpe
     hasher.update(serde_json::to_vec(&spec.selector).unwrap_or_default());
     hasher.update([0]);
     hasher.update(serde_json::to_vec(&child_template(namespace, name, spec)).unwrap_or_default());
-    format!("v2-{}", short_hex(&hasher.finalize()))
+    // v3: the Deployment's own labels (its bucket) are applied too.
+    hasher.update([0]);
+    hasher
+        .update(serde_json::to_vec(&crate::labels::injected(namespace, name)).unwrap_or_default());
+    format!("v3-{}", short_hex(&hasher.finalize()))
 }
 
 /// The hash an earlier version stored: the user's template as it was, with no injected labels.

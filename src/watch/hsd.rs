@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::cache::{Cache, DeploymentFiler, HsdNames, PodFiler, SharedIndex, SyncGate};
 use super::probes::{self, Probes};
 use super::{
-    SHUTDOWN_GRACE, UNSYNCED_RETRY, WatchOptions, backoff_delay, cache_is_behind, receiver_stream,
-    scoped, strip_meta, watch_backoff,
+    SHUTDOWN_GRACE, Shard, UNSYNCED_RETRY, WatchOptions, backoff_delay, cache_is_behind,
+    receiver_stream, scoped, strip_meta, watch_backoff,
 };
 use crate::api::hsd::ProbeMode;
 use crate::error::{Error, Result};
@@ -51,6 +51,7 @@ struct Context {
 pub(super) async fn run(
     client: Client,
     options: WatchOptions,
+    shard: Shard,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
@@ -63,7 +64,9 @@ pub(super) async fn run(
     let index: SharedIndex = Arc::default();
     let names = Arc::new(HsdNames::default());
     // Only what an HSD made: pods and Deployments that carry the HSD label.
-    let owned = watcher::Config::default().labels(&observe::hsd_owned_selector());
+    // Only what this shard's HSDs made: pods and Deployments that carry the HSD label (and, when
+    // sharded, one of the shard's buckets).
+    let owned = watcher::Config::default().labels(&shard.owned_selector());
 
     let pod_gate = gate.clone();
     let mut pod_filer = PodFiler::new(index.clone());
@@ -100,6 +103,18 @@ pub(super) async fn run(
         watcher::Config::default(),
     )
     .backoff(watch_backoff())
+    .try_filter(move |event| {
+        // The shard's HSDs only (HSD objects are small: every shard watches them all).
+        let keep = match event {
+            watcher::Event::Apply(hsd)
+            | watcher::Event::InitApply(hsd)
+            | watcher::Event::Delete(hsd) => {
+                shard.contains(&hsd.namespace().unwrap_or_default(), &hsd.name_any())
+            }
+            watcher::Event::Init | watcher::Event::InitDone => true,
+        };
+        std::future::ready(keep)
+    })
     .reflect(hsd_writer)
     .inspect_ok(move |event| {
         hsd_names.apply(event);
@@ -127,7 +142,12 @@ pub(super) async fn run(
     });
 
     let hsd_resource_for_map = hsd_resource.clone();
-    let pruner_task = tokio::spawn(prune_loop(hsds.clone(), context.clone(), stop.clone()));
+    let pruner_task = tokio::spawn(prune_loop(
+        hsds.clone(),
+        context.clone(),
+        shard,
+        stop.clone(),
+    ));
     let prober_task = tokio::spawn(probes::probe_loop(
         hsds.clone(),
         index,
@@ -383,17 +403,26 @@ fn error_policy(object: Arc<DynamicObject>, error: &Error, context: Arc<Context>
 
 /// Forgets what belonged to deleted HSDs (their metric series above all: a gauge of an HSD that
 /// no longer exists would be a false number) every few seconds.
-async fn prune_loop(hsds: Store<DynamicObject>, context: Arc<Context>, stop: CancellationToken) {
+async fn prune_loop(
+    hsds: Store<DynamicObject>,
+    context: Arc<Context>,
+    shard: Shard,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            ready = hsds.wait_until_ready() => if ready.is_err() { return },
+        // The sync gate, not `Store::wait_until_ready`: that future keeps only its last
+        // poller's waker, so a second waiter on the same store (the controller) leaves this one
+        // asleep for good.
+        if !context.gate.synced() {
+            continue;
         }
+        let cached = context.index.read().expect("index lock").pod_count();
+        context.metrics.set_cached_pods(shard.index, cached);
         let live: std::collections::HashSet<(String, String)> = hsds
             .state()
             .iter()
@@ -405,7 +434,8 @@ async fn prune_loop(hsds: Store<DynamicObject>, context: Arc<Context>, stop: Can
             .expect("own writes lock")
             .keys()
             .chain(context.metrics.known_hsds().iter())
-            .filter(|key| !live.contains(*key))
+            // Another shard's HSDs are not this one's to forget.
+            .filter(|key| shard.contains(&key.0, &key.1) && !live.contains(*key))
             .cloned()
             .collect();
         for key in gone {

@@ -9,17 +9,18 @@ mod cache;
 mod hsd;
 mod lease;
 mod probes;
+pub mod shards;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kube::{Api, Client, Config};
-use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
 
 pub use lease::{Fence, renew_deadline};
 pub use probes::Answers;
+pub use shards::Shard;
 
 use crate::client::ClientHooks;
 use crate::error::{Error, Result};
@@ -46,6 +47,8 @@ pub struct WatchOptions {
     pub resync: Duration,
     /// HTTP probes in flight at once, per HSD.
     pub probe_concurrency: usize,
+    /// Shards of the HSDs, each on its own Lease (1: no sharding).
+    pub shards: u32,
 }
 
 /// The lease namespace a scope uses unless told otherwise: the watched namespace itself (so a
@@ -69,30 +72,16 @@ pub fn default_identity() -> String {
 /// reconciles while leading. Releases the lease on the way out.
 pub async fn run(config: Config, options: WatchOptions, shutdown: CancellationToken) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let fence = if options.leader_elect {
-        Fence::new(options.lease_duration)
-    } else {
-        Fence::always_open()
-    };
-    {
-        let fence = fence.clone();
-        metrics.set_liveness(Box::new(move || {
-            if fence.leader_in_name_only() {
-                Err("leader in name only: the lease was not renewed within the renew deadline; this process writes nothing".to_string())
-            } else {
-                Ok(())
-            }
-        }));
-    }
+    // Without leader election the process writes alone, always; with it, each shard's fence
+    // (in `shards`) gates that shard's writes.
     let (client, _) = crate::client::client_with(
         config.clone(),
         ClientHooks {
-            write_gate: Some(fence.write_gate()),
-            on_success: None,
             on_write: Some({
                 let metrics = metrics.clone();
                 Arc::new(move |sent| metrics.write(sent))
             }),
+            ..ClientHooks::default()
         },
     )?;
     let server = match options.metrics_addr {
@@ -110,108 +99,28 @@ pub async fn run(config: Config, options: WatchOptions, shutdown: CancellationTo
     if !options.leader_elect {
         metrics.set_leader(true);
         metrics.set_ready(true);
-        run_kinds(client, options.clone(), metrics.clone(), shutdown.clone()).await;
+        run_kinds(
+            client,
+            options.clone(),
+            Shard::all(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+        .await;
         if let Some(server) = server {
             let _ = server.await;
         }
         return Ok(());
     }
 
-    // The lease client reports each successful lease write to the fence: the renew deadline
-    // runs from when the last renewal was sent.
-    let (lease_client, _) = crate::client::client_with(
-        config,
-        ClientHooks {
-            on_success: Some(fence.renewal_observer(&options.lease_name)),
-            ..ClientHooks::default()
-        },
-    )?;
-    let manager = LeaseManagerBuilder::new(lease_client, &options.lease_name)
-        .with_namespace(&options.lease_namespace)
-        .with_identity(&options.identity)
-        .with_duration(options.lease_duration.as_secs().max(2))
-        .with_grace(lease::renew_grace_seconds(options.lease_duration))
-        // One field manager per identity: server-side apply's conflict detection is what keeps
-        // two replicas from taking the lease at once.
-        .with_field_manager(format!(
-            "{}-lease-{}",
-            crate::execute::FIELD_MANAGER,
-            options.identity
-        ))
-        .build()
-        .await
-        .map_err(|e| Error::Invalid(format!(
-            "cannot use Lease {}/{}: {e}. The identity needs get, create, update and patch on leases.coordination.k8s.io there",
-            options.lease_namespace, options.lease_name
-        )))?;
-    let (mut leading, lease_task) = manager.watch().await;
-    metrics.set_ready(true);
-    eprintln!(
-        "waiting for Lease {}/{} as {}",
-        options.lease_namespace, options.lease_name, options.identity
-    );
-    let mut fence_check = tokio::time::interval(FENCE_CHECK);
-    fence_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        fence.set_leading(*leading.borrow_and_update());
-        if fence.is_open() {
-            tracing::info!(identity = %options.identity, "leading: reconciling");
-            eprintln!("leading: reconciling");
-            metrics.set_leader(true);
-            let stop = shutdown.child_token();
-            let controller = tokio::spawn(run_kinds(
-                client.clone(),
-                options.clone(),
-                metrics.clone(),
-                stop.clone(),
-            ));
-            let why = loop {
-                tokio::select! {
-                    _ = shutdown.cancelled() => break "shutting down",
-                    changed = leading.changed() => {
-                        if changed.is_err() {
-                            break "the lease manager stopped";
-                        }
-                        fence.set_leading(*leading.borrow_and_update());
-                        if !fence.is_leading() {
-                            break "lost the lease";
-                        }
-                    }
-                    _ = fence_check.tick() => {
-                        if !fence.is_open() {
-                            break "the lease was not renewed within the renew deadline";
-                        }
-                    }
-                }
-            };
-            if !shutdown.is_cancelled() {
-                tracing::warn!("{why}: stopping");
-                eprintln!("{why}: stopping");
-            }
-            stop.cancel();
-            metrics.set_leader(false);
-            let _ = controller.await;
-            if shutdown.is_cancelled() {
-                break;
-            }
+    let run_shard = {
+        let options = options.clone();
+        let metrics = metrics.clone();
+        move |client: Client, shard: Shard, stop: CancellationToken| {
+            run_kinds(client, options.clone(), shard, metrics.clone(), stop)
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            changed = leading.changed() => if changed.is_err() { break },
-            _ = fence_check.tick() => {}
-        }
-    }
-    // Closing the channel makes the lease manager release the lease; bounded, since the API
-    // server may be gone.
-    drop(leading);
-    match tokio::time::timeout(Duration::from_secs(2), lease_task).await {
-        Ok(Ok(Ok(_))) => eprintln!(
-            "released Lease {}/{}",
-            options.lease_namespace, options.lease_name
-        ),
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "could not release the lease"),
-        _ => tracing::warn!("the lease manager did not stop in time"),
-    }
+    };
+    shards::supervise(config, options, metrics, shutdown, run_shard).await?;
     if let Some(server) = server {
         let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     }
@@ -223,10 +132,11 @@ pub async fn run(config: Config, options: WatchOptions, shutdown: CancellationTo
 async fn run_kinds(
     client: Client,
     options: WatchOptions,
+    shard: Shard,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    hsd::run(client, options, metrics, stop).await;
+    hsd::run(client, options, shard, metrics, stop).await;
 }
 
 /// Whether the cached object (at `cached`) is older than our write (at `written`).

@@ -9,4 +9,5 @@ mod common;
 mod core;
 mod http_probe;
 mod security;
+mod sharding;
 mod watch;
