@@ -13,6 +13,16 @@ pub const HSD_LABEL: &str = "paia.tech/hotstandbydeployment";
 pub const BUCKET_LABEL: &str = "paia.tech/bucket";
 /// The number of buckets. Fixed: changing it would change every template.
 pub const BUCKETS: u32 = 256;
+/// The label holding the hash of the template a pod was made from: a pod whose value is not
+/// the current one is from an earlier template (a rollout is under way).
+pub const TEMPLATE_LABEL: &str = "paia.tech/template";
+/// The annotation on a pod this tool chose to remove: from then on it may not be marked busy.
+pub const DRAINING_ANNOTATION: &str = "paia.tech/draining";
+/// The annotation on a busy pod of an earlier template, detached from its ReplicaSet and kept
+/// running until its work ends (value: when it was retired).
+pub const RETIRED_ANNOTATION: &str = "paia.tech/retired";
+/// The label `spec.routing.stateLabel` keeps on each pod: idle, busy or draining.
+pub const STATE_LABEL: &str = "paia.tech/state";
 
 /// A label value naming the HSD. Names longer than a label value may be (63 characters) keep
 /// their start and end with a hash of the whole name, so two long names never share a value.
@@ -34,6 +44,16 @@ pub fn hsd_label_value(name: &str) -> String {
 pub fn bucket(namespace: &str, name: &str) -> u32 {
     let digest = Sha256::digest(format!("{namespace}/{name}").as_bytes());
     u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % BUCKETS
+}
+
+/// A short hash as a label value.
+pub fn short_hash(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    let mut hex = String::new();
+    for byte in &digest[..8] {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
 }
 
 /// The labels injected into an HSD's pod template.

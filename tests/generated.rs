@@ -106,7 +106,7 @@ fn the_cronjob_runs_one_pass_a_minute_as_non_root_with_least_privilege() {
     for rule in role["rules"].as_array().unwrap() {
         for verb in rule["verbs"].as_array().unwrap() {
             assert!(
-                ["list", "get", "create", "patch"].contains(&verb.as_str().unwrap()),
+                ["list", "get", "create", "patch", "delete"].contains(&verb.as_str().unwrap()),
                 "unexpected verb {verb} in {rule}"
             );
         }
@@ -118,6 +118,15 @@ fn the_cronjob_runs_one_pass_a_minute_as_non_root_with_least_privilege() {
                 .any(|r| r == "*"),
             "no wildcards: {rule}"
         );
+        // delete: only pods (the ones a scale-down drained, with a precondition).
+        if rule["verbs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == "delete")
+        {
+            assert_eq!(rule["resources"], serde_json::json!(["pods"]), "{rule}");
+        }
     }
 }
 

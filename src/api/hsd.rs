@@ -38,6 +38,7 @@ pub const SAFETY_MAX_REPLICAS: i32 = 1000;
     printcolumn = r#"{"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas"}"#,
     printcolumn = r#"{"name": "Starting", "type": "integer", "jsonPath": ".status.startingCount", "priority": 1}"#,
     printcolumn = r#"{"name": "Unknown", "type": "integer", "jsonPath": ".status.unknownCount", "priority": 1}"#,
+    printcolumn = r#"{"name": "Old", "type": "integer", "description": "Pods of an earlier template still there (a rollout under way)", "jsonPath": ".status.rollout.oldPods", "priority": 1}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("!has(self.maxReplicas) || !has(self.minReplicas) || self.minReplicas <= self.maxReplicas").message("minReplicas must be less than or equal to maxReplicas").reason(Reason::FieldValueInvalid).field_path(".minReplicas"))]
@@ -86,6 +87,35 @@ pub struct HotStandbyDeploymentSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
     pub idle_percent: Option<i32>,
+
+    /// How a change of podTemplate replaces the pods: idle pods of the earlier template go first,
+    /// busy ones keep running to the end of their work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutPolicy>,
+
+    /// Routing new work to idle pods only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<Routing>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutPolicy {
+    /// How long a busy pod of an earlier template may hold the rollout; after that it is
+    /// removed, with a Warning event. Absent: as long as its work lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_busy_seconds: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Routing {
+    /// Keep the label `paia.tech/state` (idle, busy or draining) on each pod, so that a Service
+    /// selecting `paia.tech/state: idle` sends new connections only to idle pods. Readiness is
+    /// never touched.
+    #[serde(default)]
+    pub state_label: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -239,9 +269,32 @@ pub struct HotStandbyDeploymentStatus {
     /// (kept here so that separate one-shot passes share the window).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_recommendations: Vec<TimedRecommendation>,
+    /// A rollout under way: pods of an earlier template that are still there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// The progress of a rollout.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The hash of the current template (the `paia.tech/template` label of its pods).
+    pub template: String,
+    /// Pods of earlier templates still there (busy ones running to the end of their work).
+    pub old_pods: i32,
+    /// Busy pods of earlier templates, each with when it was retired.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub old_busy_pods: Vec<RetiredPod>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiredPod {
+    pub name: String,
+    pub since: String,
 }
 
 /// A replica count the formula gave, and since when.

@@ -11,9 +11,20 @@ use crate::api::hsd::DEFAULT_BUSY_ANNOTATION;
 use crate::error::{Error, Result, kube_error};
 use crate::observe;
 
-/// Field manager of busy marks. Not the reconciler's: server-side apply removes the fields a
-/// manager stops applying, so the two writers of a pod's annotations must not share one.
+/// Field manager of busy marks. Not the reconciler's, so that the two writers of a pod's
+/// annotations are told apart in its managed fields.
 pub const MARK_FIELD_MANAGER: &str = "kubectl-hsd-mark";
+/// The exit code of `mark-busy` when a pod is draining: it is being removed and must take no
+/// new work.
+pub const EXIT_DRAINING: i32 = 3;
+/// Attempts of a mark that raced another write to the pod.
+const ATTEMPTS: usize = 5;
+
+/// Why one pod was not marked.
+enum Refusal {
+    Draining,
+    Failed(Error),
+}
 
 pub async fn mark(global: &GlobalArgs, args: MarkArgs, busy: bool) -> Result<i32> {
     let (pods, env_namespace) = if args.pods.is_empty() {
@@ -38,19 +49,32 @@ pub async fn mark(global: &GlobalArgs, args: MarkArgs, busy: bool) -> Result<i32
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     let keys = annotation_keys(&client, &namespace).await;
     let mut failed = 0;
+    let mut draining = 0;
     for name in &pods {
-        match mark_one(&pod_api, &keys, name, value).await {
+        match mark_one(&pod_api, &keys, name, value, busy).await {
             Ok(key) => println!(
                 "pod/{name} marked {} ({key}={value})",
                 if busy { "busy" } else { "idle" }
             ),
-            Err(error) => {
+            Err(Refusal::Draining) => {
+                eprintln!(
+                    "error: pod/{name} is draining: it is being removed and takes no new work (not marked busy)"
+                );
+                draining += 1;
+            }
+            Err(Refusal::Failed(error)) => {
                 eprintln!("error: pod/{name}: {error}");
                 failed += 1;
             }
         }
     }
-    Ok(if failed == 0 { 0 } else { 1 })
+    Ok(if failed > 0 {
+        1
+    } else if draining > 0 {
+        EXIT_DRAINING
+    } else {
+        0
+    })
 }
 
 /// (selector, annotation key) of each HSD in the namespace; empty when HSDs cannot be listed
@@ -77,46 +101,67 @@ async fn annotation_keys(
     }
 }
 
+/// Marks one pod, a compare-and-swap on the resourceVersion it was read at: a pod that this
+/// tool marked draining in between is seen, and never marked busy.
 async fn mark_one(
     pods: &Api<Pod>,
     keys: &[(std::collections::BTreeMap<String, String>, String)],
     name: &str,
     value: &str,
-) -> Result<String> {
+    busy: bool,
+) -> std::result::Result<String, Refusal> {
     let namespace = pods.namespace().unwrap_or("default").to_string();
-    // Read first: an apply to a pod that does not exist would try to create one.
-    let pod = pods
-        .get_opt(name)
-        .await
-        .map_err(kube_error(
-            format!("reading pod {name}"),
-            "get",
-            "pods",
-            Some(&namespace),
-        ))?
-        .ok_or_else(|| Error::NotFound {
-            what: format!("pod {name:?} in namespace {namespace}"),
-        })?;
-    let key = keys
-        .iter()
-        .find(|(selector, _)| crate::plan::selector_matches(selector, pod.labels()))
-        .map_or(DEFAULT_BUSY_ANNOTATION.to_string(), |(_, key)| key.clone());
-    let patch = json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "annotations": {key.as_str(): value}},
-    });
-    pods.patch(
-        name,
-        &PatchParams::apply(MARK_FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(kube_error(
-        format!("annotating pod {name}"),
-        "patch",
-        "pods",
-        Some(&namespace),
-    ))?;
-    Ok(key)
+    for attempt in 1..=ATTEMPTS {
+        let pod = pods
+            .get_opt(name)
+            .await
+            .map_err(|e| {
+                Refusal::Failed(kube_error(
+                    format!("reading pod {name}"),
+                    "get",
+                    "pods",
+                    Some(&namespace),
+                )(e))
+            })?
+            .ok_or_else(|| {
+                Refusal::Failed(Error::NotFound {
+                    what: format!("pod {name:?} in namespace {namespace}"),
+                })
+            })?;
+        if busy
+            && pod
+                .annotations()
+                .contains_key(crate::labels::DRAINING_ANNOTATION)
+        {
+            return Err(Refusal::Draining);
+        }
+        let key = keys
+            .iter()
+            .find(|(selector, _)| crate::plan::selector_matches(selector, pod.labels()))
+            .map_or(DEFAULT_BUSY_ANNOTATION.to_string(), |(_, key)| key.clone());
+        let patch = json!({"metadata": {
+            "resourceVersion": pod.resource_version(),
+            "annotations": {key.as_str(): value},
+        }});
+        let params = PatchParams {
+            field_manager: Some(MARK_FIELD_MANAGER.to_string()),
+            ..Default::default()
+        };
+        match pods.patch(name, &params, &Patch::Merge(&patch)).await {
+            Ok(_) => return Ok(key),
+            // Changed since read (perhaps marked draining): read again.
+            Err(kube::Error::Api(status)) if status.code == 409 && attempt < ATTEMPTS => continue,
+            Err(error) => {
+                return Err(Refusal::Failed(kube_error(
+                    format!("annotating pod {name}"),
+                    "patch",
+                    "pods",
+                    Some(&namespace),
+                )(error)));
+            }
+        }
+    }
+    Err(Refusal::Failed(Error::Invalid(format!(
+        "pod {name} kept changing while it was being marked ({ATTEMPTS} attempts): try again"
+    ))))
 }

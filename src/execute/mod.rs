@@ -14,6 +14,7 @@ use crate::observe::{
     APPLIED_REPLICAS_ANNOTATION, TEMPLATE_HASH_ANNOTATION, deployment_resource, hsd_resource,
 };
 mod events;
+mod fates;
 mod relabel;
 
 use crate::plan::{DELETION_COST_ANNOTATION, DeploymentAction, ObservedHsd, Plan, child_template};
@@ -40,11 +41,27 @@ pub struct Written {
     pub cost_versions: Vec<(String, String, i32)>,
     /// Events that could not be recorded (best effort: they never fail a pass).
     pub events_failed: usize,
+    /// Pods drained and deleted, retired, and removed (detached pods deleted).
+    pub drained: Vec<String>,
+    pub retired: Vec<String>,
+    pub removed: Vec<String>,
+    /// Pods whose fate was not changed because they changed since they were read.
+    pub refused: Vec<String>,
+    pub state_labels: usize,
+    /// The replicas applied to the Deployment, when it was applied.
+    pub applied_replicas: Option<i32>,
 }
 
 impl Written {
     pub fn count(&self) -> usize {
-        self.pod_costs + usize::from(self.deployment) + usize::from(self.status) + self.events
+        self.pod_costs
+            + usize::from(self.deployment)
+            + usize::from(self.status)
+            + self.events
+            + self.drained.len() * 2
+            + self.retired.len()
+            + self.removed.len()
+            + self.state_labels
     }
 }
 
@@ -132,6 +149,35 @@ pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<
             }
         }
     }
+    // Busy pods of an earlier template are detached before the new template is applied, and
+    // the pods chosen to go before replicas drop: neither the Deployment's rollout nor the
+    // ReplicaSet's scale-down can reach them.
+    let fates = &plan.fates;
+    let state_labels = hsd
+        .spec
+        .as_ref()
+        .ok()
+        .and_then(|spec| spec.routing.as_ref())
+        .is_some_and(|routing| routing.state_label);
+    for pod in &fates.retire {
+        if fates::retire(client, hsd, pod).await? {
+            written.retired.push(pod.pod.clone());
+        } else {
+            written.refused.push(pod.pod.clone());
+        }
+    }
+    let mut drained = Vec::new();
+    for pod in &fates.drain {
+        match fates::drain(client, hsd, pod, state_labels).await? {
+            Some(version) => drained.push(crate::plan::PodRef {
+                resource_version: version,
+                ..pod.clone()
+            }),
+            None => written.refused.push(pod.pod.clone()),
+        }
+    }
+    // A pod that changed since it was read stays: the Deployment keeps its place.
+    let undrained = i32::try_from(fates.drain.len() - drained.len()).unwrap_or(0);
     if let (
         DeploymentAction::Apply {
             replicas,
@@ -141,6 +187,10 @@ pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<
         Ok(spec),
     ) = (&plan.deployment, &hsd.spec)
     {
+        let replicas = &match plan.scale {
+            Some((from, to)) if to < from => (to + undrained).min(from),
+            _ => *replicas,
+        };
         let api: Api<DynamicObject> =
             Api::namespaced_with(client.clone(), &hsd.namespace, &deployment_resource());
         if *relabel {
@@ -164,11 +214,34 @@ pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<
                 Some(&hsd.namespace),
             ))?;
         written.deployment = true;
+        written.applied_replicas = Some(*replicas);
         written.deployment_version = applied.metadata.resource_version;
         if *relabel {
             // Now the template equals the labelled ReplicaSet's: unpaused, nothing rolls out.
             written.deployment_version = relabel::set_paused(&api, hsd, false).await?;
         }
+    }
+    for pod in &drained {
+        if fates::delete(client, hsd, pod).await? {
+            written.drained.push(pod.pod.clone());
+        } else {
+            written.refused.push(pod.pod.clone());
+        }
+    }
+    for (pod, _) in &fates.remove {
+        if fates::delete(client, hsd, pod).await? {
+            written.removed.push(pod.pod.clone());
+        } else {
+            written.refused.push(pod.pod.clone());
+        }
+    }
+    for (pod, value) in &fates.state_labels {
+        if fates::state_label(client, hsd, pod, *value).await? {
+            written.state_labels += 1;
+        }
+    }
+    if !written.refused.is_empty() {
+        tracing::info!(namespace = %hsd.namespace, name = %hsd.name, pods = ?written.refused, "pods changed since they were read: left as they are");
     }
     if plan.status_changed {
         written.status_version = write_status(client, hsd, &plan.status).await?;

@@ -54,7 +54,13 @@ pub(super) async fn label_running_children(
     hsd: &ObservedHsd,
     spec: &HotStandbyDeploymentSpec,
 ) -> Result<()> {
-    let labels = crate::labels::injected(&hsd.namespace, &hsd.name);
+    // Everything the child template adds to the user's: the injected labels and the template's
+    // own hash, so that the relabelled pods are of the current template.
+    let mut labels = crate::labels::injected(&hsd.namespace, &hsd.name);
+    labels.insert(
+        crate::labels::TEMPLATE_LABEL.to_string(),
+        crate::plan::template_label(&hsd.namespace, &hsd.name, spec),
+    );
     let selector = spec
         .selector
         .match_labels

@@ -69,6 +69,15 @@ pub fn pod_policy(
                         "reason": "Forbidden",
                     },
                     {
+                        // A pod this tool is removing may not take new work (the drain handshake).
+                        "expression": format!(
+                            "!('{draining}' in variables.oldAnnotations) || !('{key}' in variables.newAnnotations) || !(variables.newAnnotations['{key}'].lowerAscii() in ['true', 'yes', '1']) || ('{key}' in variables.oldAnnotations && variables.oldAnnotations['{key}'] == variables.newAnnotations['{key}'])",
+                            draining = crate::labels::DRAINING_ANNOTATION
+                        ),
+                        "messageExpression": "'pod ' + object.metadata.name + ' is draining: it is being removed and may not be marked busy'",
+                        "reason": "Forbidden",
+                    },
+                    {
                         "expression": format!(
                             "variables.newAnnotations.all(k, k == '{key}' || (k in variables.oldAnnotations && variables.oldAnnotations[k] == variables.newAnnotations[k])) && variables.oldAnnotations.all(k, k == '{key}' || k in variables.newAnnotations) && variables.newLabels == variables.oldLabels && object.spec == oldObject.spec"
                         ),

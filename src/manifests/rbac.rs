@@ -11,7 +11,8 @@ pub fn reconcile_rules(mode: OperatorMode) -> Value {
     };
     // get: a watcher reads a child missing from its cache before creating it.
     let write_deployments = [read, &["get", "create", "patch"]].concat();
-    let patch_pods = [read, &["patch"]].concat();
+    // delete: the pods a scale-down drained (with a precondition on what was read).
+    let patch_pods = [read, &["patch", "delete"]].concat();
     json!([
         {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments"], "verbs": read},
         {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments/status"], "verbs": ["patch"]},

@@ -324,9 +324,23 @@ pub fn deployment_facts(deployment: &LeanDeployment, hsd_uid: &str) -> ObservedD
 /// The plan's view of one pod for an HSD whose busy annotation is `annotation_key`.
 pub fn pod_facts(pod: &LeanPod, annotation_key: &str) -> ObservedPod {
     let status = pod.status.as_ref();
+    let annotations = pod.annotations();
     ObservedPod {
         name: pod.name_any(),
         uid: pod.uid().unwrap_or_default(),
+        resource_version: pod.resource_version().unwrap_or_default(),
+        template: pod.labels().get(crate::labels::TEMPLATE_LABEL).cloned(),
+        draining: annotations.contains_key(crate::labels::DRAINING_ANNOTATION),
+        detached: pod
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|owner| owner.controller == Some(true) && owner.kind == "HotStandbyDeployment"),
+        retired_since: annotations
+            .get(crate::labels::RETIRED_ANNOTATION)
+            .and_then(|since| since.parse().ok()),
+        state_label: pod.labels().get(crate::labels::STATE_LABEL).cloned(),
         template_hash: pod.labels().get(plan::POD_TEMPLATE_HASH_LABEL).cloned(),
         cost_in_flight: None,
         ready: status.is_some_and(|s| {

@@ -19,6 +19,9 @@ pub enum PodState {
     Starting,
     /// No answer about busy: counted as busy for scaling, so a slow busy pod is never scaled away.
     Unknown,
+    /// Not busy, and on its way out: chosen for removal (draining), or of an earlier template.
+    /// Never capacity.
+    Leaving,
 }
 
 impl PodState {
@@ -28,6 +31,7 @@ impl PodState {
             Self::Idle => "idle",
             Self::Starting => "starting",
             Self::Unknown => "unknown",
+            Self::Leaving => "leaving",
         }
     }
 }
@@ -94,9 +98,12 @@ pub struct Counts {
     pub idle: i32,
     pub starting: i32,
     pub unknown: i32,
+    /// Pods on their way out (not counted in `total`).
+    pub leaving: i32,
 }
 
 impl Counts {
+    /// The pods that stay: every state but leaving.
     pub fn total(&self) -> i32 {
         self.busy + self.idle + self.starting + self.unknown
     }
@@ -106,7 +113,29 @@ impl Counts {
             PodState::Idle => self.idle += 1,
             PodState::Starting => self.starting += 1,
             PodState::Unknown => self.unknown += 1,
+            PodState::Leaving => self.leaving += 1,
         }
+    }
+}
+
+/// Whether a pod is of an earlier template than `current`, or detached from its ReplicaSet:
+/// it is not the Deployment's to count, and it is never idle capacity.
+pub fn is_old(pod: &ObservedPod, current_template: &str) -> bool {
+    pod.detached
+        || pod
+            .template
+            .as_deref()
+            .is_some_and(|template| template != current_template)
+}
+
+/// A pod's state with its fate: a pod chosen for removal, or of an earlier template, that is
+/// not busy is leaving.
+pub fn state_in_rollout(state: PodState, pod: &ObservedPod, current_template: &str) -> PodState {
+    match state {
+        PodState::Idle | PodState::Starting if pod.draining || is_old(pod, current_template) => {
+            PodState::Leaving
+        }
+        other => other,
     }
 }
 
@@ -143,10 +172,11 @@ impl Counted<'_> {
     }
 }
 
-/// Counts the pods of one HSD.
+/// Counts the pods of one HSD whose current template hash is `current_template`.
 pub fn count<'a>(
     pods: &'a [ObservedPod],
     spec: &HotStandbyDeploymentSpec,
+    current_template: &str,
     now: Timestamp,
 ) -> Counted<'a> {
     let mode = spec.busy_probe.mode;
@@ -160,7 +190,11 @@ pub fn count<'a>(
         if !is_counted(pod) {
             continue;
         }
-        let state = classify(pod, mode, spec.busy_probe.http.success_is_busy);
+        let state = state_in_rollout(
+            classify(pod, mode, spec.busy_probe.http.success_is_busy),
+            pod,
+            current_template,
+        );
         counted.counts.add(state);
         counted.classified.push((pod, state));
         if state == PodState::Unknown {
@@ -416,7 +450,8 @@ mod tests {
                 busy: 0,
                 idle: 3,
                 starting: 0,
-                unknown: 0
+                unknown: 0,
+                leaving: 0,
             }
         );
         assert_eq!(plan.deployment, DeploymentAction::Keep);

@@ -44,6 +44,10 @@ pub struct Decision {
     pub held_for_rollout: Option<i32>,
     /// Held at the current count: some probes did not run before the probe deadline.
     pub held_for_probe_deadline: Option<i32>,
+    /// Busy pods of earlier templates, running beside the Deployment until their work ends.
+    pub old_busy: i32,
+    /// The pods chosen to go this pass.
+    pub drained: Vec<String>,
     pub current_replicas: Option<i32>,
     pub replicas: i32,
     pub why: Vec<String>,
@@ -81,6 +85,12 @@ pub fn explain_steps(decision: &Decision, paused: bool, action: &DeploymentActio
             }
         ));
     }
+    if decision.old_busy > 0 {
+        why.push(format!(
+            "{} busy pod(s) of an earlier template run beside the Deployment until their work ends: it gets the rest",
+            decision.old_busy
+        ));
+    }
     if let Some(held) = decision.held_by_delay {
         why.push(format!(
             "held at {held}: the highest recommendation of the last {}s (scaleDownDelaySeconds)",
@@ -105,6 +115,12 @@ pub fn explain_steps(decision: &Decision, paused: bool, action: &DeploymentActio
     if let Some(held) = decision.held_for_costs {
         why.push(format!(
             "held at {held}: busy pods' deletion costs are written first; replicas drop on the next pass"
+        ));
+    }
+    if !decision.drained.is_empty() {
+        why.push(format!(
+            "going: {} (idle, chosen by this tool; each removal is a compare-and-swap on what was read)",
+            decision.drained.join(", ")
         ));
     }
     match (paused, action, decision.current_replicas) {

@@ -25,6 +25,8 @@ pub fn spec(idle_target: i32, min: i32, max: Option<i32>) -> HotStandbyDeploymen
         busy_probe: BusyProbe::default(),
         scale_down_delay_seconds: None,
         idle_percent: None,
+        rollout: None,
+        routing: None,
     }
 }
 
@@ -55,6 +57,12 @@ pub fn pod(name: &str, ready: bool, busy: Option<&str>) -> ObservedPod {
         deletion_cost: None,
         cost_in_flight: None,
         template_hash: Some("rs-1".into()),
+        resource_version: "1".into(),
+        template: None,
+        draining: false,
+        detached: false,
+        retired_since: None,
+        state_label: None,
         unschedulable_since: None,
     }
 }

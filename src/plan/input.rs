@@ -62,6 +62,19 @@ impl PodPhase {
 pub struct ObservedPod {
     pub name: String,
     pub uid: String,
+    /// The resourceVersion it was read at: every change this tool makes to the pod's fate is a
+    /// compare-and-swap on it.
+    pub resource_version: String,
+    /// The hash of the template it was made from (`paia.tech/template`), if it carries one.
+    pub template: Option<String>,
+    /// Chosen for removal by this tool (`paia.tech/draining`): it may not be marked busy.
+    pub draining: bool,
+    /// Detached from its ReplicaSet and owned by the HSD (a retired or draining pod).
+    pub detached: bool,
+    /// When this tool retired it (a busy pod of an earlier template), if it did.
+    pub retired_since: Option<Timestamp>,
+    /// Its `paia.tech/state` label, if it has one.
+    pub state_label: Option<String>,
     pub ready: bool,
     pub phase: PodPhase,
     pub terminating: bool,

@@ -8,6 +8,7 @@
 
 pub mod conditions;
 pub mod count;
+pub mod drain;
 pub mod explain;
 pub mod input;
 pub mod protect;
@@ -26,6 +27,7 @@ pub use count::{
     BusyAnnotation, Counted, Counts, PodState, UNSCHEDULABLE_WARNING_AFTER, classify, count,
     is_counted, parse_busy_annotation,
 };
+pub use drain::{DRAINING_DELETION_COST, PodFates, PodRef, Removal};
 pub use explain::Decision;
 pub use input::{ObservedDeployment, ObservedHsd, ObservedPod, PodPhase, ProbeOutcome};
 pub use protect::{
@@ -37,11 +39,13 @@ pub use step::{deletion_rank, safe_deletions};
 pub use target::{Bound, Recommendation, effective_max_replicas, idle_target, recommend};
 pub use template::{
     busy_annotation_in_template, child_template, legacy_template_hash, selector_matches,
-    template_hash, template_labels,
+    template_hash, template_label, template_labels,
 };
 pub use validate::validate_spec;
 
-use crate::api::hsd::{HotStandbyDeploymentSpec, HotStandbyDeploymentStatus};
+use crate::api::hsd::{
+    HotStandbyDeploymentSpec, HotStandbyDeploymentStatus, RetiredPod, RolloutStatus,
+};
 
 /// The label Deployments put on their pods, one value per ReplicaSet.
 pub const POD_TEMPLATE_HASH_LABEL: &str = "pod-template-hash";
@@ -105,6 +109,8 @@ pub struct Plan {
     pub decision: Option<Decision>,
     /// Deletion costs to write, before anything else.
     pub cost_writes: Vec<CostWrite>,
+    /// The pods that leave, and how (each a compare-and-swap on what was read).
+    pub fates: PodFates,
     pub deployment: DeploymentAction,
     /// `(from, to)` when the replica count changes.
     pub scale: Option<(i32, i32)>,
@@ -131,7 +137,8 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
     conditions.set(condition::INVALID_SPEC, false, "Valid", "the spec is valid");
 
     // 1. Count.
-    let counted = count(&observed.pods, spec, now);
+    let current_template = template_label(&observed.namespace, &observed.name, spec);
+    let counted = count(&observed.pods, spec, &current_template, now);
     report_pods(observed, spec, &counted, &mut conditions, &mut events);
 
     // 2. Target.
@@ -180,6 +187,7 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
         &mut decision,
         &mut conditions,
         &mut events,
+        now,
     );
     decision.replicas = child.replicas;
     decision.why = explain::explain_steps(&decision, observed.paused, &child.action);
@@ -241,6 +249,7 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
             observed_generation: observed.generation,
             last_scale_time,
             recent_recommendations,
+            rollout: child.rollout.clone(),
             conditions: conditions.finish(),
         }
     };
@@ -250,6 +259,7 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
         recommendation: Some(recommendation),
         decision: Some(decision),
         cost_writes: child.cost_writes,
+        fates: child.fates,
         deployment: child.action,
         scale: child.scale,
         status_changed: status != previous,
@@ -281,6 +291,7 @@ fn invalid(
         recommendation: None,
         decision: None,
         cost_writes: Vec::new(),
+        fates: PodFates::default(),
         deployment: DeploymentAction::Blocked,
         scale: None,
         status_changed: status != previous,
@@ -385,15 +396,18 @@ fn report_limit(
     }
 }
 
-/// What the pass does to the child Deployment.
+/// What the pass does to the child Deployment and to the pods.
 struct Child {
     action: DeploymentAction,
     replicas: i32,
     scale: Option<(i32, i32)>,
     cost_writes: Vec<CostWrite>,
+    fates: PodFates,
+    rollout: Option<RolloutStatus>,
 }
 
 /// Protect and step: from the stabilized count to what the child Deployment gets this pass.
+#[allow(clippy::too_many_arguments)]
 fn decide_child(
     observed: &ObservedHsd,
     spec: &HotStandbyDeploymentSpec,
@@ -402,7 +416,9 @@ fn decide_child(
     decision: &mut Decision,
     conditions: &mut Conditions,
     events: &mut Vec<PlannedEvent>,
+    now: Timestamp,
 ) -> Child {
+    let previous_rollout = observed.status.as_ref().and_then(|s| s.rollout.clone());
     let hash = template_hash(&observed.namespace, &observed.name, spec);
     let mut desired = stabilized;
     if observed.paused {
@@ -425,6 +441,8 @@ fn decide_child(
             } else {
                 Vec::new()
             },
+            fates: PodFates::default(),
+            rollout: previous_rollout.clone(),
         };
     }
     conditions.remove(condition::PAUSED);
@@ -445,6 +463,8 @@ fn decide_child(
             replicas: desired,
             scale: None,
             cost_writes: Vec::new(),
+            fates: PodFates::default(),
+            rollout: previous_rollout.clone(),
         };
     };
     if !deployment.owned {
@@ -460,6 +480,8 @@ fn decide_child(
             replicas: desired,
             scale: None,
             cost_writes: Vec::new(),
+            fates: PodFates::default(),
+            rollout: previous_rollout.clone(),
         };
     }
 
@@ -467,27 +489,41 @@ fn decide_child(
     decision.current_replicas = Some(current);
     let relabel = deployment.relabelling
         || deployment.template_hash.as_deref() == Some(legacy_template_hash(spec).as_str());
-    let active = i32::try_from(counted.classified.len()).unwrap_or(i32::MAX);
+    let current_template = template_label(&observed.namespace, &observed.name, spec);
+    // The ReplicaSet's own pods: the current template's, not detached.
+    let rs_pods: Vec<(&ObservedPod, PodState)> = counted
+        .classified
+        .iter()
+        .filter(|(pod, _)| !count::is_old(pod, &current_template))
+        .copied()
+        .collect();
+    // Busy pods of earlier templates run beside the Deployment until their work ends: they
+    // count toward the total, and the Deployment gets the rest.
+    let outside = counted
+        .classified
+        .iter()
+        .filter(|(pod, state)| count::is_old(pod, &current_template) && is_protected(*state))
+        .count();
+    let outside = i32::try_from(outside).unwrap_or(i32::MAX);
+    decision.old_busy = outside;
+    let active = i32::try_from(rs_pods.len()).unwrap_or(i32::MAX);
+    let mut victims = Vec::new();
     if relabel {
         // Pods made before the labels were injected are not the HSD's by label yet: this pass
         // only relabels; the next one, which sees them, decides.
         desired = current;
     } else {
-        // Step: no deeper than the ReplicaSet's ranking makes safe.
+        desired = (desired - outside).max(0);
+        // Step: no deeper than the ReplicaSet's ranking makes safe, should it ever choose.
         if desired < active {
-            let lowest_safe = step::lowest_safe(&counted.classified);
+            let lowest_safe = step::lowest_safe(&rs_pods);
             if lowest_safe > desired {
                 decision.held_to_protect_busy = Some(lowest_safe);
                 desired = lowest_safe;
             }
         }
         // Protect: what keeps the current count.
-        let held = protect::hold(
-            &counted.classified,
-            observed.probes_cut_short,
-            current,
-            desired,
-        );
+        let held = protect::hold(&rs_pods, observed.probes_cut_short, current, desired);
         match held {
             Some(Hold::ProbeDeadline) => decision.held_for_probe_deadline = Some(current),
             Some(Hold::Rollout) => decision.held_for_rollout = Some(current),
@@ -497,9 +533,45 @@ fn decide_child(
         if held.is_some() {
             desired = current;
         }
+        // The pods that go are chosen here, never by the ReplicaSet.
+        if desired < active {
+            victims = drain::victims(&rs_pods, usize::try_from(active - desired).unwrap_or(0));
+        }
     }
     let lowers = desired < current || desired < active || current < active;
     let cost_writes = protect::cost_changes(&counted.classified, !lowers);
+    let fates = if relabel {
+        PodFates::default()
+    } else {
+        drain::fates(&counted.classified, &victims, spec, &current_template, now)
+    };
+    decision.drained = fates.drain.iter().map(|d| d.pod.clone()).collect();
+    if !fates.retire.is_empty() {
+        events.push(normal(
+            "Retired",
+            format!(
+                "{} busy pod(s) of an earlier template keep running until their work ends: {}",
+                fates.retire.len(),
+                fates
+                    .retire
+                    .iter()
+                    .map(|r| r.pod.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    for (pod, why) in &fates.remove {
+        if *why == Removal::MaxBusyExceeded {
+            events.push(warning(
+                "RetiredPodRemoved",
+                format!(
+                    "pod {} of an earlier template was still busy after rollout.maxBusySeconds: removed",
+                    pod.pod
+                ),
+            ));
+        }
+    }
 
     let mut scale = None;
     if current != desired {
@@ -517,10 +589,8 @@ fn decide_child(
             ));
         }
     }
-    let action = if current == desired
-        && deployment.template_hash.as_deref() == Some(hash.as_str())
-        && !deployment.relabelling
-    {
+    let template_changes = deployment.template_hash.as_deref() != Some(hash.as_str());
+    let action = if current == desired && !template_changes && !deployment.relabelling {
         DeploymentAction::Keep
     } else {
         DeploymentAction::Apply {
@@ -529,11 +599,45 @@ fn decide_child(
             relabel,
         }
     };
+    let any_old = counted
+        .classified
+        .iter()
+        .any(|(pod, _)| count::is_old(pod, &current_template));
+    let rollout = (!relabel && (any_old || template_changes))
+        .then(|| rollout_status(&counted.classified, &current_template, now));
     Child {
         action,
         replicas: desired,
         scale,
         cost_writes,
+        fates,
+        rollout,
+    }
+}
+
+/// The progress of a rollout: the pods of earlier templates, and the busy ones' retirement.
+fn rollout_status(
+    classified: &[(&ObservedPod, PodState)],
+    current_template: &str,
+    now: Timestamp,
+) -> RolloutStatus {
+    let old: Vec<&(&ObservedPod, PodState)> = classified
+        .iter()
+        .filter(|(pod, _)| count::is_old(pod, current_template))
+        .collect();
+    let mut old_busy_pods: Vec<RetiredPod> = old
+        .iter()
+        .filter(|(_, state)| is_protected(*state))
+        .map(|(pod, _)| RetiredPod {
+            name: pod.name.clone(),
+            since: pod.retired_since.unwrap_or(now).to_string(),
+        })
+        .collect();
+    old_busy_pods.sort_by(|a, b| a.name.cmp(&b.name));
+    RolloutStatus {
+        template: current_template.to_string(),
+        old_pods: i32::try_from(old.len()).unwrap_or(i32::MAX),
+        old_busy_pods,
     }
 }
 

@@ -259,6 +259,7 @@ mod tests {
                 idle: case.idle,
                 starting: 0,
                 unknown: case.unknown,
+                leaving: 0,
             };
             let got = recommend(&counts, &spec(case.idle_target, case.min, case.max));
             assert_eq!(got.replicas, case.replicas, "{}: replicas", case.name);
@@ -276,6 +277,7 @@ mod tests {
                 idle: 0,
                 starting: 0,
                 unknown: 0,
+                leaving: 0,
             };
             assert_eq!(
                 idle_target(&counts, &percent).0,

@@ -32,8 +32,33 @@ pub fn selector_matches(
 }
 
 /// The child Deployment's pod template: the HSD's, with the selector's labels added where
-/// missing and the injected labels ([`crate::labels::injected`]).
+/// missing, the injected labels ([`crate::labels::injected`]), and the template's own hash
+/// ([`crate::labels::TEMPLATE_LABEL`]), so that each pod tells which template it came from.
 pub fn child_template(
+    namespace: &str,
+    name: &str,
+    spec: &HotStandbyDeploymentSpec,
+) -> serde_json::Value {
+    let mut template = labelled_template(namespace, name, spec);
+    let hash = crate::labels::short_hash(&serde_json::to_vec(&template).unwrap_or_default());
+    if let Some(labels) = template
+        .pointer_mut("/metadata/labels")
+        .and_then(|labels| labels.as_object_mut())
+    {
+        labels.insert(crate::labels::TEMPLATE_LABEL.to_string(), hash.into());
+    }
+    template
+}
+
+/// The current template's hash, as its pods carry it in [`crate::labels::TEMPLATE_LABEL`].
+pub fn template_label(namespace: &str, name: &str, spec: &HotStandbyDeploymentSpec) -> String {
+    crate::labels::short_hash(
+        &serde_json::to_vec(&labelled_template(namespace, name, spec)).unwrap_or_default(),
+    )
+}
+
+/// The HSD's template with the selector's labels and the injected ones.
+fn labelled_template(
     namespace: &str,
     name: &str,
     spec: &HotStandbyDeploymentSpec,

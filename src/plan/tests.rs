@@ -179,7 +179,8 @@ fn probe_failures_hold_replicas_and_degrade() {
             busy: 1,
             idle: 1,
             starting: 0,
-            unknown: 1
+            unknown: 1,
+            leaving: 0,
         }
     );
     assert_eq!(
@@ -252,7 +253,7 @@ proptest! {
     ) {
         let max = bounded.then_some((min + extra).max(1));
         let spec = spec(idle_target, min, max);
-        let counts = Counts { busy, idle: 0, starting: 0, unknown };
+        let counts = Counts { busy, idle: 0, starting: 0, unknown, leaving: 0 };
         let r = recommend(&counts, &spec);
         prop_assert!(r.replicas >= min);
         if let Some(max) = max {

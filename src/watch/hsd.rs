@@ -353,9 +353,9 @@ async fn reconcile(
                 version,
                 ObservedDeployment {
                     owned: true,
-                    replicas: Some(*replicas),
+                    replicas: Some(written.applied_replicas.unwrap_or(*replicas)),
                     template_hash: Some(template_hash.clone()),
-                    applied_replicas: Some(*replicas),
+                    applied_replicas: Some(written.applied_replicas.unwrap_or(*replicas)),
                     relabelling: false,
                 },
             ));

@@ -201,7 +201,8 @@ async fn a_reconciler_killed_mid_pass_leaves_nothing_duplicated() {
         create_hsd(&ns, &format!("hsd-{i}"), &format!("app-{i}")).await;
     }
     let mut killed_mid_pass = false;
-    for delay_ms in [30u64, 60, 120, 250] {
+    // Kill sooner or later until one kill lands mid-pass (the pass's speed depends on the load).
+    for delay_ms in [30u64, 60, 120, 250, 400, 600, 900, 1300, 2000, 3000] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_kubectl-hsd"))
             .args(["reconcile", "-n", &ns.name])
             .env("KUBECONFIG", kubeconfig())
