@@ -14,8 +14,8 @@ use crate::observe;
 /// Field manager of busy marks. Not the reconciler's, so that the two writers of a pod's
 /// annotations are told apart in its managed fields.
 pub const MARK_FIELD_MANAGER: &str = "kubectl-hsd-mark";
-/// The exit code of `mark-busy` when a pod is draining: it is being removed and must take no
-/// new work.
+/// The exit code of `mark-busy` when a pod is draining or terminating: it is being removed and
+/// must take no new work.
 pub const EXIT_DRAINING: i32 = 3;
 /// Attempts of a mark that raced another write to the pod.
 const ATTEMPTS: usize = 5;
@@ -23,6 +23,7 @@ const ATTEMPTS: usize = 5;
 /// Why one pod was not marked.
 enum Refusal {
     Draining,
+    Terminating,
     Failed(Error),
 }
 
@@ -59,6 +60,12 @@ pub async fn mark(global: &GlobalArgs, args: MarkArgs, busy: bool) -> Result<i32
             Err(Refusal::Draining) => {
                 eprintln!(
                     "error: pod/{name} is draining: it is being removed and takes no new work (not marked busy)"
+                );
+                draining += 1;
+            }
+            Err(Refusal::Terminating) => {
+                eprintln!(
+                    "error: pod/{name} is terminating: it is being deleted and takes no new work (not marked busy)"
                 );
                 draining += 1;
             }
@@ -134,6 +141,9 @@ async fn mark_one(
                 .contains_key(crate::labels::DRAINING_ANNOTATION)
         {
             return Err(Refusal::Draining);
+        }
+        if busy && pod.metadata.deletion_timestamp.is_some() {
+            return Err(Refusal::Terminating);
         }
         let key = keys
             .iter()

@@ -61,6 +61,9 @@ pub fn pod_policy(
                     {"name": "newAnnotations", "expression": "has(object.metadata.annotations) ? object.metadata.annotations : {}"},
                     {"name": "oldLabels", "expression": "has(oldObject.metadata.labels) ? oldObject.metadata.labels : {}"},
                     {"name": "newLabels", "expression": "has(object.metadata.labels) ? object.metadata.labels : {}"},
+                    {"name": "turnsBusy", "expression": format!(
+                        "'{key}' in variables.newAnnotations && variables.newAnnotations['{key}'].lowerAscii() in ['true', 'yes', '1'] && !('{key}' in variables.oldAnnotations && variables.oldAnnotations['{key}'] == variables.newAnnotations['{key}'])"
+                    )},
                 ],
                 "validations": [
                     {
@@ -71,10 +74,16 @@ pub fn pod_policy(
                     {
                         // A pod this tool is removing may not take new work (the drain handshake).
                         "expression": format!(
-                            "!('{draining}' in variables.oldAnnotations) || !('{key}' in variables.newAnnotations) || !(variables.newAnnotations['{key}'].lowerAscii() in ['true', 'yes', '1']) || ('{key}' in variables.oldAnnotations && variables.oldAnnotations['{key}'] == variables.newAnnotations['{key}'])",
+                            "!('{draining}' in variables.oldAnnotations) || !variables.turnsBusy",
                             draining = crate::labels::DRAINING_ANNOTATION
                         ),
                         "messageExpression": "'pod ' + object.metadata.name + ' is draining: it is being removed and may not be marked busy'",
+                        "reason": "Forbidden",
+                    },
+                    {
+                        // Nor may a pod that is being deleted: its work would die with it.
+                        "expression": "!has(oldObject.metadata.deletionTimestamp) || !variables.turnsBusy",
+                        "messageExpression": "'pod ' + object.metadata.name + ' is terminating: it is being deleted and may not be marked busy'",
                         "reason": "Forbidden",
                     },
                     {

@@ -537,6 +537,17 @@ fn decide_child(
         if desired < active {
             victims = drain::victims(&rs_pods, usize::try_from(active - desired).unwrap_or(0));
         }
+        // Replicas drop by the pods this pass drained, no further. When the ReplicaSet owes pods
+        // this pass has not seen (made after the read, or still being made), they stay too: were
+        // they its surplus, it would delete them unseen, and a client may have marked one busy
+        // meanwhile. A later pass that sees them decides. Pods it cannot make (ReplicaFailure,
+        // e.g. a quota) are not coming, so they do not hold replicas up.
+        let victims_count = i32::try_from(victims.len()).unwrap_or(i32::MAX);
+        let pods_owed = current > active && !deployment.creation_failing;
+        let floor = if pods_owed { current } else { active } - victims_count;
+        if desired < current {
+            desired = desired.max(floor);
+        }
     }
     let lowers = desired < current || desired < active || current < active;
     let cost_writes = protect::cost_changes(&counted.classified, !lowers);

@@ -399,7 +399,7 @@ fn explain_says_why() {
 
 #[test]
 fn another_writer_changing_replicas_is_reverted_with_a_warning() {
-    let mut hsd = observed(spec(3, 0, None), Some(7), idle_pods(3));
+    let mut hsd = observed(spec(3, 0, None), Some(7), idle_pods(7));
     hsd.deployment.as_mut().unwrap().applied_replicas = Some(3);
     let plan = plan(&hsd, now());
     assert_eq!(plan.scale, Some((7, 3)));
@@ -418,4 +418,26 @@ fn another_writer_changing_replicas_is_reverted_with_a_warning() {
     // Our own earlier value: an ordinary scale, no warning.
     let ours = plan_for(spec(3, 0, None), Some(5), idle_pods(5));
     assert!(!ours.events.iter().any(|e| e.reason == "ReplicasOverridden"));
+}
+
+#[test]
+fn pods_the_replica_set_still_owes_are_never_its_surplus() {
+    // Replicas 7, 3 pods seen: 4 are being made, unseen, and a client may mark one busy before
+    // the next read. Dropping replicas would let the ReplicaSet delete them unseen: hold.
+    let hsd = observed(spec(3, 0, None), Some(7), idle_pods(3));
+    let held = plan(&hsd, now());
+    assert_eq!(held.scale, None);
+    assert!(held.decision.as_ref().unwrap().drained.is_empty());
+
+    // Once seen, they are drained like any idle pod.
+    let seen = plan(&observed(spec(3, 0, None), Some(7), idle_pods(7)), now());
+    assert_eq!(seen.scale, Some((7, 3)));
+    assert_eq!(seen.decision.as_ref().unwrap().drained.len(), 4);
+
+    // Pods the ReplicaSet cannot make (ReplicaFailure, e.g. a quota) are not coming.
+    let mut failing = observed(spec(3, 0, None), Some(7), idle_pods(5));
+    failing.deployment.as_mut().unwrap().creation_failing = true;
+    let plan = plan(&failing, now());
+    assert_eq!(plan.scale, Some((7, 3)));
+    assert_eq!(plan.decision.as_ref().unwrap().drained.len(), 2);
 }

@@ -7,6 +7,7 @@ mod busy_safety;
 mod cluster;
 mod common;
 mod core;
+mod drain;
 mod http_probe;
 mod security;
 mod sharding;

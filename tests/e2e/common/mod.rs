@@ -382,6 +382,17 @@ pub fn spawn_deletion_recorder_with(
             };
             if deleted || pod.metadata.deletion_timestamp.is_some() {
                 let busy = is_busy(&pod);
+                if busy {
+                    eprintln!(
+                        "busy pod deleted: {} annotations {:?} owners {:?}",
+                        pod.name_any(),
+                        pod.annotations(),
+                        pod.metadata
+                            .owner_references
+                            .as_ref()
+                            .map(|o| o.iter().map(|o| o.kind.clone()).collect::<Vec<_>>())
+                    );
+                }
                 record.lock().unwrap().entry(pod.name_any()).or_insert(busy);
             }
         }
@@ -452,6 +463,21 @@ pub async fn event_reasons(ns: &TestNs) -> Vec<(String, String, String)> {
             )
         })
         .collect()
+}
+
+/// Events this tool reported in the namespace; the cluster's own controllers report late
+/// (a ReplicaSet's SuccessfulCreate can land seconds after the pods), so a "writes nothing" check
+/// counts only ours.
+pub async fn our_event_count(ns: &TestNs) -> usize {
+    let events: Api<Event> = ns.api();
+    events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|e| e.reporting_component.as_deref() == Some("paia.tech/kubectl-hsd"))
+        .count()
 }
 
 // The cluster's extras (hack/cluster.sh): the data node, kwok's exec, kubectl.
