@@ -17,6 +17,7 @@ mod install;
 mod mark;
 pub mod output;
 mod reconcile;
+mod rollout;
 mod uninstall;
 
 pub use output::OutputFormat;
@@ -121,6 +122,11 @@ pub enum Command {
     MarkIdle(MarkArgs),
     /// Run one reconcile pass over the HotStandbyDeployments in scope.
     Reconcile(ReconcileArgs),
+    /// Follow a HotStandbyDeployment's rollout (a podTemplate change).
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// Print a shell completion script.
     Completion {
         #[arg(value_enum)]
@@ -200,6 +206,21 @@ pub struct CreateArgs {
 pub enum ProbeArg {
     Annotation,
     Http,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCommand {
+    /// Wait until the rollout has finished, like `kubectl rollout status`: new pods up and
+    /// available, and no pod of an earlier template left (busy ones leave when their work ends).
+    Status {
+        name: String,
+        /// Keep waiting; with --watch=false, print the status once.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+        watch: bool,
+        /// Give up after this long (0 waits forever).
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -283,5 +304,6 @@ pub async fn run(cli: Cli) -> crate::Result<i32> {
         Command::MarkBusy(args) => mark::mark(&global, args, true).await,
         Command::MarkIdle(args) => mark::mark(&global, args, false).await,
         Command::Reconcile(args) => reconcile::reconcile(&global, args).await,
+        Command::Rollout { command } => rollout::rollout(&global, command).await,
     }
 }

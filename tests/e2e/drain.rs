@@ -325,6 +325,18 @@ async fn a_rollout_keeps_busy_pods_until_their_work_ends_and_ends_on_the_new_tem
     );
     let get = ns.hsd_ok(&["get", "-o", "wide"]);
     eprintln!("{get}");
+    // `rollout status` waits for them, and says so.
+    let output = ns.hsd(&["rollout", "status", "game-ws", "--timeout", "2s"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(
+        stdout.contains("2 old busy pod(s) still working"),
+        "{stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("timed out"),
+        "{output:?}"
+    );
 
     // Their work ends: they go, one by one; the buffer stays on the new template.
     for name in &busy_old {
@@ -354,6 +366,8 @@ async fn a_rollout_keeps_busy_pods_until_their_work_ends_and_ends_on_the_new_tem
             .then_some(())
     })
     .await;
+    let done = ns.hsd_ok(&["rollout", "status", "game-ws", "--timeout", "60s"]);
+    assert!(done.contains("successfully rolled out"), "{done}");
     recorder.abort();
     assert_eq!(busy_victims(&deletions), Vec::<String>::new());
     assert!(
