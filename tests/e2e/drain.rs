@@ -43,6 +43,13 @@ fn busy(pod: &Pod) -> bool {
     pod.annotations().get("paia.tech/busy").map(String::as_str) == Some("true")
 }
 
+fn idle_names(pods: &[Pod]) -> Vec<String> {
+    pods.iter()
+        .filter(|p| !busy(p))
+        .map(|p| p.name_any())
+        .collect()
+}
+
 #[tokio::test]
 async fn mark_busy_refuses_a_draining_pod_with_its_own_exit_code() {
     ensure_crd();
@@ -154,13 +161,10 @@ async fn scale_downs_never_take_a_pod_that_turned_busy_under_500_random_flips() 
         let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = ns.api();
         tokio::spawn(async move {
             while flips.load(Ordering::SeqCst) < 500 {
-                let idle: Vec<String> = ready_pods()
-                    .await
-                    .iter()
-                    .filter(|p| !busy(p))
-                    .map(|p| p.name_any())
+                let chosen: Vec<String> = idle_names(&ready_pods().await)
+                    .into_iter()
+                    .take(3)
                     .collect();
-                let chosen: Vec<String> = idle.into_iter().take(3).collect();
                 let marks = futures::future::join_all(
                     chosen.iter().map(|pod| flip("mark-busy", pod.clone())),
                 )
@@ -205,12 +209,7 @@ async fn scale_downs_never_take_a_pod_that_turned_busy_under_500_random_flips() 
             while flips.load(Ordering::SeqCst) < 500 {
                 // An idle pod turns busy at a random moment (perhaps the moment the watcher
                 // drains it), and soon idle again.
-                let idle: Vec<String> = ready_pods()
-                    .await
-                    .iter()
-                    .filter(|p| !busy(p))
-                    .map(|p| p.name_any())
-                    .collect();
+                let idle = idle_names(&ready_pods().await);
                 if idle.is_empty() {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;

@@ -448,12 +448,8 @@ pub async fn replicas(ns: &TestNs, deployment: &str) -> Option<i32> {
 
 /// (type, reason, message) of every event in the test namespace.
 pub async fn event_reasons(ns: &TestNs) -> Vec<(String, String, String)> {
-    let events: Api<Event> = ns.api();
-    events
-        .list(&ListParams::default())
+    events(ns)
         .await
-        .unwrap()
-        .items
         .into_iter()
         .map(|e| {
             (
@@ -469,15 +465,16 @@ pub async fn event_reasons(ns: &TestNs) -> Vec<(String, String, String)> {
 /// (a ReplicaSet's SuccessfulCreate can land seconds after the pods), so a "writes nothing" check
 /// counts only ours.
 pub async fn our_event_count(ns: &TestNs) -> usize {
-    let events: Api<Event> = ns.api();
-    events
-        .list(&ListParams::default())
+    events(ns)
         .await
-        .unwrap()
-        .items
         .iter()
         .filter(|e| e.reporting_component.as_deref() == Some("paia.tech/kubectl-hsd"))
         .count()
+}
+
+async fn events(ns: &TestNs) -> Vec<Event> {
+    let events: Api<Event> = ns.api();
+    events.list(&ListParams::default()).await.unwrap().items
 }
 
 // The cluster's extras (hack/cluster.sh): the data node, kwok's exec, kubectl.
