@@ -75,27 +75,40 @@ async fn swap(
     }
 }
 
-/// Marks `pod` draining, gives it the lowest deletion cost and detaches it from its ReplicaSet
-/// (the HSD becomes its owner), in one write. Returns the new resourceVersion, or `None` when
-/// the pod changed since it was read (it may have turned busy): it then stays as it is.
+/// Marks `pod` draining and gives it the lowest deletion cost, in one write; with `detach`
+/// (a pod of an earlier template), also detaches it from its ReplicaSet (the HSD becomes its
+/// owner). Returns the new resourceVersion, or `None` when the pod changed since it was read
+/// (it may have turned busy): it then stays as it is.
+///
+/// A pod of the current template stays in its ReplicaSet: were it detached before replicas
+/// drop, the ReplicaSet would replace it at once, and its replacement (ready within
+/// milliseconds on a fast node) would tie with a pod that just turned busy when the drop makes
+/// one of them surplus. In its ReplicaSet, with the lowest cost, it is the one the ReplicaSet
+/// deletes first (docs/pod-states.md).
 pub(super) async fn drain(
     client: &Client,
     hsd: &ObservedHsd,
     pod: &PodRef,
     state_label: bool,
+    detach: bool,
 ) -> Result<Option<String>> {
-    let mut labels = json!({ POD_TEMPLATE_HASH_LABEL: null });
+    let mut labels = json!({});
+    if detach {
+        labels[POD_TEMPLATE_HASH_LABEL] = serde_json::Value::Null;
+    }
     if state_label {
         labels[STATE_LABEL] = json!("draining");
     }
-    let metadata = json!({
+    let mut metadata = json!({
         "labels": labels,
         "annotations": {
             DRAINING_ANNOTATION: Timestamp::now().to_string(),
             DELETION_COST_ANNOTATION: DRAINING_DELETION_COST.to_string(),
         },
-        "ownerReferences": owner(hsd),
     });
+    if detach {
+        metadata["ownerReferences"] = owner(hsd);
+    }
     match swap(&pods(client, &hsd.namespace), hsd, pod, metadata).await? {
         Swap::Done(version) => Ok(Some(version)),
         Swap::Refused => Ok(None),

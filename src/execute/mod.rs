@@ -149,9 +149,9 @@ pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<
             }
         }
     }
-    // Busy pods of an earlier template are detached before the new template is applied, and
-    // the pods chosen to go before replicas drop: neither the Deployment's rollout nor the
-    // ReplicaSet's scale-down can reach them.
+    // Busy pods of an earlier template are detached before the new template is applied, so
+    // that the Deployment's rollout cannot reach them; the pods chosen to go are marked
+    // draining (the lowest cost: the ReplicaSet's first choice) before replicas drop.
     let fates = &plan.fates;
     let state_labels = hsd
         .spec
@@ -167,17 +167,30 @@ pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<
         }
     }
     let mut drained = Vec::new();
-    for pod in &fates.drain {
-        match fates::drain(client, hsd, pod, state_labels).await? {
-            Some(version) => drained.push(crate::plan::PodRef {
+    let mut undrained = 0;
+    for (pod, detach) in fates
+        .drain
+        .iter()
+        .map(|pod| (pod, false))
+        .chain(fates.drain_old.iter().map(|pod| (pod, true)))
+    {
+        match fates::drain(client, hsd, pod, state_labels, detach).await? {
+            // A pod of an earlier template, detached, is deleted below. One of the current
+            // template is left to its ReplicaSet, which deletes it first when replicas drop:
+            // deleted here before the ReplicaSet has seen the drop, it would be replaced at
+            // once, and the replacement would make another pod surplus.
+            Some(version) if detach => drained.push(crate::plan::PodRef {
                 resource_version: version,
                 ..pod.clone()
             }),
-            None => written.refused.push(pod.pod.clone()),
+            Some(_) => written.drained.push(pod.pod.clone()),
+            None => {
+                undrained += i32::from(!detach);
+                written.refused.push(pod.pod.clone());
+            }
         }
     }
     // A pod that changed since it was read stays: the Deployment keeps its place.
-    let undrained = i32::try_from(fates.drain.len() - drained.len()).unwrap_or(0);
     if let (
         DeploymentAction::Apply {
             replicas,

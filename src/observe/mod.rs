@@ -344,6 +344,9 @@ pub fn pod_facts(pod: &LeanPod, annotation_key: &str) -> ObservedPod {
         resource_version: pod.resource_version().unwrap_or_default(),
         template: pod.labels().get(crate::labels::TEMPLATE_LABEL).cloned(),
         draining: annotations.contains_key(crate::labels::DRAINING_ANNOTATION),
+        draining_since: annotations
+            .get(crate::labels::DRAINING_ANNOTATION)
+            .and_then(|since| since.parse().ok()),
         detached: pod
             .metadata
             .owner_references

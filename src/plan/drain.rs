@@ -20,6 +20,12 @@ use super::protect::{effective_cost, is_protected};
 use super::step::deletion_rank;
 use crate::api::hsd::HotStandbyDeploymentSpec;
 
+/// How long a drained pod of the current template is left to its ReplicaSet before this tool
+/// deletes it itself. The ReplicaSet deletes it within milliseconds of the drop; one still there
+/// after this was kept because replicas went up again before the ReplicaSet acted (it counts
+/// the pod as one of its own): deleted, it is replaced by a pod that can take work.
+pub const DRAIN_GRACE: SignedDuration = SignedDuration::from_secs(2);
+
 /// The deletion cost of a pod chosen to go: below every other pod's.
 pub const DRAINING_DELETION_COST: i32 = i32::MIN;
 
@@ -55,9 +61,12 @@ pub enum Removal {
 /// What happens to the pods in this pass, besides the replica count.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodFates {
-    /// Idle pods of the current template chosen to go, or idle pods of an earlier one: marked
-    /// draining and detached, then deleted.
+    /// Idle pods of the current template chosen to go: marked draining with the lowest deletion
+    /// cost (still in their ReplicaSet, which would delete them first), then replicas drop by
+    /// exactly these, then they are deleted.
     pub drain: Vec<PodRef>,
+    /// Idle pods of an earlier template: marked draining and detached, then deleted.
+    pub drain_old: Vec<PodRef>,
     /// Busy pods of an earlier template: detached and kept until their work ends.
     pub retire: Vec<PodRef>,
     /// Detached pods to delete now.
@@ -67,8 +76,14 @@ pub struct PodFates {
 }
 
 impl PodFates {
+    /// Every pod this pass drains, of the current template or an earlier one.
+    pub fn drained(&self) -> impl Iterator<Item = &PodRef> {
+        self.drain.iter().chain(&self.drain_old)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.drain.is_empty()
+            && self.drain_old.is_empty()
             && self.retire.is_empty()
             && self.remove.is_empty()
             && self.state_labels.is_empty()
@@ -122,11 +137,21 @@ pub fn fates(
         .map(SignedDuration::from_secs);
     for (pod, state) in classified {
         if !is_old(pod, current_template) {
+            // Drained by an earlier pass, and its ReplicaSet has not deleted it within the
+            // grace (replicas went up again meanwhile, say): deleted, on what was read.
+            if pod.draining
+                && *state == PodState::Leaving
+                && pod
+                    .draining_since
+                    .is_none_or(|since| now.duration_since(since) >= DRAIN_GRACE)
+            {
+                fates.remove.push((PodRef::of(pod), Removal::Drained));
+            }
             continue;
         }
         match (pod.detached, *state) {
             // An idle pod of an earlier template, still in its ReplicaSet: drained.
-            (false, PodState::Leaving) => fates.drain.push(PodRef::of(pod)),
+            (false, PodState::Leaving) => fates.drain_old.push(PodRef::of(pod)),
             // A busy one: retired, kept until its work ends.
             (false, _) => fates.retire.push(PodRef::of(pod)),
             (true, PodState::Leaving) => {
@@ -153,10 +178,11 @@ pub fn fates(
         .as_ref()
         .is_some_and(|routing| routing.state_label);
     for (pod, state) in classified {
-        let draining = pod.draining || fates.drain.iter().any(|d| d.uid == pod.uid);
+        let drained_now = fates.drained().any(|d| d.uid == pod.uid);
+        let draining = pod.draining || drained_now;
         let wanted = routing.then(|| state_label(*state, draining));
         // A drained pod gets its label in the drain write itself.
-        if wanted.is_some() && fates.drain.iter().any(|d| d.uid == pod.uid) {
+        if wanted.is_some() && drained_now {
             continue;
         }
         if pod.state_label.as_deref() != wanted {
@@ -242,7 +268,8 @@ mod tests {
         let counted = crate::plan::count(&pods, &spec, "new", now);
         let fates = fates(&counted.classified, &[], &spec, "new", now);
         let names = |refs: &[PodRef]| refs.iter().map(|r| r.pod.clone()).collect::<Vec<_>>();
-        assert_eq!(names(&fates.drain), ["old-idle"]);
+        assert_eq!(names(&fates.drain_old), ["old-idle"]);
+        assert!(fates.drain.is_empty());
         assert_eq!(names(&fates.retire), ["old-busy"]);
         let removed: Vec<(String, Removal)> = fates
             .remove
@@ -261,6 +288,41 @@ mod tests {
             fates.state_labels.is_empty(),
             "routing is off and no pod has a label"
         );
+    }
+
+    #[test]
+    fn a_drained_pod_is_left_to_its_replica_set_for_the_grace_then_deleted() {
+        let now: Timestamp = "2026-11-21T12:00:00Z".parse().unwrap();
+        let drained = |name: &str, ago: i64| {
+            let mut p = pod(name, true, None);
+            p.draining = true;
+            p.draining_since = Some(now - SignedDuration::from_secs(ago));
+            p.deletion_cost = Some(DRAINING_DELETION_COST);
+            p
+        };
+        let pods = [
+            drained("fresh", 1),
+            drained("stale", 3),
+            pod("idle", true, None),
+        ];
+        let spec = spec(1, 0, None);
+        let current = crate::plan::template_label("default", "game-ws", &spec);
+        let pods: Vec<ObservedPod> = pods
+            .into_iter()
+            .map(|mut p| {
+                p.template = Some(current.clone());
+                p
+            })
+            .collect();
+        let counted = crate::plan::count(&pods, &spec, &current, now);
+        let fates = fates(&counted.classified, &[], &spec, &current, now);
+        let removed: Vec<(String, Removal)> = fates
+            .remove
+            .iter()
+            .map(|(r, why)| (r.pod.clone(), *why))
+            .collect();
+        assert_eq!(removed, [("stale".to_string(), Removal::Drained)]);
+        assert!(fates.drain.is_empty() && fates.drain_old.is_empty());
     }
 
     #[test]

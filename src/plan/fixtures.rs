@@ -60,6 +60,7 @@ pub fn pod(name: &str, ready: bool, busy: Option<&str>) -> ObservedPod {
         resource_version: "1".into(),
         template: None,
         draining: false,
+        draining_since: None,
         detached: false,
         retired_since: None,
         state_label: None,

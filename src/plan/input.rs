@@ -72,6 +72,8 @@ pub struct ObservedPod {
     pub template: Option<String>,
     /// Chosen for removal by this tool (`paia.tech/draining`): it may not be marked busy.
     pub draining: bool,
+    /// When it was marked draining (the annotation's value); `None` when unreadable.
+    pub draining_since: Option<Timestamp>,
     /// Detached from its ReplicaSet and owned by the HSD (a retired or draining pod).
     pub detached: bool,
     /// When this tool retired it (a busy pod of an earlier template), if it did.

@@ -27,7 +27,7 @@ pub use count::{
     BusyAnnotation, Counted, Counts, PodState, UNSCHEDULABLE_WARNING_AFTER, classify, count,
     is_counted, parse_busy_annotation,
 };
-pub use drain::{DRAINING_DELETION_COST, PodFates, PodRef, Removal};
+pub use drain::{DRAIN_GRACE, DRAINING_DELETION_COST, PodFates, PodRef, Removal};
 pub use explain::Decision;
 pub use input::{ObservedDeployment, ObservedHsd, ObservedPod, PodPhase, ProbeOutcome};
 pub use protect::{
@@ -490,11 +490,16 @@ fn decide_child(
     let relabel = deployment.relabelling
         || deployment.template_hash.as_deref() == Some(legacy_template_hash(spec).as_str());
     let current_template = template_label(&observed.namespace, &observed.name, spec);
-    // The ReplicaSet's own pods: the current template's, not detached.
+    // The ReplicaSet's own pods: the current template's, not detached, and not drained by an
+    // earlier pass (those are on their way out: the ReplicaSet deletes them first, or this pass
+    // does).
     let rs_pods: Vec<(&ObservedPod, PodState)> = counted
         .classified
         .iter()
-        .filter(|(pod, _)| !count::is_old(pod, &current_template))
+        .filter(|(pod, state)| {
+            let drained_earlier = pod.draining && *state == PodState::Leaving;
+            !(count::is_old(pod, &current_template) || drained_earlier)
+        })
         .copied()
         .collect();
     // Busy pods of earlier templates run beside the Deployment until their work ends: they
@@ -556,7 +561,7 @@ fn decide_child(
     } else {
         drain::fates(&counted.classified, &victims, spec, &current_template, now)
     };
-    decision.drained = fates.drain.iter().map(|d| d.pod.clone()).collect();
+    decision.drained = fates.drained().map(|d| d.pod.clone()).collect();
     if !fates.retire.is_empty() {
         events.push(normal(
             "Retired",

@@ -378,6 +378,17 @@ async fn reconcile(
     {
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
+    // Drained pods the ReplicaSet may keep are looked at again once their grace is over.
+    let drained_in_replica_set = !plan.fates.drain.is_empty()
+        || hsd
+            .pods
+            .iter()
+            .any(|pod| pod.draining && !pod.detached && !pod.terminating);
+    if drained_in_replica_set {
+        return Ok(Action::requeue(
+            crate::plan::DRAIN_GRACE.unsigned_abs() + Duration::from_millis(100),
+        ));
+    }
     Ok(Action::requeue(context.resync))
 }
 

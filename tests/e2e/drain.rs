@@ -316,12 +316,14 @@ async fn a_rollout_keeps_busy_pods_until_their_work_ends_and_ends_on_the_new_tem
     )
     .await;
     eprintln!("mid-rollout: {state:?}");
-    let status = hsd_status(&ns, "game-ws").await;
-    assert_eq!(status["rollout"]["oldPods"], 2, "{status}");
-    assert_eq!(
-        status["rollout"]["oldBusyPods"].as_array().unwrap().len(),
-        2
-    );
+    // The status follows a pass behind the pods: the idle old pods may still be terminating.
+    wait_for("the status to show 2 old busy pods", TIMEOUT, || async {
+        let status = hsd_status(&ns, "game-ws").await;
+        (status["rollout"]["oldPods"] == 2
+            && status["rollout"]["oldBusyPods"].as_array().map(Vec::len) == Some(2))
+        .then_some(())
+    })
+    .await;
     let get = ns.hsd_ok(&["get", "-o", "wide"]);
     eprintln!("{get}");
     // `rollout status` waits for them, and says so.
