@@ -101,8 +101,12 @@ fn the_cronjob_runs_one_pass_a_minute_as_non_root_with_least_privilege() {
     );
     let role = documents
         .iter()
-        .find(|d| d["kind"] == "ClusterRole")
-        .expect("a ClusterRole");
+        .find(|d| {
+            d["kind"] == "ClusterRole"
+                && d["metadata"]["name"]
+                    == kubectl_hsd::manifests::cluster_object_name("hsd-system").as_str()
+        })
+        .expect("the reconciler's ClusterRole");
     for rule in role["rules"].as_array().unwrap() {
         for verb in rule["verbs"].as_array().unwrap() {
             assert!(
@@ -180,11 +184,8 @@ fn namespace_scoped_installs_use_a_role_and_watch_one_namespace() {
     use kubectl_hsd::manifests::{OperatorOptions, operator};
     for mode in [OperatorMode::Cronjob, OperatorMode::Deployment] {
         let documents = operator(&OperatorOptions {
-            mode,
-            namespace: "team-a".into(),
-            image: "img:1".into(),
             namespace_scoped: true,
-            ..OperatorOptions::default()
+            ..OperatorOptions::new(mode, "team-a", "img:1")
         });
         assert!(
             !documents

@@ -32,6 +32,7 @@ pub const SAFETY_MAX_REPLICAS: i32 = 1000;
     namespaced,
     status = "HotStandbyDeploymentStatus",
     doc = "Keeps a constant buffer of idle, warm pods in front of busy ones.",
+    printcolumn = r#"{"name": "Ready", "type": "string", "description": "The Ready condition: the Deployment is kept at the desired replicas", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name": "Busy", "type": "integer", "jsonPath": ".status.busyCount"}"#,
     printcolumn = r#"{"name": "Idle", "type": "integer", "jsonPath": ".status.idleCount"}"#,
     printcolumn = r#"{"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"}"#,
@@ -39,6 +40,10 @@ pub const SAFETY_MAX_REPLICAS: i32 = 1000;
     printcolumn = r#"{"name": "Starting", "type": "integer", "jsonPath": ".status.startingCount", "priority": 1}"#,
     printcolumn = r#"{"name": "Unknown", "type": "integer", "jsonPath": ".status.unknownCount", "priority": 1}"#,
     printcolumn = r#"{"name": "Old", "type": "integer", "description": "Pods of an earlier template still there (a rollout under way)", "jsonPath": ".status.rollout.oldPods", "priority": 1}"#,
+    printcolumn = r#"{"name": "Idle-Target", "type": "integer", "jsonPath": ".spec.idleTarget", "priority": 1}"#,
+    printcolumn = r#"{"name": "Min", "type": "integer", "jsonPath": ".spec.minReplicas", "priority": 1}"#,
+    printcolumn = r#"{"name": "Max", "type": "integer", "jsonPath": ".spec.maxReplicas", "priority": 1}"#,
+    printcolumn = r#"{"name": "Probe", "type": "string", "jsonPath": ".spec.busyProbe.mode", "priority": 1}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("!has(self.maxReplicas) || !has(self.minReplicas) || self.minReplicas <= self.maxReplicas").message("minReplicas must be less than or equal to maxReplicas").reason(Reason::FieldValueInvalid).field_path(".minReplicas"))]

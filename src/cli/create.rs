@@ -4,9 +4,9 @@ use kube::CustomResourceExt;
 use serde_json::{Value, json};
 
 use super::output::{self, OutputFormat};
-use super::{CreateArgs, GlobalArgs, ProbeArg};
+use super::{CreateArgs, DryRun, GlobalArgs, ProbeArg};
 use crate::api::hsd::HotStandbyDeployment;
-use crate::error::{Error, Result, is_not_found};
+use crate::error::{Error, Result, is_unknown_type};
 
 /// The HSD the flags describe, as a manifest.
 pub fn hsd_manifest(args: &CreateArgs, namespace: &str) -> Value {
@@ -44,28 +44,34 @@ pub fn hsd_manifest(args: &CreateArgs, namespace: &str) -> Value {
     })
 }
 
+/// The name kubectl gives the HSD kind in `-o name` and in messages.
+const HSD_KIND: &str = "hotstandbydeployment.apps.paia.tech";
+
 pub async fn create(global: &GlobalArgs, args: CreateArgs) -> Result<i32> {
     if global.all_namespaces {
         return Err(Error::Invalid("create takes one namespace, not -A".into()));
     }
-    let print = |manifest: &Value| match global.output {
-        Some(OutputFormat::Json) => print!("{}", output::to_json(manifest)),
-        Some(OutputFormat::Yaml) => print!("{}", output::to_yaml(manifest)),
-        _ => {}
-    };
-    if args.dry_run {
-        let namespace = global.namespace.clone().unwrap_or_else(|| "default".into());
-        let manifest = hsd_manifest(&args, &namespace);
-        match global.output {
-            Some(OutputFormat::Json | OutputFormat::Yaml) => print(&manifest),
-            _ => println!(
-                "hotstandbydeployment.apps.paia.tech/{} created (dry run)",
-                args.name
-            ),
+    let dry_run = args.writes.dry_run;
+    let format = global.output.clone().unwrap_or(OutputFormat::Table);
+    let print = |object: &Value, verb: &str| -> Result<()> {
+        if !output::print_generic(&format, object, HSD_KIND)? {
+            println!("{HSD_KIND}/{} {verb}{}", args.name, dry_run.suffix());
         }
+        Ok(())
+    };
+    if dry_run == DryRun::Client {
+        // Like kubectl: the kubeconfig's namespace when there is one; no request is sent.
+        let namespace = match &global.namespace {
+            Some(namespace) => namespace.clone(),
+            None => crate::client::load_config(&global.client_options())
+                .await
+                .map_or_else(|_| "default".to_string(), |c| c.default_namespace),
+        };
+        print(&hsd_manifest(&args, &namespace), "created")?;
         return Ok(0);
     }
-    let (client, _, default_ns) = crate::client::connect(&global.client_options()).await?;
+    let (client, _, default_ns) =
+        crate::client::connect(&global.write_client_options(&args.writes)).await?;
     let namespace = global.namespace.clone().unwrap_or(default_ns);
     let manifest = hsd_manifest(&args, &namespace);
     let api: kube::Api<kube::api::DynamicObject> =
@@ -79,24 +85,20 @@ pub async fn create(global: &GlobalArgs, args: CreateArgs) -> Result<i32> {
         .create(&kube::api::PostParams::default(), &object)
         .await
         .map_err(|e| match &e {
-            kube::Error::Api(status) if status.code == 409 => Error::Invalid(format!(
-                "hotstandbydeployments.apps.paia.tech {:?} already exists in namespace {namespace}",
-                args.name
-            )),
-            _ if is_not_found(&e) => Error::CrdMissing,
+            kube::Error::Api(status) if is_unknown_type(status) => Error::CrdMissing,
             _ => crate::error::kube_error(
-                "creating the HotStandbyDeployment",
+                format!(
+                    "creating {HSD_KIND} {:?} in namespace {namespace}",
+                    args.name
+                ),
                 "create",
                 "hotstandbydeployments.apps.paia.tech",
                 Some(&namespace),
             )(e),
         })?;
-    match global.output {
-        Some(OutputFormat::Json | OutputFormat::Yaml) => {
-            print(&serde_json::to_value(&created).unwrap_or_default())
-        }
-        Some(OutputFormat::Name) => println!("hotstandbydeployment.apps.paia.tech/{}", args.name),
-        _ => println!("hotstandbydeployment.apps.paia.tech/{} created", args.name),
-    }
+    print(
+        &serde_json::to_value(&created).unwrap_or_default(),
+        "created",
+    )?;
     Ok(0)
 }

@@ -1,5 +1,8 @@
-//! `describe NAME`: the HSD, its Deployment, each pod's state, conditions and events.
+//! `describe NAME`, laid out like `kubectl describe`: name, namespace, labels, annotations,
+//! the spec, the status, its Deployment, each pod's state, the conditions (with their age) and
+//! the events (Type, Reason, Age, From, Message).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use k8s_openapi::api::core::v1::Event;
@@ -7,7 +10,7 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use super::GlobalArgs;
-use super::output::{age_since, table};
+use super::output::{age_since, describe_table, human_age};
 use crate::error::{Error, Result};
 use crate::observe::{self, Scope};
 use crate::plan;
@@ -37,6 +40,21 @@ pub async fn describe(global: &GlobalArgs, name: &str) -> Result<i32> {
     let mut text = String::new();
     let _ = writeln!(text, "Name:         {name}");
     let _ = writeln!(text, "Namespace:    {namespace}");
+    text.push_str(&map_field("Labels:", object.labels(), "="));
+    let mut annotations = object.annotations().clone();
+    // kubectl leaves this one out: it is a copy of the object.
+    annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    text.push_str(&map_field("Annotations:", &annotations, ": "));
+    let _ = writeln!(
+        text,
+        "API Version:  {}",
+        crate::observe::hsd_resource().api_version
+    );
+    let _ = writeln!(
+        text,
+        "Kind:         {}",
+        crate::observe::hsd_resource().kind
+    );
     let _ = writeln!(
         text,
         "Created:      {} ago",
@@ -122,21 +140,28 @@ pub async fn describe(global: &GlobalArgs, name: &str) -> Result<i32> {
             let _ = writeln!(text, "Deployment:   {workload} (not created yet)");
         }
     }
-    let _ = writeln!(text, "Conditions:");
-    let rows = status
-        .conditions
-        .iter()
-        .map(|c| {
-            vec![
-                format!("  {}", c.type_),
-                c.status.clone(),
-                c.reason.clone(),
-                c.message.clone(),
-            ]
-        })
-        .collect();
-    text.push_str(&table(&["  TYPE", "STATUS", "REASON", "MESSAGE"], rows));
-    let _ = writeln!(text, "Pods:");
+    if status.conditions.is_empty() {
+        let _ = writeln!(text, "Conditions:   <none>");
+    } else {
+        let _ = writeln!(text, "Conditions:");
+        let rows = status
+            .conditions
+            .iter()
+            .map(|c| {
+                vec![
+                    c.type_.clone(),
+                    c.status.clone(),
+                    c.reason.clone(),
+                    age_since(Some(&c.last_transition_time)),
+                    c.message.clone(),
+                ]
+            })
+            .collect();
+        text.push_str(&describe_table(
+            &["Type", "Status", "Reason", "Age", "Message"],
+            rows,
+        ));
+    }
     let http_mode = hsd
         .spec
         .as_ref()
@@ -162,7 +187,7 @@ pub async fn describe(global: &GlobalArgs, name: &str) -> Result<i32> {
             };
             let status = pod.status.as_ref();
             vec![
-                format!("  {pod_name}"),
+                pod_name,
                 state.to_string(),
                 status.and_then(|s| s.phase.clone()).unwrap_or_default(),
                 status
@@ -171,24 +196,27 @@ pub async fn describe(global: &GlobalArgs, name: &str) -> Result<i32> {
                 age_since(pod.metadata.creation_timestamp.as_ref()),
             ]
         })
-        .collect();
-    text.push_str(&table(&["  NAME", "STATE", "PHASE", "IP", "AGE"], rows));
+        .collect::<Vec<_>>();
+    if rows.is_empty() {
+        let _ = writeln!(text, "Pods:         <none>");
+    } else {
+        let _ = writeln!(text, "Pods:");
+        text.push_str(&describe_table(
+            &["Name", "State", "Phase", "IP", "Age"],
+            rows,
+        ));
+    }
 
     let events: Api<Event> = Api::namespaced(client.clone(), &namespace);
     let params = ListParams::default().fields(&format!("involvedObject.uid={}", hsd.uid));
     match events.list(&params).await {
         Ok(list) => {
             let mut items = list.items;
-            items.sort_by_key(|e| {
-                e.event_time
-                    .as_ref()
-                    .map(|t| t.0)
-                    .or(e.last_timestamp.as_ref().map(|t| t.0))
-            });
-            let _ = writeln!(text, "Events:");
+            items.sort_by_key(last_seen);
             if items.is_empty() {
-                let _ = writeln!(text, "  <none>");
+                let _ = writeln!(text, "Events:       <none>");
             } else {
+                let _ = writeln!(text, "Events:");
                 let rows = items
                     .iter()
                     .rev()
@@ -196,19 +224,93 @@ pub async fn describe(global: &GlobalArgs, name: &str) -> Result<i32> {
                     .rev()
                     .map(|e| {
                         vec![
-                            format!("  {}", e.type_.clone().unwrap_or_default()),
+                            e.type_.clone().unwrap_or_default(),
                             e.reason.clone().unwrap_or_default(),
-                            e.message.clone().unwrap_or_default(),
+                            event_age(e),
+                            event_source(e),
+                            e.message.clone().unwrap_or_default().trim().to_string(),
                         ]
                     })
                     .collect();
-                text.push_str(&table(&["  TYPE", "REASON", "MESSAGE"], rows));
+                text.push_str(&describe_table(
+                    &["Type", "Reason", "Age", "From", "Message"],
+                    rows,
+                ));
             }
         }
         Err(error) => {
-            let _ = writeln!(text, "Events:       cannot list ({error})");
+            let _ = writeln!(
+                text,
+                "Events:       cannot list ({})",
+                crate::error::describe_kube_error(&error)
+            );
         }
     }
     print!("{text}");
     Ok(0)
+}
+
+/// `Labels:` or `Annotations:` as kubectl prints them: `<none>`, or one entry a line, the
+/// first beside the title and the rest aligned under it.
+fn map_field(title: &str, map: &BTreeMap<String, String>, separator: &str) -> String {
+    let mut text = String::new();
+    if map.is_empty() {
+        let _ = writeln!(text, "{title:<14}<none>");
+        return text;
+    }
+    for (i, (key, value)) in map.iter().enumerate() {
+        let lead = if i == 0 { title } else { "" };
+        let _ = writeln!(text, "{lead:<14}{key}{separator}{value}");
+    }
+    text
+}
+
+/// When an event was last seen: its series, its last timestamp, or when it happened.
+fn last_seen(event: &Event) -> Option<jiff::Timestamp> {
+    event
+        .series
+        .as_ref()
+        .and_then(|s| s.last_observed_time.as_ref().map(|t| t.0))
+        .or(event.last_timestamp.as_ref().map(|t| t.0))
+        .or(event.event_time.as_ref().map(|t| t.0))
+}
+
+fn since(time: jiff::Timestamp) -> String {
+    human_age(jiff::Timestamp::now().duration_since(time).as_secs())
+}
+
+/// kubectl describe's Age: `5m`, or `30s (x4 over 5m)` for a repeated event.
+fn event_age(event: &Event) -> String {
+    let first = event
+        .first_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .or(event.event_time.as_ref().map(|t| t.0));
+    let first_text = first.map_or_else(|| "<unknown>".to_string(), since);
+    if let Some(series) = &event.series
+        && let Some(last) = &series.last_observed_time
+    {
+        return format!(
+            "{} (x{} over {first_text})",
+            since(last.0),
+            series.count.unwrap_or(1)
+        );
+    }
+    match (event.count, &event.last_timestamp) {
+        (Some(count), Some(last)) if count > 1 => {
+            format!("{} (x{count} over {first_text})", since(last.0))
+        }
+        _ => first_text,
+    }
+}
+
+/// kubectl describe's From: the source component, else the reporting controller.
+fn event_source(event: &Event) -> String {
+    event
+        .source
+        .as_ref()
+        .and_then(|s| s.component.clone())
+        .filter(|c| !c.is_empty())
+        .or_else(|| event.reporting_component.clone())
+        .unwrap_or_default()
 }

@@ -52,10 +52,15 @@ pub async fn explain(global: &GlobalArgs, name: &str) -> Result<i32> {
             "{namespace}/{name} has an invalid spec: {reason}"
         )));
     };
-    match global.output {
-        Some(OutputFormat::Json) => print!("{}", output::to_json(&decision)),
-        Some(OutputFormat::Yaml) => print!("{}", output::to_yaml(&decision)),
-        _ => print!("{}", render(&namespace, name, &decision, hsd.paused)),
+    let format = global.output.clone().unwrap_or(OutputFormat::Table);
+    let value = serde_json::to_value(&decision).map_err(|e| Error::Serialize {
+        what: "the decision".into(),
+        message: e.to_string(),
+    })?;
+    if format == OutputFormat::Name {
+        println!("hotstandbydeployment.apps.paia.tech/{name}");
+    } else if !output::print_generic(&format, &value, "")? {
+        print!("{}", render(&namespace, name, &decision, hsd.paused));
     }
     Ok(0)
 }

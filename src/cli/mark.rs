@@ -6,7 +6,7 @@ use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-use super::{GlobalArgs, MarkArgs};
+use super::{DryRun, GlobalArgs, MarkArgs};
 use crate::api::hsd::DEFAULT_BUSY_ANNOTATION;
 use crate::error::{Error, Result, kube_error};
 use crate::observe;
@@ -40,7 +40,9 @@ pub async fn mark(global: &GlobalArgs, args: MarkArgs, busy: bool) -> Result<i32
     } else {
         (args.pods, None)
     };
-    let (client, _, default_ns) = crate::client::connect(&global.client_options()).await?;
+    let dry_run = args.writes.dry_run;
+    let (client, _, default_ns) =
+        crate::client::connect(&global.write_client_options(&args.writes)).await?;
     let namespace = global
         .namespace
         .clone()
@@ -52,14 +54,15 @@ pub async fn mark(global: &GlobalArgs, args: MarkArgs, busy: bool) -> Result<i32
     let mut failed = 0;
     let mut draining = 0;
     for name in &pods {
-        match mark_one(&pod_api, &keys, name, value, busy).await {
+        match mark_one(&pod_api, &keys, name, value, busy, dry_run).await {
             Ok(key) => println!(
-                "pod/{name} marked {} ({key}={value})",
-                if busy { "busy" } else { "idle" }
+                "pod/{name} marked {} ({key}={value}){}",
+                if busy { "busy" } else { "idle" },
+                dry_run.suffix()
             ),
             Err(Refusal::Draining) => {
-                eprintln!(
-                    "error: pod/{name} is draining: it is being removed and takes no new work (not marked busy)"
+                crate::notice_error!(
+                    "pod/{name} is draining: it is being removed and takes no new work (not marked busy)"
                 );
                 draining += 1;
             }
@@ -70,7 +73,7 @@ pub async fn mark(global: &GlobalArgs, args: MarkArgs, busy: bool) -> Result<i32
                 draining += 1;
             }
             Err(Refusal::Failed(error)) => {
-                eprintln!("error: pod/{name}: {error}");
+                crate::notice_error!("pod/{name}: {error}");
                 failed += 1;
             }
         }
@@ -116,6 +119,7 @@ async fn mark_one(
     name: &str,
     value: &str,
     busy: bool,
+    dry_run: DryRun,
 ) -> std::result::Result<String, Refusal> {
     let namespace = pods.namespace().unwrap_or("default").to_string();
     for attempt in 1..=ATTEMPTS {
@@ -149,6 +153,9 @@ async fn mark_one(
             .iter()
             .find(|(selector, _)| crate::plan::selector_matches(selector, pod.labels()))
             .map_or(DEFAULT_BUSY_ANNOTATION.to_string(), |(_, key)| key.clone());
+        if dry_run == DryRun::Client {
+            return Ok(key);
+        }
         let patch = json!({"metadata": {
             "resourceVersion": pod.resource_version(),
             "annotations": {key.as_str(): value},

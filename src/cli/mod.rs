@@ -5,16 +5,18 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::client::ClientOptions;
-use crate::manifests::OperatorMode;
+use crate::client::{ClientOptions, WritePolicy};
+use crate::manifests::{MonitorKind, OperatorMode};
 use crate::observe::Scope;
 
+pub mod complete;
 mod create;
 mod describe;
 mod explain;
 mod get;
 mod install;
-mod mark;
+pub mod jsonpath;
+pub(crate) mod mark;
 pub mod output;
 mod reconcile;
 mod rollout;
@@ -44,18 +46,20 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
     /// The kubeconfig context to use.
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, value_name = "NAME", add = complete::contexts())]
     pub context: Option<String>,
     /// The namespace (default: the context's namespace).
-    #[arg(short = 'n', long, global = true, value_name = "NS")]
+    #[arg(short = 'n', long, global = true, value_name = "NS", add = complete::namespaces())]
     pub namespace: Option<String>,
     /// Every namespace.
     #[arg(short = 'A', long, global = true, conflicts_with = "namespace")]
     pub all_namespaces: bool,
-    /// Output format.
-    #[arg(short = 'o', long, global = true, value_enum)]
+    /// Output format: json, yaml, name, wide, jsonpath=TEMPLATE, jsonpath-file=PATH,
+    /// custom-columns=HEADER:PATH,..., custom-columns-file=PATH.
+    #[arg(short = 'o', long, global = true, value_name = "FORMAT", value_parser = clap::builder::ValueParser::new(parse_output), add = complete::output_formats())]
     pub output: Option<OutputFormat>,
-    /// Log verbosity on stderr: 0 warnings, 1 info, 2 debug, 3+ trace (like kubectl's -v).
+    /// Log verbosity on stderr, like kubectl's -v: 0 warnings, 1-3 info, 4-5 debug, 6 and 7
+    /// also one line per API request, 8 trace, 9 trace of every library.
     #[arg(
         short = 'v',
         long = "v",
@@ -64,9 +68,75 @@ pub struct GlobalArgs {
         value_name = "LEVEL"
     )]
     pub verbosity: u8,
-    /// Log format on stderr.
+    /// Log format on stderr: every stderr line is JSON with `json`.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// How long to wait for the answer to one API request (not a watch): a duration (1s, 2m) or
+    /// seconds; 0 waits forever.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "30s", value_parser = crate::client::parse_request_timeout)]
+    pub request_timeout: std::time::Duration,
+}
+
+fn parse_output(text: &str) -> Result<OutputFormat, String> {
+    text.parse()
+}
+
+/// `--dry-run`: kubectl's strategies. A bare `--dry-run` means `client`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum DryRun {
+    /// Write for real.
+    #[default]
+    None,
+    /// Print what would be written; send no write.
+    Client,
+    /// Send every write as a server-side dry run (`dryRun=All`): the API server validates and
+    /// admits it, and persists nothing.
+    Server,
+}
+
+impl DryRun {
+    pub fn is_dry(self) -> bool {
+        self != DryRun::None
+    }
+
+    /// The flag's value: none, client or server.
+    pub fn name(self) -> &'static str {
+        match self {
+            DryRun::None => "none",
+            DryRun::Client => "client",
+            DryRun::Server => "server",
+        }
+    }
+
+    /// What kubectl appends to a message about a dry-run write.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            DryRun::None => "",
+            DryRun::Client => " (dry run)",
+            DryRun::Server => " (server dry run)",
+        }
+    }
+}
+
+/// The write flags of every command that writes, as kubectl names them.
+#[derive(Debug, Args, Clone)]
+pub struct WriteArgs {
+    /// none: write; client: print what would be written, send nothing; server: send every write
+    /// as a server-side dry run. A bare --dry-run means client.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "STRATEGY",
+        default_value_t = DryRun::None,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "client"
+    )]
+    pub dry_run: DryRun,
+    /// The field manager of the writes (server-side apply ownership). Default: kubectl-hsd
+    /// (kubectl-hsd-mark for mark-busy/mark-idle).
+    #[arg(long, value_name = "NAME")]
+    pub field_manager: Option<String>,
 }
 
 impl GlobalArgs {
@@ -74,6 +144,18 @@ impl GlobalArgs {
         ClientOptions {
             kubeconfig: self.kubeconfig.clone(),
             context: self.context.clone(),
+            writes: WritePolicy::default(),
+        }
+    }
+
+    /// The client options of a command that writes: `--dry-run=server` makes every write a
+    /// server-side dry run.
+    pub fn write_client_options(&self, writes: &WriteArgs) -> ClientOptions {
+        ClientOptions {
+            writes: WritePolicy {
+                server_dry_run: writes.dry_run == DryRun::Server,
+            },
+            ..self.client_options()
         }
     }
 
@@ -91,11 +173,7 @@ impl GlobalArgs {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::notice::LogFormat;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -107,15 +185,23 @@ pub enum Command {
     Crd,
     /// Create a HotStandbyDeployment.
     Create(CreateArgs),
-    /// List HotStandbyDeployments.
+    /// List HotStandbyDeployments (the columns of `kubectl get hsd`).
     Get {
         /// Only this one.
+        #[arg(add = complete::hsd_names())]
         name: Option<String>,
     },
-    /// Show a HotStandbyDeployment, its Deployment, each pod's state, conditions and events.
-    Describe { name: String },
+    /// Show a HotStandbyDeployment: labels, annotations, spec, its Deployment, each pod's
+    /// state, conditions and events.
+    Describe {
+        #[arg(add = complete::hsd_names())]
+        name: String,
+    },
     /// Explain the replica count a pass would choose for a HotStandbyDeployment, step by step.
-    Explain { name: String },
+    Explain {
+        #[arg(add = complete::hsd_names())]
+        name: String,
+    },
     /// Mark pods busy (inside a pod with no argument: POD_NAME/POD_NAMESPACE).
     MarkBusy(MarkArgs),
     /// Mark pods idle.
@@ -127,10 +213,18 @@ pub enum Command {
         #[command(subcommand)]
         command: RolloutCommand,
     },
-    /// Print a shell completion script.
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish). It completes
+    /// subcommands, flags, HotStandbyDeployment names, pods and namespaces from the cluster.
     Completion {
         #[arg(value_enum)]
-        shell: clap_complete::Shell,
+        shell: complete::Shell,
+    },
+    /// kubectl's plugin completion protocol (what `kubectl_complete-hsd` runs): prints the
+    /// candidates for the last argument, then `:<directive>`.
+    #[command(name = "__complete", hide = true)]
+    Complete {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Print the version.
     Version,
@@ -165,9 +259,15 @@ pub struct InstallArgs {
     /// The busy annotation the pod policy lets pods change.
     #[arg(long, default_value = crate::api::hsd::DEFAULT_BUSY_ANNOTATION, value_name = "KEY")]
     pub annotation_key: String,
+    /// With --operator deployment: also a prometheus-operator ServiceMonitor or PodMonitor
+    /// (their CRDs must be installed).
+    #[arg(long, value_enum, value_name = "KIND", requires = "operator")]
+    pub monitor: Option<MonitorKind>,
     /// How long to wait for the CRD to be established.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub writes: WriteArgs,
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +276,8 @@ pub struct UninstallArgs {
     /// Deployments and their pods).
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub writes: WriteArgs,
 }
 
 #[derive(Debug, Args)]
@@ -197,9 +299,8 @@ pub struct CreateArgs {
     pub probe: ProbeArg,
     #[arg(long, value_name = "PATH")]
     pub http_path: Option<String>,
-    /// Print what would be created; write nothing.
-    #[arg(long)]
-    pub dry_run: bool,
+    #[command(flatten)]
+    pub writes: WriteArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -213,6 +314,7 @@ pub enum RolloutCommand {
     /// Wait until the rollout has finished, like `kubectl rollout status`: new pods up and
     /// available, and no pod of an earlier template left (busy ones leave when their work ends).
     Status {
+        #[arg(add = complete::hsd_names())]
         name: String,
         /// Keep waiting; with --watch=false, print the status once.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
@@ -226,23 +328,26 @@ pub enum RolloutCommand {
 #[derive(Debug, Args)]
 pub struct MarkArgs {
     /// Pod names (default: $POD_NAME in $POD_NAMESPACE, as the Downward API sets them).
+    #[arg(add = complete::pod_names())]
     pub pods: Vec<String>,
+    #[command(flatten)]
+    pub writes: WriteArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
     /// Keep running: react to every pod, Deployment and HSD change (leader-elected).
-    #[arg(long, conflicts_with = "dry_run")]
-    pub watch: bool,
-    /// Print the plan; write nothing.
     #[arg(long)]
-    pub dry_run: bool,
+    pub watch: bool,
+    #[command(flatten)]
+    pub writes: WriteArgs,
     /// Reconcile even while a watcher holds the lease (one-shot pass only).
     #[arg(long)]
     pub force: bool,
-    /// With --watch: where to serve /metrics, /healthz and /readyz ("off" to disable).
-    #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR")]
-    pub metrics_addr: String,
+    /// With --watch: where to serve /metrics, /healthz and /readyz ("off" to disable). Default:
+    /// 0.0.0.0:8080 in a pod, else 127.0.0.1:8080 (a free loopback port if that one is taken).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
     /// With --watch: take part in leader election on a Lease (false: reconcile at once, alone).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub leader_elect: bool,
@@ -280,6 +385,18 @@ pub struct ReconcileArgs {
 /// Runs a parsed command. Returns the process exit code.
 pub async fn run(cli: Cli) -> crate::Result<i32> {
     let global = cli.global;
+    let field_manager = match &cli.command {
+        Command::Install(args) => args.writes.field_manager.clone(),
+        Command::Uninstall(args) => args.writes.field_manager.clone(),
+        Command::Create(args) => args.writes.field_manager.clone(),
+        Command::MarkBusy(args) | Command::MarkIdle(args) => args.writes.field_manager.clone(),
+        Command::Reconcile(args) => args.writes.field_manager.clone(),
+        _ => None,
+    };
+    crate::client::set_process_defaults(crate::client::ProcessDefaults {
+        request_timeout: Some(global.request_timeout),
+        field_manager,
+    });
     match cli.command {
         Command::Crd => {
             print!("{}", crate::manifests::crd_yaml());
@@ -290,11 +407,10 @@ pub async fn run(cli: Cli) -> crate::Result<i32> {
             Ok(0)
         }
         Command::Completion { shell } => {
-            use clap::CommandFactory;
-            let mut command = Cli::command();
-            clap_complete::generate(shell, &mut command, "kubectl-hsd", &mut std::io::stdout());
+            print!("{}", complete::script(shell));
             Ok(0)
         }
+        Command::Complete { args } => Ok(complete::cobra(&args)),
         Command::Install(args) => install::install(&global, args).await,
         Command::Uninstall(args) => uninstall::uninstall(&global, args).await,
         Command::Create(args) => create::create(&global, args).await,

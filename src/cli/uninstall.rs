@@ -14,7 +14,8 @@ use crate::manifests::{self, DEFAULT_OPERATOR_NAMESPACE, OperatorOptions};
 /// pod policy), and the CRD when nothing needs it any more. It first checks for HSDs, and it
 /// never touches another install's objects.
 pub async fn uninstall(global: &GlobalArgs, args: UninstallArgs) -> Result<i32> {
-    let (client, _, _) = crate::client::connect(&global.client_options()).await?;
+    let dry_run = args.writes.dry_run;
+    let (client, _, _) = crate::client::connect(&global.write_client_options(&args.writes)).await?;
     let namespace = operator_namespace(global);
 
     // First, before deleting anything: do HSDs still exist?
@@ -38,15 +39,19 @@ pub async fn uninstall(global: &GlobalArgs, args: UninstallArgs) -> Result<i32> 
         manifests::OperatorMode::Deployment,
         manifests::OperatorMode::Cronjob,
     ] {
-        let scoped = [false, true].map(|namespace_scoped| OperatorOptions {
-            mode,
-            namespace: namespace.clone(),
+        // Every variant of the mode: scoped or not, with either monitor.
+        let variants = [
+            (false, Some(manifests::MonitorKind::ServiceMonitor)),
+            (true, Some(manifests::MonitorKind::PodMonitor)),
+        ]
+        .map(|(namespace_scoped, monitor)| OperatorOptions {
             namespace_scoped,
-            ..OperatorOptions::default()
+            monitor,
+            ..OperatorOptions::new(mode, &namespace, &manifests::default_image())
         });
-        let rendered = scoped
-            .iter()
-            .flat_map(manifests::operator)
+        let rendered = manifests::aggregated_roles(&namespace)
+            .into_iter()
+            .chain(variants.iter().flat_map(manifests::operator))
             .chain(manifests::pod_policy(&namespace, "", false));
         for document in rendered.collect::<Vec<_>>().into_iter().rev() {
             // A namespace the user named may hold other things: only ours is deleted.
@@ -66,11 +71,11 @@ pub async fn uninstall(global: &GlobalArgs, args: UninstallArgs) -> Result<i32> 
         }
     }
     for document in &documents {
-        delete_document(&client, document).await?;
+        delete_document(&client, document, dry_run).await?;
     }
 
     if !crd_installed {
-        eprintln!("the CRD is not installed");
+        crate::notice!("the CRD is not installed");
         return Ok(0);
     }
     if hsds_exist && !args.force {
@@ -82,13 +87,13 @@ pub async fn uninstall(global: &GlobalArgs, args: UninstallArgs) -> Result<i32> 
     }
     let others = other_installs(&client, &namespace).await;
     if !others.is_empty() && !args.force {
-        eprintln!(
+        crate::notice!(
             "the CRD stays: other installs use it (namespaces {}); pass --force to delete it anyway",
             others.join(", ")
         );
         return Ok(0);
     }
-    delete_document(&client, &manifests::crd()).await?;
+    delete_document(&client, &manifests::crd(), dry_run).await?;
     Ok(0)
 }
 

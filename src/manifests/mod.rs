@@ -7,9 +7,12 @@ mod operator;
 mod policy;
 mod rbac;
 
-pub use operator::{cronjob_active_deadline_seconds, operator};
+pub use operator::{
+    METRICS_PORT, cronjob_active_deadline_seconds, default_resources, metrics_service_name,
+    operator,
+};
 pub use policy::{pod_policy, pod_policy_name};
-pub use rbac::{lease_rules, reconcile_rules};
+pub use rbac::{aggregated_roles, lease_rules, reconcile_rules, user_role_name};
 
 use kube::CustomResourceExt;
 use serde_json::{Value, json};
@@ -22,11 +25,12 @@ pub const OPERATOR_NAME: &str = "kubectl-hsd";
 /// Nonroot uid/gid of the image (distroless's `nonroot`).
 pub const RUN_AS: i64 = 65532;
 
+/// The image repository `hack/release.sh` pushes to; the tag is `v<crate version>`.
+pub const IMAGE_REPOSITORY: &str = "ghcr.io/paia-tech/kubectl-hsd";
+
+/// The image of this very version, as `hack/release.sh` tags it.
 pub fn default_image() -> String {
-    format!(
-        "ghcr.io/paia-tech/kubectl-hsd:v{}",
-        env!("CARGO_PKG_VERSION")
-    )
+    format!("{IMAGE_REPOSITORY}:v{}", env!("CARGO_PKG_VERSION"))
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -36,6 +40,15 @@ pub enum OperatorMode {
     Cronjob,
     /// `reconcile --watch` in a 2-replica Deployment with leader election.
     Deployment,
+}
+
+/// A prometheus-operator object that scrapes the watcher's `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MonitorKind {
+    /// A ServiceMonitor on the metrics Service.
+    ServiceMonitor,
+    /// A PodMonitor on the watcher pods.
+    PodMonitor,
 }
 
 #[derive(Clone, Debug)]
@@ -49,6 +62,24 @@ pub struct OperatorOptions {
     pub replicas: i32,
     /// Shards of the HSDs, each on its own Lease (Deployment mode; 1: no sharding).
     pub shards: u32,
+    /// The container's `resources` ([`default_resources`] unless told otherwise).
+    pub resources: Value,
+    /// With the Deployment: a ServiceMonitor or PodMonitor too.
+    pub monitor: Option<MonitorKind>,
+}
+
+impl OperatorOptions {
+    /// The options of a mode with the defaults: cluster-wide, 2 replicas, no sharding, the
+    /// mode's resources, no monitor.
+    pub fn new(mode: OperatorMode, namespace: &str, image: &str) -> Self {
+        Self {
+            mode,
+            namespace: namespace.to_string(),
+            image: image.to_string(),
+            resources: default_resources(mode),
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for OperatorOptions {
@@ -60,6 +91,8 @@ impl Default for OperatorOptions {
             namespace_scoped: false,
             replicas: 2,
             shards: 1,
+            resources: default_resources(OperatorMode::default()),
+            monitor: None,
         }
     }
 }
@@ -106,11 +139,14 @@ pub fn cluster_object_name(namespace: &str) -> String {
     format!("{OPERATOR_NAME}.{namespace}")
 }
 
-/// The cluster-wide rules each mode needs, and nothing more: a one-shot pass lists, a watcher
-/// lists and watches.
-/// Everything `install` applies, in order: CRD first, then the operator.
-pub fn install_documents(operator_options: Option<&OperatorOptions>) -> Vec<Value> {
+/// Everything `install` applies, in order: the CRD first, the `view`/`edit` roles of its
+/// resource, then the operator.
+pub fn install_documents(
+    install_namespace: &str,
+    operator_options: Option<&OperatorOptions>,
+) -> Vec<Value> {
     let mut documents = vec![crd()];
+    documents.extend(aggregated_roles(install_namespace));
     if let Some(options) = operator_options {
         documents.extend(operator(options));
     }
@@ -119,8 +155,12 @@ pub fn install_documents(operator_options: Option<&OperatorOptions>) -> Vec<Valu
 
 /// The committed rendering of `install --operator <mode> --print` with the defaults.
 pub fn default_operator_yaml(mode: OperatorMode) -> String {
-    to_yaml_documents(&install_documents(Some(&OperatorOptions {
-        mode,
-        ..OperatorOptions::default()
-    })))
+    to_yaml_documents(&install_documents(
+        DEFAULT_OPERATOR_NAMESPACE,
+        Some(&OperatorOptions::new(
+            mode,
+            DEFAULT_OPERATOR_NAMESPACE,
+            &default_image(),
+        )),
+    ))
 }

@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::OperatorMode;
+use super::{OPERATOR_NAME, OperatorMode, install_labels};
 
 pub fn reconcile_rules(mode: OperatorMode) -> Value {
     let read: &[&str] = match mode {
@@ -44,4 +44,39 @@ pub fn lease_rules(mode: OperatorMode, shards: u32) -> Value {
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         ]),
     }
+}
+
+/// The name of an install's `view` or `edit` ClusterRole (`kubectl-hsd-view.NS`).
+pub fn user_role_name(role: &str, install_namespace: &str) -> String {
+    format!("{OPERATOR_NAME}-{role}.{install_namespace}")
+}
+
+/// ClusterRoles that Kubernetes aggregates into the built-in `view`, `edit` and `admin` roles,
+/// so that whoever may view or edit a namespace may view or edit its HotStandbyDeployments
+/// (the status stays the reconciler's).
+pub fn aggregated_roles(install_namespace: &str) -> Vec<Value> {
+    let with = |extra: &[&str]| {
+        let mut labels = install_labels(install_namespace);
+        for label in extra {
+            labels[format!("rbac.authorization.k8s.io/aggregate-to-{label}")] = json!("true");
+        }
+        labels
+    };
+    let read = ["get", "list", "watch"];
+    vec![
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": user_role_name("view", install_namespace), "labels": with(&["view", "edit", "admin"])},
+            "rules": [
+                {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments", "hotstandbydeployments/status"], "verbs": read},
+            ],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": user_role_name("edit", install_namespace), "labels": with(&["edit", "admin"])},
+            "rules": [
+                {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments"], "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+            ],
+        }),
+    ]
 }

@@ -176,7 +176,7 @@ pub(super) async fn run(
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             if let Err(error) = result {
-                tracing::debug!(%error, "controller");
+                tracing::debug!(error = %crate::error::describe_error(&error), "controller");
             }
         });
     // A graceful shutdown lets running reconciles finish, but the custom trigger streams (pods,

@@ -89,8 +89,7 @@ pub async fn run(config: Config, options: WatchOptions, shutdown: CancellationTo
             let (bound, task) = crate::metrics::serve(addr, metrics.clone(), shutdown.clone())
                 .await
                 .map_err(|e| Error::Invalid(format!("cannot serve metrics on {addr}: {e}")))?;
-            tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
-            eprintln!("serving /metrics, /healthz and /readyz on {bound}");
+            crate::notice!(addr = %bound, "serving /metrics, /healthz and /readyz on {bound}");
             Some(task)
         }
         None => None,
