@@ -213,13 +213,15 @@ where
             match &result {
                 Ok(answer) => tracing::debug!(
                     target: HTTP_LOG_TARGET,
-                    "{method} {uri} {} in {} milliseconds",
+                    "{method} {}{uri} {} in {} milliseconds",
+                    crate::error::api_server(),
                     answer.status(),
                     sent.elapsed().as_millis()
                 ),
                 Err(error) => tracing::debug!(
                     target: HTTP_LOG_TARGET,
-                    "{method} {uri} failed after {} milliseconds: {error}",
+                    "{method} {}{uri} failed after {} milliseconds: {error}",
+                    crate::error::api_server(),
                     sent.elapsed().as_millis()
                 ),
             }

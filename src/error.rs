@@ -123,6 +123,11 @@ pub(crate) fn set_api_server(url: &str) {
     let _ = API_SERVER.set(url.trim_end_matches('/').to_string());
 }
 
+/// The API server's URL, once a configuration was loaded.
+pub(crate) fn api_server() -> &'static str {
+    API_SERVER.get().map_or("", String::as_str)
+}
+
 /// A kube error as one line, the way kubectl words it, never with a Debug dump: an API error as
 /// `<Reason>: <message>` plus the field causes the message leaves out and, where there is one,
 /// the fix; a transport error as what failed and what to check.

@@ -6,6 +6,11 @@ use kubectl_hsd::cli::Cli;
 fn main() {
     // A completion script calling back (`kubectl-hsd completion SHELL`): answer and exit.
     kubectl_hsd::cli::complete::complete_from_env();
+    // kubectl's plugin completion, through `kubectl_complete-hsd`: `kubectl-hsd __complete ARGS`.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(kubectl_hsd::cli::complete::COBRA_COMMAND) {
+        std::process::exit(kubectl_hsd::cli::complete::cobra(&args[2..]));
+    }
     // Usage errors exit 2, --help and --version 0 (clap's codes); with --log-format json the
     // usage error is a JSON line too.
     let cli = match Cli::try_parse() {

@@ -48,12 +48,14 @@ pub enum LogFormat {
 /// The filter of `-v LEVEL`, kubectl's scale: 0 warnings, 1-3 info, 4-5 debug, 6-7 also one
 /// line per API request, 8 trace, 9 trace of every library.
 pub fn verbosity_filter(verbosity: u8) -> String {
+    // kube_client logs every failed request at ERROR, which the command reports itself (once,
+    // worded): it speaks from -v 4 on.
     let http = crate::client::HTTP_LOG_TARGET;
     match verbosity {
-        0 => "kubectl_hsd=warn,kube=warn,warn".into(),
-        1..=3 => "kubectl_hsd=info,kube=warn,warn".into(),
+        0 => "kubectl_hsd=warn,kube_client=off,kube=warn,warn".into(),
+        1..=3 => "kubectl_hsd=info,kube_client=off,kube=warn,warn".into(),
         4..=5 => format!("kubectl_hsd=debug,{http}=info,kube=info,warn"),
-        6..=7 => "kubectl_hsd=debug,kube=debug,warn".into(),
+        6..=7 => "kubectl_hsd=debug,kube=info,warn".into(),
         8 => "kubectl_hsd=trace,kube=trace,info".into(),
         _ => "trace".into(),
     }

@@ -256,3 +256,17 @@ fn a_sharded_watcher_takes_its_replicas_and_shards_and_may_keep_member_leases() 
             .contains("--shards")
     );
 }
+
+#[test]
+fn the_helm_chart_is_up_to_date() {
+    for (path, content) in kubectl_hsd::manifests::package::helm_chart_files() {
+        check(&path, &content);
+    }
+}
+
+#[test]
+fn the_kustomize_tree_is_up_to_date() {
+    for (path, content) in kubectl_hsd::manifests::package::kustomize_files() {
+        check(&path, &content);
+    }
+}

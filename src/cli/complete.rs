@@ -31,6 +31,9 @@ pub const COMPLETE_VAR: &str = "_KUBECTL_HSD_COMPLETE";
 /// Longest wait for the cluster while completing: a shell must stay responsive.
 pub const CLUSTER_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The hidden first argument of kubectl's plugin completion: `kubectl-hsd __complete ARGS...`.
+pub const COBRA_COMMAND: &str = "__complete";
+
 /// cobra's `ShellCompDirectiveNoFileComp`: never fall back to file names.
 const NO_FILE_COMP: u32 = 4;
 
@@ -102,8 +105,13 @@ pub fn cobra(args: &[String]) -> i32 {
         None,
     )
     .unwrap_or_default();
+    // As cobra does: flags only once the word starts with `-`.
+    let current = words.last().map(String::as_str).unwrap_or_default();
+    let flags_wanted = current.starts_with('-');
     let mut out = String::new();
-    for candidate in candidates.iter().filter(|c| !c.is_hide_set()) {
+    for candidate in candidates.iter().filter(|c| {
+        !c.is_hide_set() && (flags_wanted || !c.get_value().to_string_lossy().starts_with('-'))
+    }) {
         out.push_str(&candidate.get_value().to_string_lossy());
         if let Some(help) = candidate.get_help() {
             let help = help.to_string();

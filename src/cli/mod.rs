@@ -23,6 +23,7 @@ mod rollout;
 mod uninstall;
 
 pub use output::OutputFormat;
+pub use reconcile::laptop_lease_namespace;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -219,13 +220,6 @@ pub enum Command {
         #[arg(value_enum)]
         shell: complete::Shell,
     },
-    /// kubectl's plugin completion protocol (what `kubectl_complete-hsd` runs): prints the
-    /// candidates for the last argument, then `:<directive>`.
-    #[command(name = "__complete", hide = true)]
-    Complete {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
-    },
     /// Print the version.
     Version,
 }
@@ -410,7 +404,6 @@ pub async fn run(cli: Cli) -> crate::Result<i32> {
             print!("{}", complete::script(shell));
             Ok(0)
         }
-        Command::Complete { args } => Ok(complete::cobra(&args)),
         Command::Install(args) => install::install(&global, args).await,
         Command::Uninstall(args) => uninstall::uninstall(&global, args).await,
         Command::Create(args) => create::create(&global, args).await,

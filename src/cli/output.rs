@@ -136,7 +136,8 @@ pub fn print_generic(format: &OutputFormat, value: &Value, kind_name: &str) -> c
             let text = template
                 .render(value)
                 .map_err(|e| crate::Error::Invalid(format!("error executing jsonpath: {e}")))?;
-            println!("{text}");
+            // Like kubectl: the template decides about newlines.
+            print!("{text}");
         }
         OutputFormat::CustomColumns(columns) => print!("{}", custom_columns(columns, value)?),
         OutputFormat::Table | OutputFormat::Wide => return Ok(false),

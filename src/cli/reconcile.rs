@@ -114,7 +114,7 @@ const SHUTDOWN_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The Lease namespace of a cluster-wide watcher started outside a pod (a laptop), where the
 /// operator namespace may not exist: create it if this identity may, else use the kubeconfig's
 /// namespace. Says which on stderr.
-async fn laptop_lease_namespace(
+pub async fn laptop_lease_namespace(
     config: &kube::Config,
     wanted: &str,
     kubeconfig_namespace: &str,

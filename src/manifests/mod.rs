@@ -4,6 +4,7 @@
 //! guarded by a drift test.
 
 mod operator;
+pub mod package;
 mod policy;
 mod rbac;
 

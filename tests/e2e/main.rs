@@ -4,6 +4,7 @@
 mod bad_input;
 mod busy_safe;
 mod busy_safety;
+mod cli;
 mod cluster;
 mod common;
 mod core;
