@@ -10,6 +10,7 @@ mod common;
 mod core;
 mod drain;
 mod http_probe;
+mod install_paths;
 mod security;
 mod sharding;
 mod watch;
