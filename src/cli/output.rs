@@ -200,7 +200,7 @@ pub fn describe_table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
 fn table_with_gap(headers: &[&str], rows: Vec<Vec<String>>, gap: u16) -> String {
     let mut table = Table::new();
     table
-        .load_preset(NOTHING)
+        .load_style(NOTHING)
         .set_content_arrangement(ContentArrangement::Disabled)
         .set_header(headers.iter().map(|h| h.to_string()).collect::<Vec<_>>());
     for row in rows {
