@@ -21,7 +21,8 @@
 #
 # Usage: hack/release.sh VERSION [--push] [--skip-image]
 # Environment: HSD_RELEASE_TARGETS (default: all five, e.g. "linux/amd64 linux/arm64"),
-#              HSD_IMAGE_REPOSITORY (default ghcr.io/paia-tech/kubectl-hsd).
+#              HSD_IMAGE_REPOSITORY (default ghcr.io/paia-tech/kubectl-hsd),
+#              CARGO_TARGET_DIR (where cargo builds; default target/).
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -125,7 +126,7 @@ build_platform() {
     SKIPPED+=("$platform: cargo build failed (see $DIST/build-$os-$arch.log)")
     return
   fi
-  local exe="" out="target/$target/release"
+  local exe="" out="${CARGO_TARGET_DIR:-target}/$target/release"
   [[ $os == windows ]] && exe=.exe
   if [[ $os == linux ]] && readelf -d "$out/kubectl-hsd" 2>/dev/null | grep -q NEEDED; then
     SKIPPED+=("$platform: kubectl-hsd is not statically linked")
