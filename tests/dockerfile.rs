@@ -241,7 +241,10 @@ fn build_stage_cross_compiles_a_static_musl_binary_for_both_platforms_without_op
             "`cargo build` must use {flag}: {cargo}"
         );
     }
-    assert!(cargo.contains("NEEDED"), "the build checks the binary is static");
+    assert!(
+        cargo.contains("NEEDED"),
+        "the build checks the binary is static"
+    );
     for ssl in ["libssl", "openssl"] {
         assert!(
             !runs.to_ascii_lowercase().contains(ssl),

@@ -176,6 +176,7 @@ mod tests {
                 "REPLICAS",
                 "STARTING",
                 "UNKNOWN",
+                "OLD",
                 "IDLE-TARGET",
                 "MIN",
                 "MAX",

@@ -120,9 +120,16 @@ fn the_chart_lints_and_renders_exactly_what_install_applies_for_every_choice() {
                 Some(MonitorKind::PodMonitor),
             ],
         };
+        let sharding: &[(i32, u32)] = match mode {
+            OperatorMode::Cronjob => &[(2, 1)],
+            OperatorMode::Deployment => &[(2, 1), (3, 4)],
+        };
         for namespace_scoped in [false, true] {
             for pod_policy in [false, true] {
-                for monitor in monitors {
+                for (monitor, &(replicas, shards)) in monitors
+                    .iter()
+                    .flat_map(|m| sharding.iter().map(move |s| (m, s)))
+                {
                     let mode_name = match mode {
                         OperatorMode::Cronjob => "cronjob",
                         OperatorMode::Deployment => "deployment",
@@ -139,6 +146,8 @@ fn the_chart_lints_and_renders_exactly_what_install_applies_for_every_choice() {
                             "metrics.podMonitor.enabled={}",
                             *monitor == Some(MonitorKind::PodMonitor)
                         ),
+                        format!("replicas={replicas}"),
+                        format!("shards={shards}"),
                     ];
                     let mut args = vec![
                         "template",
@@ -159,6 +168,8 @@ fn the_chart_lints_and_renders_exactly_what_install_applies_for_every_choice() {
                     let options = OperatorOptions {
                         namespace_scoped,
                         monitor: *monitor,
+                        replicas,
+                        shards,
                         ..OperatorOptions::new(mode, "team-a", &manifests::default_image())
                     };
                     // Helm makes the release namespace itself (--create-namespace).
@@ -170,7 +181,11 @@ fn the_chart_lints_and_renders_exactly_what_install_applies_for_every_choice() {
             }
         }
     }
-    assert_eq!(checked, 16);
+    assert_eq!(
+        checked,
+        4 + 4 * 3 * 2,
+        "every mode, scope, policy, monitor and sharding"
+    );
 
     // The values a platform team sets: image and resources.
     let rendered = objects(&ok(
