@@ -12,8 +12,9 @@
 #      windows) with LICENSE at the root, writes SHA256SUMS, and rewrites krew-manifest/hsd.yaml:
 #      version, one platform per archive with its sha256 (platforms that were not built are left
 #      out, so the manifest never carries a digest that matches nothing).
-#   4. Validates the manifest with krew's own validate-krew-manifest (built from krew's Go
-#      module) and with tests/krew_manifest.rs.
+#   4. Validates the manifest with krew's own validate-krew-manifest and krew (built from krew's
+#      Go module; the archives are served to krew on 127.0.0.1 only) and with
+#      tests/krew_manifest.rs.
 #   5. Builds the image for linux/amd64 and linux/arm64 from the Dockerfile, tagged
 #      ghcr.io/paia-tech/kubectl-hsd:v<VERSION>, with docker buildx or buildah when one of them
 #      works here, and says so when neither does. Pushing is left to the person releasing
@@ -218,21 +219,50 @@ write_manifest >"$DIST/hsd.yaml"
 cp "$DIST/hsd.yaml" krew-manifest/hsd.yaml
 log "krew-manifest/hsd.yaml: ${#BUILT[@]} platform(s) with their sha256"
 
-# Check the manifest: krew's own validator (built from its Go module when the Go proxy can be
-# reached), and this repository's rules (tests/krew_manifest.rs).
+# Check the manifest: krew's own validate-krew-manifest and krew itself, both built from krew's
+# Go module, and this repository's rules (tests/krew_manifest.rs). The validator installs every
+# platform with `kubectl krew install --manifest`, which downloads the archive: a copy of the
+# manifest points at the archives served from this directory on 127.0.0.1.
 krew_note=""
-KREW_BIN="$REPO_ROOT/target/tools/bin"
-if [[ -x $KREW_BIN/validate-krew-manifest ]] ||
-  GOBIN="$KREW_BIN" GOFLAGS=-buildvcs=false go install sigs.k8s.io/krew/cmd/validate-krew-manifest@v0.4.3 >"$DIST/krew-validator.log" 2>&1; then
-  # The validator installs the plugin from the archive it names: point it at the local file.
-  sed "s|uri: $URL_BASE/|uri: file://$DIST/|" "$DIST/hsd.yaml" >"$DIST/local/hsd.yaml"
-  if "$KREW_BIN/validate-krew-manifest" -manifest "$DIST/local/hsd.yaml" >>"$DIST/krew-validator.log" 2>&1; then
-    krew_note="validate-krew-manifest (krew v0.4.3): passed"
+KREW_VERSION=v0.4.3
+TOOLS="$REPO_ROOT/target/tools/bin"
+KUBECTL=$(command -v kubectl || true)
+for candidate in "${HSD_BIN_DIR:-$HOME/.cache/kubectl-hsd/bin}"/*/kubectl; do
+  [[ -z $KUBECTL && -x $candidate ]] && KUBECTL=$candidate
+done
+if [[ -z $KUBECTL ]]; then
+  krew_note="no kubectl to run krew with (hack/cluster.sh build k8s makes one); tests/krew_manifest.rs only"
+elif ! { [[ -x $TOOLS/validate-krew-manifest && -x $TOOLS/kubectl-krew ]] ||
+  { GOBIN="$TOOLS" GOFLAGS=-buildvcs=false go install "sigs.k8s.io/krew/cmd/validate-krew-manifest@$KREW_VERSION" &&
+    GOBIN="$TOOLS" GOFLAGS=-buildvcs=false go install "sigs.k8s.io/krew/cmd/krew@$KREW_VERSION" &&
+    mv "$TOOLS/krew" "$TOOLS/kubectl-krew"; } >"$DIST/krew-build.log" 2>&1; }; then
+  krew_note="krew $KREW_VERSION could not be built from its Go module (see $DIST/krew-build.log); tests/krew_manifest.rs only"
+else
+  mkdir -p "$DIST/local/kubectl"
+  ln -sf "$KUBECTL" "$DIST/local/kubectl/kubectl"
+  port_file="$DIST/local/port"
+  python3 - "$DIST" "$port_file" <<'PY' &
+import functools, http.server, sys
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=sys.argv[1])
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+open(sys.argv[2], "w").write(str(server.server_address[1]))
+server.timeout = 1
+import time
+deadline = time.time() + 600
+while time.time() < deadline:
+    server.handle_request()
+PY
+  server_pid=$!
+  for _ in $(seq 50); do [[ -s $port_file ]] && break; sleep 0.1; done
+  sed "s|uri: $URL_BASE/|uri: http://127.0.0.1:$(cat "$port_file")/|" "$DIST/hsd.yaml" >"$DIST/local/hsd.yaml"
+  if PATH="$TOOLS:$DIST/local/kubectl:$PATH" "$TOOLS/validate-krew-manifest" -manifest "$DIST/local/hsd.yaml" \
+    >"$DIST/krew-validator.log" 2>&1; then
+    krew_note="validate-krew-manifest (krew $KREW_VERSION) passed: structure, selectors, and a real krew install of every platform with its sha256"
   else
+    kill "$server_pid" 2>/dev/null || true
     die "validate-krew-manifest rejected the manifest: see $DIST/krew-validator.log"
   fi
-else
-  krew_note="validate-krew-manifest could not be built (see $DIST/krew-validator.log); tests/krew_manifest.rs only"
+  kill "$server_pid" 2>/dev/null || true
 fi
 HSD_KREW_MANIFEST="$DIST/hsd.yaml" cargo test --quiet --locked --test krew_manifest >"$DIST/krew-rules.log" 2>&1 ||
   die "the manifest breaks tests/krew_manifest.rs: see $DIST/krew-rules.log"
