@@ -67,8 +67,8 @@ pub async fn mark(global: &GlobalArgs, args: MarkArgs, busy: bool) -> Result<i32
                 draining += 1;
             }
             Err(Refusal::Terminating) => {
-                eprintln!(
-                    "error: pod/{name} is terminating: it is being deleted and takes no new work (not marked busy)"
+                crate::notice_error!(
+                    "pod/{name} is terminating: it is being deleted and takes no new work (not marked busy)"
                 );
                 draining += 1;
             }
