@@ -68,7 +68,13 @@ pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> 
         probe_concurrency: Some(args.probe_concurrency),
         deadline: Some(args.deadline),
     };
-    let report = run_pass(&client, &scope, &options).await?;
+    // A pass over a large cluster takes a while: a spinner on a terminal (never in JSON logs).
+    let bar = super::install::spinner(global, "reconciling HotStandbyDeployments");
+    let report = run_pass(&client, &scope, &options).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let report = report?;
     for (outcome, error) in report.failures() {
         crate::notice_error!("{}/{}: {error}", outcome.namespace, outcome.name);
     }
