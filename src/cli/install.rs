@@ -16,7 +16,7 @@ use kube::{Api, Client};
 use serde_json::Value;
 
 use super::{GlobalArgs, InstallArgs};
-use crate::api::HotStandbyDeployment;
+use crate::api::{HotStandbyDeployment, HotStandbyJob};
 use crate::error::{Error, Result, is_not_found, kube_error};
 use crate::execute::FIELD_MANAGER;
 use crate::manifests::{self, DEFAULT_OPERATOR_NAMESPACE, OperatorOptions};
@@ -128,38 +128,38 @@ pub async fn install(global: &GlobalArgs, args: InstallArgs) -> Result<i32> {
         return Ok(0);
     }
     let (client, _, _) = crate::client::connect(&global.client_options()).await?;
-    let crd = apply_document(&client, &documents[0]).await?;
-    println!("{crd} serverside-applied");
-    let bar = spinner("waiting for the CRD to be established");
+    let crd_count = manifests::CRD_COUNT;
+    for document in &documents[..crd_count] {
+        let crd = apply_document(&client, document).await?;
+        println!("{crd} serverside-applied");
+    }
+    let bar = spinner("waiting for the CRDs to be established");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let established = tokio::time::timeout(
-        args.timeout,
-        await_condition(
-            crds,
-            HotStandbyDeployment::crd_name(),
-            conditions::is_crd_established(),
-        ),
-    )
+    let names = [HotStandbyDeployment::crd_name(), HotStandbyJob::crd_name()];
+    let established = tokio::time::timeout(args.timeout, async {
+        for name in names {
+            await_condition(crds.clone(), name, conditions::is_crd_established())
+                .await
+                .map_err(|e| Error::Invalid(format!("waiting for {name}: {e}")))?;
+            eprintln!("{name} established");
+        }
+        Ok::<(), Error>(())
+    })
     .await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
     match established {
-        Ok(Ok(_)) => eprintln!("{} established", HotStandbyDeployment::crd_name()),
-        Ok(Err(e)) => {
-            return Err(Error::Invalid(format!(
-                "waiting for {}: {e}",
-                HotStandbyDeployment::crd_name()
-            )));
-        }
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return Err(error),
         Err(_) => {
             return Err(Error::Timeout(
                 args.timeout,
-                format!("{} to be established", HotStandbyDeployment::crd_name()),
+                format!("{} to be established", names.join(" and ")),
             ));
         }
     }
-    for document in &documents[1..] {
+    for document in &documents[crd_count..] {
         let applied = apply_document(&client, document).await?;
         println!("{applied} serverside-applied");
     }

@@ -1,4 +1,6 @@
-//! `reconcile`: one pass, a summary on stdout, one line per failed HSD on stderr.
+//! `reconcile`: one pass, a summary on stdout, one line per failed HSD or HSJ on stderr. The
+//! HSDs' rows are as they always were; HotStandbyJobs, when the scope has any, follow as rows
+//! named `hsj/NAME` (and under `hotStandbyJobs` in `-o json|yaml`).
 
 use serde_json::json;
 
@@ -41,11 +43,18 @@ pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> 
     let options = PassOptions {
         dry_run: args.dry_run,
         probe_concurrency: Some(args.probe_concurrency),
+        exec_probe_concurrency: Some(args.exec_probe_concurrency),
         deadline: Some(args.deadline),
     };
     let report = run_pass(&client, &scope, &options).await?;
     for (outcome, error) in report.failures() {
         eprintln!("error: {}/{}: {error}", outcome.namespace, outcome.name);
+    }
+    for (outcome, error) in report.hsj_failures() {
+        eprintln!("error: {}/hsj/{}: {error}", outcome.namespace, outcome.name);
+    }
+    if let Some(error) = &report.hsj_error {
+        eprintln!("error: HotStandbyJobs: {error}");
     }
     match global.output {
         Some(OutputFormat::Json) => {
@@ -58,14 +67,24 @@ pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> 
             for outcome in &report.outcomes {
                 println!("hotstandbydeployment.apps.paia.tech/{}", outcome.name);
             }
+            for outcome in &report.hsj_outcomes {
+                println!("hotstandbyjob.apps.paia.tech/{}", outcome.name);
+            }
         }
-        _ if report.outcomes.is_empty() => eprintln!("No HotStandbyDeployments found in scope."),
+        _ if report.outcomes.is_empty() && report.hsj_outcomes.is_empty() => {
+            eprintln!("No HotStandbyDeployments found in scope.")
+        }
         _ => print!("{}", summary_table(&report, args.dry_run)),
     }
     if args.stats {
         eprintln!(
-            "stats: {} HSDs, {} pods probed, {} API requests ({} reads, {} writes), {:.3}s",
+            "stats: {} HSDs{}, {} pods probed, {} API requests ({} reads, {} writes), {:.3}s",
             report.outcomes.len(),
+            if report.hsj_outcomes.is_empty() {
+                String::new()
+            } else {
+                format!(", {} HSJs", report.hsj_outcomes.len())
+            },
             report.probes.len(),
             stats.total(),
             stats.reads(),
@@ -73,11 +92,7 @@ pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> 
             report.elapsed.as_secs_f64()
         );
     }
-    Ok(if report.failures().next().is_some() {
-        1
-    } else {
-        0
-    })
+    Ok(if report.failed() { 1 } else { 0 })
 }
 
 /// How long a watcher may take to stop after SIGTERM/SIGINT, whatever state the API server is in.
@@ -107,6 +122,7 @@ async fn watch(
         resync: args.resync,
         probe_concurrency: args.probe_concurrency,
         shards: args.shards,
+        exec_probe_concurrency: args.exec_probe_concurrency,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let on_signal = shutdown.clone();
@@ -138,7 +154,48 @@ fn action(outcome: &crate::once::HsdOutcome, dry_run: bool) -> String {
     }
 }
 
+fn hsj_action(outcome: &crate::once::HsjOutcome, dry_run: bool) -> String {
+    if !dry_run {
+        return outcome.action();
+    }
+    let plan = &outcome.plan;
+    if plan.decision.is_none() {
+        return "blocked".into();
+    }
+    let mut parts = Vec::new();
+    if !plan.creates.is_empty() {
+        parts.push(format!("would create {}", plan.creates.len()));
+    }
+    if !plan.deletions.is_empty() {
+        parts.push(format!("would delete {}", plan.deletions.len()));
+    }
+    if parts.is_empty() {
+        if plan.status_changed {
+            "would update status".into()
+        } else {
+            "unchanged".into()
+        }
+    } else {
+        parts.join(", ")
+    }
+}
+
 fn summary_table(report: &PassReport, dry_run: bool) -> String {
+    let hsj_rows = report.hsj_outcomes.iter().map(|o| {
+        let counts = o.plan.counts;
+        vec![
+            o.namespace.clone(),
+            format!("hsj/{}", o.name),
+            counts.busy.to_string(),
+            counts.idle.to_string(),
+            counts.starting.to_string(),
+            counts.unknown.to_string(),
+            o.plan
+                .recommendation
+                .map_or("-".into(), |r| r.replicas.to_string()),
+            hsj_action(o, dry_run),
+        ]
+    });
     let rows = report
         .outcomes
         .iter()
@@ -157,6 +214,7 @@ fn summary_table(report: &PassReport, dry_run: bool) -> String {
                 action(o, dry_run),
             ]
         })
+        .chain(hsj_rows)
         .collect();
     table(
         &[
@@ -174,6 +232,32 @@ fn summary_table(report: &PassReport, dry_run: bool) -> String {
 }
 
 fn report_json(report: &PassReport, dry_run: bool) -> serde_json::Value {
+    let mut value = hsd_report_json(report, dry_run);
+    if !report.hsj_outcomes.is_empty() || report.hsj_error.is_some() {
+        value["hotStandbyJobs"] = json!(report.hsj_outcomes.iter().map(|o| json!({
+            "namespace": o.namespace,
+            "name": o.name,
+            "busy": o.plan.counts.busy,
+            "idle": o.plan.counts.idle,
+            "starting": o.plan.counts.starting,
+            "unknown": o.plan.counts.unknown,
+            "desiredActive": o.plan.recommendation.map(|r| r.replicas),
+            "create": o.plan.creates,
+            "delete": o.plan.deletions.iter().map(|d| &d.job).collect::<Vec<_>>(),
+            "created": o.result.as_ref().ok().map(|w| &w.created),
+            "deleted": o.result.as_ref().ok().map(|w| w.deleted.iter().map(|(n, _)| n).collect::<Vec<_>>()),
+            "action": hsj_action(o, dry_run),
+            "events": o.plan.events.iter().map(|e| json!({"reason": e.reason, "note": e.note})).collect::<Vec<_>>(),
+            "error": o.result.as_ref().err().map(|e| e.to_string()),
+        })).collect::<Vec<_>>());
+        if let Some(error) = &report.hsj_error {
+            value["hotStandbyJobsError"] = json!(error.to_string());
+        }
+    }
+    value
+}
+
+fn hsd_report_json(report: &PassReport, dry_run: bool) -> serde_json::Value {
     json!({
         "dryRun": dry_run,
         "elapsedSeconds": report.elapsed.as_secs_f64(),

@@ -14,7 +14,7 @@ pub use rbac::{lease_rules, reconcile_rules};
 use kube::CustomResourceExt;
 use serde_json::{Value, json};
 
-use crate::api::HotStandbyDeployment;
+use crate::api::{HotStandbyDeployment, HotStandbyJob};
 
 /// The namespace the operator objects go to unless `-n` says otherwise.
 pub const DEFAULT_OPERATOR_NAMESPACE: &str = "hsd-system";
@@ -73,13 +73,34 @@ pub fn to_yaml_documents(documents: &[Value]) -> String {
         .join("---\n")
 }
 
+/// The HotStandbyDeployment CRD.
 pub fn crd() -> Value {
     serde_json::to_value(HotStandbyDeployment::crd()).expect("a CRD always serializes")
 }
 
-/// The CRD as YAML, exactly as committed in `crd/hotstandbydeployment.yaml`.
+/// The HotStandbyJob CRD.
+pub fn hsj_crd() -> Value {
+    serde_json::to_value(HotStandbyJob::crd()).expect("a CRD always serializes")
+}
+
+/// Every CRD of the tool, in the order `install` applies them.
+pub fn crds() -> Vec<Value> {
+    vec![crd(), hsj_crd()]
+}
+
+/// The HotStandbyDeployment CRD as YAML, exactly as committed in `crd/hotstandbydeployment.yaml`.
 pub fn crd_yaml() -> String {
     to_yaml_documents(&[crd()])
+}
+
+/// The HotStandbyJob CRD as YAML, exactly as committed in `crd/hotstandbyjob.yaml`.
+pub fn hsj_crd_yaml() -> String {
+    to_yaml_documents(&[hsj_crd()])
+}
+
+/// Every CRD as one YAML stream (`kubectl hsd crd`).
+pub fn crds_yaml() -> String {
+    to_yaml_documents(&crds())
 }
 
 /// The label on every object an install makes, naming the install's namespace: `uninstall -n NS`
@@ -108,9 +129,12 @@ pub fn cluster_object_name(namespace: &str) -> String {
 
 /// The cluster-wide rules each mode needs, and nothing more: a one-shot pass lists, a watcher
 /// lists and watches.
-/// Everything `install` applies, in order: CRD first, then the operator.
+/// How many of [`install_documents`] come first as CRDs.
+pub const CRD_COUNT: usize = 2;
+
+/// Everything `install` applies, in order: the CRDs first, then the operator.
 pub fn install_documents(operator_options: Option<&OperatorOptions>) -> Vec<Value> {
-    let mut documents = vec![crd()];
+    let mut documents = crds();
     if let Some(options) = operator_options {
         documents.extend(operator(options));
     }
