@@ -8,6 +8,7 @@ mod cluster;
 mod common;
 mod core;
 mod drain;
+mod hsj;
 mod http_probe;
 mod security;
 mod sharding;
