@@ -93,10 +93,14 @@ pub async fn uninstall(global: &GlobalArgs, args: UninstallArgs) -> Result<i32> 
     }
     if !existing.is_empty() && !args.force {
         let kinds: Vec<String> = existing.iter().map(|kind| format!("{kind}s")).collect();
+        let named = match kinds.as_slice() {
+            [one] => format!("{one} still exist"),
+            [first, rest @ ..] => format!("{first} still exist (and {})", rest.join(", ")),
+            [] => unreachable!("checked above"),
+        };
         return Err(Error::Invalid(format!(
-            "{} still exist: the CRDs stay, because deleting them would delete them, with their Deployments, Jobs and pods. \
-             Delete them first, or pass --force",
-            kinds.join(" and ")
+            "{named}: the CRDs stay, because deleting them would delete them, with their Deployments, Jobs and pods. \
+             Delete them first, or pass --force"
         )));
     }
     let others = other_installs(&client, &namespace).await;
