@@ -337,3 +337,36 @@ fn only_the_reconciler_may_exec_into_pods() {
         assert_eq!(bound_to[0]["kind"], "ServiceAccount");
     }
 }
+
+#[test]
+fn the_pod_policy_covers_hsd_and_hsj_workers_alike() {
+    let documents = kubectl_hsd::manifests::pod_policy("hsd-system", "paia.tech/busy", false);
+    let policies: Vec<&serde_json::Value> = documents
+        .iter()
+        .filter(|d| d["kind"] == "ValidatingAdmissionPolicy")
+        .collect();
+    let labels: Vec<&serde_json::Value> = policies
+        .iter()
+        .map(|p| &p["spec"]["matchConstraints"]["objectSelector"]["matchExpressions"][0]["key"])
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            kubectl_hsd::labels::HSD_LABEL,
+            kubectl_hsd::labels::HSJ_LABEL
+        ]
+    );
+    // The same rules for both.
+    assert_eq!(
+        policies[0]["spec"]["validations"],
+        policies[1]["spec"]["validations"]
+    );
+    let bindings: Vec<&serde_json::Value> = documents
+        .iter()
+        .filter(|d| d["kind"] == "ValidatingAdmissionPolicyBinding")
+        .collect();
+    assert_eq!(bindings.len(), 2);
+    for (policy, binding) in policies.iter().zip(bindings) {
+        assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    }
+}

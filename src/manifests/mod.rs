@@ -8,7 +8,7 @@ mod policy;
 mod rbac;
 
 pub use operator::{cronjob_active_deadline_seconds, operator};
-pub use policy::{pod_policy, pod_policy_name};
+pub use policy::{hsj_pod_policy_name, pod_policy, pod_policy_name};
 pub use rbac::{lease_rules, reconcile_rules};
 
 use kube::CustomResourceExt;

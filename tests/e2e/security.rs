@@ -215,13 +215,16 @@ async fn pods_may_mark_only_themselves_and_only_the_busy_annotation() {
     )
     .await;
     let pods: Api<Pod> = ns.api();
-    // "me" and "other" are an HSD's pods (the label every child template carries); "foreign"
-    // belongs to some other controller, which the policy must never get in the way of.
-    for name in ["me", "other", "foreign"] {
-        let labels = if name == "foreign" {
-            json!({"app": "matchmaker"})
-        } else {
-            json!({"app": "game-ws", kubectl_hsd::labels::HSD_LABEL: "game-ws"})
+    // "me" and "other" are an HSD's pods (the label every child template carries), "worker" a
+    // HotStandbyJob's; "foreign" belongs to some other controller, which the policy must never
+    // get in the way of.
+    for name in ["me", "other", "worker", "foreign"] {
+        let labels = match name {
+            "foreign" => json!({"app": "matchmaker"}),
+            "worker" => {
+                json!({"app": "game-worker", kubectl_hsd::labels::HSJ_LABEL: "game-worker"})
+            }
+            _ => json!({"app": "game-ws", kubectl_hsd::labels::HSD_LABEL: "game-ws"}),
         };
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": labels},
@@ -251,15 +254,19 @@ async fn pods_may_mark_only_themselves_and_only_the_busy_annotation() {
         Duration::from_secs(20),
         || async {
             let probe = json!({"metadata": {"labels": {"probe": "x"}}});
-            as_pod
-                .patch(
-                    "other",
-                    &PatchParams::default().dry_run(),
-                    &Patch::Merge(&probe),
-                )
-                .await
-                .is_err()
-                .then_some(())
+            let mut denied = true;
+            // Both policies: the HSD pods' and the HotStandbyJob workers'.
+            for pod in ["other", "worker"] {
+                denied &= as_pod
+                    .patch(
+                        pod,
+                        &PatchParams::default().dry_run(),
+                        &Patch::Merge(&probe),
+                    )
+                    .await
+                    .is_err();
+            }
+            denied.then_some(())
         },
     )
     .await;
@@ -299,6 +306,14 @@ async fn pods_may_mark_only_themselves_and_only_the_busy_annotation() {
             .annotations()
             .get("paia.tech/busy")
             .is_none()
+    );
+    // A HotStandbyJob's worker is covered the same way.
+    let output = run_with(&config, &["mark-busy", "worker", "-n", &ns.name], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("a pod may mark only itself: this token is bound to pod me, not worker"),
+        "{stderr}"
     );
 
     // Any other field of its own pod is refused.
