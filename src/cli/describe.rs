@@ -251,7 +251,7 @@ pub async fn describe_hsj(global: &GlobalArgs, name: &str) -> Result<i32> {
     );
     let _ = writeln!(
         text,
-        "Jobs:         {} ({} active, {} completed, {} failed{})",
+        "Job counts:   {} ({} active, {} completed, {} failed{})",
         status.child_jobs,
         status.active_jobs,
         status.completed_jobs,
