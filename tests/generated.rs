@@ -135,14 +135,19 @@ fn the_cronjob_runs_one_pass_a_minute_as_non_root_with_least_privilege() {
                 .any(|r| r == "*"),
             "no wildcards: {rule}"
         );
-        // delete: only pods (the ones a scale-down drained, with a precondition).
+        // delete: only pods (the ones a scale-down drained) and Jobs (a HotStandbyJob's idle
+        // workers), each with a precondition.
         if rule["verbs"]
             .as_array()
             .unwrap()
             .iter()
             .any(|v| v == "delete")
         {
-            assert_eq!(rule["resources"], serde_json::json!(["pods"]), "{rule}");
+            assert!(
+                rule["resources"] == serde_json::json!(["pods"])
+                    || rule["resources"] == serde_json::json!(["jobs"]),
+                "{rule}"
+            );
         }
     }
 }
