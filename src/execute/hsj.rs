@@ -1,6 +1,7 @@
-//! The writes of a HotStandbyJob's pass: deletions first (each a compare-and-swap: the Job's
-//! uid and resourceVersion as read are the preconditions, so a Job that changed or was replaced
-//! meanwhile is not deleted), then creations (each Job under a name of its own: a second
+//! The writes of a HotStandbyJob's pass: deletions first (each two compare-and-swaps: the
+//! worker pod is marked draining on its uid and resourceVersion as read, so a worker marked busy
+//! meanwhile keeps its Job; then the Job's uid and resourceVersion as read are the preconditions
+//! of its deletion, so a Job that changed or was replaced meanwhile is not deleted), then creations (each Job under a name of its own: a second
 //! attempt at the same Job is refused by the API server instead of making a duplicate), the
 //! status (server-side apply), and events describing what was really done.
 
@@ -91,6 +92,78 @@ pub fn job_manifest(hsj: &ObservedHsj, plan: &HsjPlan, name: &str) -> Option<Val
     }))
 }
 
+/// How one Job's deletion went.
+enum JobDeleted {
+    Deleted,
+    /// The Job changed or was replaced since it was read: kept.
+    JobChanged,
+    /// Its worker pod changed since it was read (perhaps marked busy): kept, not drained.
+    PodChanged,
+    Gone,
+}
+
+/// Deletes one Job in two compare-and-swaps: its live worker pod is first marked draining on
+/// the uid and resourceVersion it was read at (a pod marked busy since is kept; after the mark,
+/// `mark-busy` and the pod policy refuse it), then the Job goes on its own uid and
+/// resourceVersion. A Job whose precondition fails gets its worker back (the draining mark
+/// removed), since it stays.
+async fn delete_job(
+    jobs: &Api<DynamicObject>,
+    pods: &Api<DynamicObject>,
+    deletion: &crate::plan::hsj::Deletion,
+) -> std::result::Result<JobDeleted, (&'static str, &'static str, kube::Error)> {
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..Default::default()
+    };
+    let mut drained = None;
+    if let Some(pod) = deletion.pod.as_ref().filter(|_| !deletion.pod_draining) {
+        let body = json!({"metadata": {
+            "uid": pod.uid,
+            "resourceVersion": pod.resource_version,
+            "annotations": {
+                crate::labels::DRAINING_ANNOTATION: jiff::Timestamp::now().to_string(),
+            },
+        }});
+        match pods.patch(&pod.pod, &params, &Patch::Merge(&body)).await {
+            Ok(_) => drained = Some(pod),
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                return Ok(JobDeleted::PodChanged);
+            }
+            // The pod is gone: nothing runs in it any more.
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(("pods", "patch", error)),
+        }
+    }
+    let delete = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(deletion.uid.clone()),
+            resource_version: deletion.resource_version.clone(),
+        }),
+        propagation_policy: Some(kube::api::PropagationPolicy::Background),
+        ..DeleteParams::default()
+    };
+    match jobs.delete(&deletion.job, &delete).await {
+        Ok(_) => Ok(JobDeleted::Deleted),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            if let Some(pod) = drained {
+                // Best effort: a mark left behind makes the Job the first victim of a later
+                // pass, never a deleted busy one.
+                let body = json!({"metadata": {
+                    "uid": pod.uid,
+                    "annotations": { crate::labels::DRAINING_ANNOTATION: null },
+                }});
+                if let Err(error) = pods.patch(&pod.pod, &params, &Patch::Merge(&body)).await {
+                    tracing::warn!(pod = %pod.pod, %error, "cannot remove the draining mark of a kept Job's worker");
+                }
+            }
+            Ok(JobDeleted::JobChanged)
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(JobDeleted::Gone),
+        Err(error) => Err(("jobs.batch", "delete", error)),
+    }
+}
+
 /// Carries out a plan (see the module's documentation).
 pub async fn execute(client: &Client, hsj: &ObservedHsj, plan: &HsjPlan) -> Result<HsjWritten> {
     let mut written = HsjWritten::default();
@@ -99,19 +172,17 @@ pub async fn execute(client: &Client, hsj: &ObservedHsj, plan: &HsjPlan) -> Resu
     let mut first_error = None;
 
     if !plan.blocked && !plan.deletions.is_empty() {
+        let pods: Api<DynamicObject> = Api::namespaced_with(
+            client.clone(),
+            &hsj.namespace,
+            &crate::observe::pod_resource(),
+        );
         let results: Vec<_> = futures::stream::iter(plan.deletions.clone())
             .map(|deletion: crate::plan::hsj::Deletion| {
                 let jobs = jobs.clone();
+                let pods = pods.clone();
                 async move {
-                    let params = DeleteParams {
-                        preconditions: Some(Preconditions {
-                            uid: Some(deletion.uid.clone()),
-                            resource_version: deletion.resource_version.clone(),
-                        }),
-                        propagation_policy: Some(kube::api::PropagationPolicy::Background),
-                        ..DeleteParams::default()
-                    };
-                    let result = jobs.delete(&deletion.job, &params).await;
+                    let result = delete_job(&jobs, &pods, &deletion).await;
                     (deletion, result)
                 }
             })
@@ -120,21 +191,26 @@ pub async fn execute(client: &Client, hsj: &ObservedHsj, plan: &HsjPlan) -> Resu
             .await;
         for (deletion, result) in results {
             match result {
-                Ok(_) => written
+                Ok(JobDeleted::Deleted) => written
                     .deleted
                     .push((deletion.job.clone(), deletion.reason)),
-                Err(kube::Error::Api(status)) if status.code == 409 => written.skipped.push((
+                Ok(JobDeleted::JobChanged) => written.skipped.push((
                     deletion.job.clone(),
                     "it changed since it was read (precondition failed)".into(),
                 )),
-                Err(kube::Error::Api(status)) if status.code == 404 => written
+                Ok(JobDeleted::PodChanged) => written.skipped.push((
+                    deletion.job.clone(),
+                    "its worker pod changed since it was read (it may have been marked busy)"
+                        .into(),
+                )),
+                Ok(JobDeleted::Gone) => written
                     .skipped
                     .push((deletion.job.clone(), "already gone".into())),
-                Err(error) => {
+                Err((resource, verb, error)) => {
                     first_error.get_or_insert(kube_error(
                         format!("deleting Job {}/{}", hsj.namespace, deletion.job),
-                        "delete",
-                        "jobs.batch",
+                        verb,
+                        resource,
                         Some(&hsj.namespace),
                     )(error));
                 }

@@ -335,6 +335,141 @@ async fn a_busy_worker_is_backfilled_and_the_surplus_goes_only_after_the_delay()
     assert!(busy_victims(&deletions).is_empty());
 }
 
+/// Every pod deletion of a namespace: (pod name, its annotations in its last state).
+type PodDeletions = Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>;
+
+fn spawn_pod_deletion_recorder(ns: &TestNs) -> (PodDeletions, tokio::task::JoinHandle<()>) {
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+    let deletions: PodDeletions = Default::default();
+    let pods: Api<Pod> = ns.api();
+    let record = deletions.clone();
+    let task = tokio::spawn(async move {
+        let mut events = watcher(pods, watcher::Config::default()).boxed();
+        while let Some(event) = events.next().await {
+            if let Ok(watcher::Event::Delete(pod)) = event {
+                record
+                    .lock()
+                    .unwrap()
+                    .push((pod.name_any(), pod.annotations().clone()));
+            }
+        }
+    });
+    (deletions, task)
+}
+
+#[tokio::test]
+async fn a_victims_worker_is_drained_before_its_job_goes_and_mark_busy_then_refuses_it() {
+    ensure_crd();
+    let ns = TestNs::new("hsj-drain").await;
+    create_hsj(&ns, &hsj(&ns, "d", 2, 0, json!({"mode": "annotation"}))).await;
+    let (pod_deletions, recorder) = spawn_pod_deletion_recorder(&ns);
+    pass(&ns).await;
+    let workers = running_workers(&ns, "d", 2).await;
+    // One Job is surplus once the idle target drops to 1.
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ns.client.clone(), &ns.name, &hsj_resource());
+    api.patch(
+        "d",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"idleTarget": 1}})),
+    )
+    .await
+    .unwrap();
+
+    // A plan made from a read, then the victim's worker is marked busy before the plan is
+    // carried out: the drain's compare-and-swap on the pod as read refuses, the Job stays.
+    let snapshot = kubectl_hsd::observe::jobs::read_hsj_snapshot(
+        &ns.client,
+        &Scope::Namespace(ns.name.clone()),
+    )
+    .await
+    .unwrap();
+    let (observed, _) =
+        kubectl_hsd::observe::jobs::observe_hsj(&snapshot.hsjs[0], &snapshot.index, |_| None);
+    let stale = kubectl_hsd::plan::hsj::plan(&observed, jiff::Timestamp::now());
+    assert_eq!(stale.deletions.len(), 1, "{:?}", stale.deletions);
+    let victim = stale.deletions[0].clone();
+    let victim_pod = victim.pod.clone().expect("the victim's worker as read");
+    assert!(
+        workers
+            .iter()
+            .any(|(job, pod)| *job == victim.job && pod.name_any() == victim_pod.pod),
+        "{victim:?}"
+    );
+    ns.hsd_ok(&["mark-busy", &victim_pod.pod]);
+    let written = kubectl_hsd::execute::hsj::execute(&ns.client, &observed, &stale)
+        .await
+        .unwrap();
+    assert!(written.deleted.is_empty(), "{written:?}");
+    assert_eq!(written.skipped.len(), 1, "{written:?}");
+    assert!(
+        written.skipped[0].1.contains("worker pod changed"),
+        "{written:?}"
+    );
+    assert_eq!(
+        live_jobs(&ns, "d").await.len(),
+        2,
+        "the busy worker's Job stays"
+    );
+    let pods: Api<Pod> = ns.api();
+    let kept = pods.get(&victim_pod.pod).await.unwrap();
+    assert!(
+        !kept.annotations().contains_key("paia.tech/draining"),
+        "a refused drain leaves no mark: {:?}",
+        kept.annotations()
+    );
+
+    // Idle again: a real pass drains the victim's worker, then deletes its Job.
+    ns.hsd_ok(&["mark-idle", &victim_pod.pod]);
+    let report = pass(&ns).await;
+    let written = report.hsj_outcomes[0].result.as_ref().unwrap();
+    assert_eq!(written.deleted.len(), 1, "{written:?}");
+    let gone = written.deleted[0].0.clone();
+    let (_, gone_pod) = workers.iter().find(|(job, _)| *job == gone).unwrap();
+    let gone_pod = gone_pod.name_any();
+    wait_for("the deleted Job's pod to go", TIMEOUT, || async {
+        pod_deletions
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(name, _)| *name == gone_pod)
+            .cloned()
+    })
+    .await;
+    recorder.abort();
+    let deletions = pod_deletions.lock().unwrap().clone();
+    assert_eq!(deletions.len(), 1, "{deletions:?}");
+    assert!(
+        deletions[0].1.contains_key("paia.tech/draining"),
+        "the worker was marked draining before its Job went: {deletions:?}"
+    );
+
+    // mark-busy refuses a draining HSJ worker with its own exit code (as for an HSD's pods).
+    let (_, remaining) = running_workers(&ns, "d", 1).await.remove(0);
+    annotate(
+        &ns,
+        &remaining.name_any(),
+        "paia.tech/draining",
+        "2026-12-02T00:00:00Z",
+    )
+    .await;
+    let output = ns.hsd(&["mark-busy", &remaining.name_any()]);
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("draining"),
+        "{output:?}"
+    );
+    let still = pods.get(&remaining.name_any()).await.unwrap();
+    assert_ne!(
+        still
+            .annotations()
+            .get("paia.tech/busy")
+            .map(String::as_str),
+        Some("true")
+    );
+}
+
 #[tokio::test]
 async fn no_duplicates_while_pods_are_held_pending() {
     ensure_crd();

@@ -151,6 +151,12 @@ pub struct Deletion {
     pub resource_version: Option<String>,
     pub state: JobState,
     pub reason: DeletionReason,
+    /// Its live worker pod as read (none while no pod runs): marked draining by a
+    /// compare-and-swap on this before the Job goes, so that a worker marked busy since the read
+    /// keeps its Job, and `mark-busy` refuses it afterwards (as for an HSD's pods).
+    pub pod: Option<crate::plan::PodRef>,
+    /// The worker pod carries the draining mark already (an earlier pass drained it).
+    pub pod_draining: bool,
 }
 
 /// Why the plan chose its Job count, step by step (what `explain hsj/NAME` prints).
@@ -476,7 +482,7 @@ pub fn plan(observed: &ObservedHsj, now: Timestamp) -> HsjPlan {
         // Recycle: every idle or starting Job of an older template.
         for (job, state) in &recyclable {
             if eligible(job) {
-                deletions.push(deletion(job, *state, DeletionReason::Recycle));
+                deletions.push(deletion(job, probe, *state, DeletionReason::Recycle));
             }
         }
         decision.outdated_recycled = i32::try_from(deletions.len()).unwrap_or(i32::MAX);
@@ -493,27 +499,34 @@ pub fn plan(observed: &ObservedHsj, now: Timestamp) -> HsjPlan {
         let taken: Vec<&str> = observed.jobs.iter().map(|j| j.name.as_str()).collect();
         creates =
             template::next_names(&observed.name, &taken, usize::try_from(create).unwrap_or(0));
-        // Surplus: starting Jobs first (newest first: the least sunk cost), then the oldest
-        // idle ones. Busy and unknown Jobs are never candidates. Nothing goes while probes ran
-        // out of time (an unanswered pod may be a busy one).
+        // Surplus: idle Jobs whose worker an earlier pass drained (it may take no new work),
+        // then starting Jobs (newest first: the least sunk cost), then the oldest idle ones.
+        // Busy and unknown Jobs are never candidates. Nothing goes while probes ran out of time
+        // (an unanswered pod may be a busy one).
         let surplus = (capacity - target).max(0);
         if surplus > 0 && observed.probes_cut_short == 0 {
             let mut ordered = candidates.clone();
+            let drained = |job: &ObservedJob| {
+                !worker(job, probe)
+                    .is_some_and(|i| job.pods[i].draining && !job.pods[i].terminating)
+            };
             ordered.sort_by(|(a, sa), (b, sb)| {
                 let starting = |s: &JobState| *s != JobState::Starting;
-                starting(sa).cmp(&starting(sb)).then_with(|| {
-                    if *sa == JobState::Starting {
-                        b.created.cmp(&a.created)
-                    } else {
-                        a.created.cmp(&b.created)
-                    }
-                })
+                (drained(a), starting(sa))
+                    .cmp(&(drained(b), starting(sb)))
+                    .then_with(|| {
+                        if *sa == JobState::Starting {
+                            b.created.cmp(&a.created)
+                        } else {
+                            a.created.cmp(&b.created)
+                        }
+                    })
             });
             let chosen: Vec<Deletion> = ordered
                 .iter()
                 .filter(|(job, _)| eligible(job))
                 .take(usize::try_from(surplus).unwrap_or(0))
-                .map(|(job, state)| deletion(job, *state, DeletionReason::Surplus))
+                .map(|(job, state)| deletion(job, probe, *state, DeletionReason::Surplus))
                 .collect();
             decision.surplus_kept = surplus - i32::try_from(chosen.len()).unwrap_or(0);
             deletions.extend(chosen);
@@ -626,13 +639,23 @@ fn delay_ends(
         })
 }
 
-fn deletion(job: &ObservedJob, state: JobState, reason: DeletionReason) -> Deletion {
+fn deletion(
+    job: &ObservedJob,
+    probe: &BusyProbe,
+    state: JobState,
+    reason: DeletionReason,
+) -> Deletion {
+    let pod = worker(job, probe)
+        .map(|i| &job.pods[i])
+        .filter(|pod| !pod.terminating);
     Deletion {
         job: job.name.clone(),
         uid: job.uid.clone(),
         resource_version: job.resource_version.clone(),
         state,
         reason,
+        pod: pod.map(crate::plan::PodRef::of),
+        pod_draining: pod.is_some_and(|pod| pod.draining),
     }
 }
 

@@ -257,6 +257,42 @@ fn the_surplus_waits_for_the_delay_then_goes_starting_first_then_oldest_idle() {
 }
 
 #[test]
+fn a_victim_carries_its_worker_as_read_and_drained_workers_go_first() {
+    let s = spec(1, None, 0);
+    let mut drained = idle(&s, "w-2", 100);
+    drained.pods[0].draining = true;
+    drained.pods[0].resource_version = "41".into();
+    let mut terminating = pending(&s, "w-3", 10);
+    terminating.pods[0].terminating = true;
+    let jobs = vec![
+        busy(&s, "w-0", 300),
+        idle(&s, "w-1", 200),
+        drained,
+        terminating,
+        job(&s, "w-4", 5, None),
+    ];
+    // 1 busy + 1 idle target = 2; 5 run; 3 go: the drained idle one first, then starting ones.
+    let plan = plan(&observed(s, jobs), now());
+    assert_eq!(deleted(&plan), ["w-2", "w-4", "w-3"]);
+    let by_job = |name: &str| plan.deletions.iter().find(|d| d.job == name).unwrap();
+    let first = by_job("w-2");
+    assert!(first.pod_draining);
+    assert_eq!(
+        first.pod,
+        Some(crate::plan::PodRef {
+            pod: "w-2-pod".into(),
+            uid: "pod-w-2".into(),
+            resource_version: "41".into(),
+        }),
+        "the drain is a compare-and-swap on the worker as read"
+    );
+    // No live pod (not created yet, or already terminating): nothing to drain.
+    assert_eq!(by_job("w-4").pod, None);
+    assert_eq!(by_job("w-3").pod, None);
+    assert!(!by_job("w-4").pod_draining);
+}
+
+#[test]
 fn busy_and_unknown_jobs_are_never_deleted() {
     let mut s = exec_spec(0);
     s.scale_down_delay_seconds = 0;
