@@ -1,6 +1,5 @@
-//! `describe NAME`, laid out like `kubectl describe`: name, namespace, labels, annotations,
-//! the spec, the status, its Deployment, each pod's state, the conditions (with their age) and
-//! the events (Type, Reason, Age, From, Message).
+//! `describe NAME`: the HSD, its Deployment, each pod's state, conditions and events; and
+//! `describe hsj/NAME`: the HSJ, each Job with its worker's state, conditions and events.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,7 +9,7 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use super::GlobalArgs;
-use super::output::{age_since, describe_table, human_age};
+use super::output::{age_since, describe_table, human_age, table};
 use crate::error::{Error, Result};
 use crate::observe::{self, Scope};
 use crate::plan;
@@ -76,27 +75,7 @@ pub async fn describe(global: &GlobalArgs, name: &str) -> Result<i32> {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             let _ = writeln!(text, "Selector:     {}", selector.join(","));
-            match spec.busy_probe.mode {
-                crate::api::hsd::ProbeMode::Annotation => {
-                    let _ = writeln!(
-                        text,
-                        "Busy probe:   annotation {}",
-                        spec.busy_probe.annotation_key
-                    );
-                }
-                crate::api::hsd::ProbeMode::Http => {
-                    let http = &spec.busy_probe.http;
-                    let _ = writeln!(
-                        text,
-                        "Busy probe:   http GET :{}{} (2xx means {}), timeout {}s, every {}s",
-                        http.port,
-                        http.path,
-                        if http.success_is_busy { "busy" } else { "idle" },
-                        http.timeout_seconds,
-                        http.period_seconds
-                    );
-                }
-            }
+            let _ = writeln!(text, "Busy probe:   {}", probe_line(&spec.busy_probe));
         }
         Err(error) => {
             let _ = writeln!(text, "Spec:         invalid: {error}");
@@ -162,10 +141,10 @@ pub async fn describe(global: &GlobalArgs, name: &str) -> Result<i32> {
             rows,
         ));
     }
-    let http_mode = hsd
+    let probed_mode = hsd
         .spec
         .as_ref()
-        .is_ok_and(|s| s.busy_probe.mode == crate::api::hsd::ProbeMode::Http);
+        .is_ok_and(|s| s.busy_probe.mode.is_probed());
     let rows = pods
         .iter()
         .filter(|pod| pod.metadata.deletion_timestamp.is_none())
@@ -177,7 +156,7 @@ pub async fn describe(global: &GlobalArgs, name: &str) -> Result<i32> {
                 .find(|(n, _)| *n == pod_name)
                 .map_or("terminating", |(_, s)| s.as_str());
             // describe does not probe (pod IPs are often out of reach from where kubectl runs).
-            let state = if http_mode
+            let state = if probed_mode
                 && state == "unknown"
                 && observe::probe_target(pod, hsd.spec.as_ref().expect("http mode")).is_some()
             {
@@ -207,8 +186,216 @@ pub async fn describe(global: &GlobalArgs, name: &str) -> Result<i32> {
         ));
     }
 
-    let events: Api<Event> = Api::namespaced(client.clone(), &namespace);
-    let params = ListParams::default().fields(&format!("involvedObject.uid={}", hsd.uid));
+    append_events(&client, &namespace, &hsd.uid, &mut text).await;
+    print!("{text}");
+    Ok(0)
+}
+
+/// One HSJ read as a pass reads it (probes left to the caller), with its lean pods.
+pub(super) async fn read_one_hsj(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<(
+    kube::api::DynamicObject,
+    crate::plan::hsj::ObservedHsj,
+    Vec<Vec<std::sync::Arc<observe::LeanPod>>>,
+)> {
+    let scope = Scope::Namespace(namespace.to_string());
+    let snapshot = observe::jobs::read_hsj_snapshot(client, &scope).await?;
+    let Some(object) = snapshot.hsjs.iter().find(|o| o.name_any() == name).cloned() else {
+        return Err(Error::NotFound {
+            what: format!("hotstandbyjobs.apps.paia.tech {name:?} in namespace {namespace}"),
+        });
+    };
+    let (observed, pods) = observe::jobs::observe_hsj(&object, &snapshot.index, |_| None);
+    Ok((object, observed, pods))
+}
+
+/// `describe hsj/NAME`: the HSJ, each Job and its worker's state, conditions and events.
+pub async fn describe_hsj(global: &GlobalArgs, name: &str) -> Result<i32> {
+    let (client, _, default_ns) = crate::client::connect(&global.client_options()).await?;
+    let Scope::Namespace(namespace) = global.scope(&default_ns) else {
+        return Err(Error::Invalid(
+            "describe takes one namespace, not -A".into(),
+        ));
+    };
+    let (object, hsj, pods) = read_one_hsj(&client, &namespace, name).await?;
+    let status = hsj.status.clone().unwrap_or_default();
+    // The plan as a pass would make it, without probes (describe does not exec into pods).
+    let plan = crate::plan::hsj::plan(&hsj, jiff::Timestamp::now());
+    let mut text = String::new();
+    let _ = writeln!(text, "Name:         {name}");
+    let _ = writeln!(text, "Kind:         HotStandbyJob");
+    let _ = writeln!(text, "Namespace:    {namespace}");
+    let _ = writeln!(
+        text,
+        "Created:      {} ago",
+        age_since(object.metadata.creation_timestamp.as_ref())
+    );
+    let probed = match &hsj.spec {
+        Ok(spec) => {
+            let _ = writeln!(text, "Idle target:  {}", spec.idle_target);
+            let _ = writeln!(
+                text,
+                "Bounds:       min {}, max {}",
+                spec.min_jobs(),
+                spec.max_replicas
+                    .map_or("none (1000)".into(), |m| m.to_string())
+            );
+            let _ = writeln!(
+                text,
+                "Delay:        {}s before a surplus Job is deleted",
+                spec.scale_down_delay_seconds
+            );
+            let selector: Vec<String> = spec
+                .selector
+                .match_labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let _ = writeln!(text, "Selector:     {}", selector.join(","));
+            let _ = writeln!(text, "Busy probe:   {}", probe_line(&spec.busy_probe));
+            spec.busy_probe.mode.is_probed()
+        }
+        Err(error) => {
+            let _ = writeln!(text, "Spec:         invalid: {error}");
+            false
+        }
+    };
+    if hsj.paused {
+        let _ = writeln!(
+            text,
+            "Paused:       yes ({}=true)",
+            crate::api::hsd::PAUSED_ANNOTATION
+        );
+    }
+    let _ = writeln!(
+        text,
+        "Status:       {} busy, {} idle, {} starting, {} unknown; desired {}, active {}",
+        status.busy_count,
+        status.idle_count,
+        status.starting_count,
+        status.unknown_count,
+        status.desired_active,
+        status.active_count
+    );
+    let _ = writeln!(
+        text,
+        "Job counts:   {} ({} active, {} completed, {} failed{})",
+        status.child_jobs,
+        status.active_jobs,
+        status.completed_jobs,
+        status.failed_jobs,
+        if status.outdated_jobs > 0 {
+            format!(", {} of an older template", status.outdated_jobs)
+        } else {
+            String::new()
+        }
+    );
+    if let Some(time) = &status.last_sync_time {
+        let _ = writeln!(text, "Last sync:    {time}");
+    }
+    let _ = writeln!(text, "Conditions:");
+    let rows = status
+        .conditions
+        .iter()
+        .map(|c| {
+            vec![
+                format!("  {}", c.type_),
+                c.status.clone(),
+                c.reason.clone(),
+                c.message.clone(),
+            ]
+        })
+        .collect();
+    text.push_str(&table(&["  TYPE", "STATUS", "REASON", "MESSAGE"], rows));
+    let _ = writeln!(text, "Jobs:");
+    let rows = hsj
+        .jobs
+        .iter()
+        .zip(&pods)
+        .map(|(job, lean)| {
+            let state = plan
+                .job_states
+                .iter()
+                .find(|(n, _)| *n == job.name)
+                .map_or("-", |(_, s)| s.as_str());
+            let worker = lean
+                .iter()
+                .find(|pod| pod.metadata.deletion_timestamp.is_none())
+                .or(lean.first());
+            let state = if probed && state == "unknown" {
+                "not probed here (the reconciler probes it)"
+            } else {
+                state
+            };
+            let template = match (&job.template_hash, plan.template_hash.as_str()) {
+                (Some(hash), current) if hash == current => "current",
+                _ => "older",
+            };
+            vec![
+                format!("  {}", job.name),
+                state.to_string(),
+                worker.map_or("<none>".into(), |p| p.name_any()),
+                worker
+                    .and_then(|p| p.status.as_ref())
+                    .and_then(|s| s.phase.clone())
+                    .unwrap_or_else(|| "-".into()),
+                template.to_string(),
+                job.created.map_or("-".into(), |t| {
+                    age_since(Some(&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        t,
+                    )))
+                }),
+            ]
+        })
+        .collect();
+    text.push_str(&table(
+        &["  NAME", "STATE", "POD", "PHASE", "TEMPLATE", "AGE"],
+        rows,
+    ));
+    append_events(&client, &namespace, &hsj.uid, &mut text).await;
+    print!("{text}");
+    Ok(0)
+}
+
+/// The busy probe in one line.
+pub(super) fn probe_line(probe: &crate::api::probe::BusyProbe) -> String {
+    use crate::api::probe::ProbeMode;
+    let meaning = |busy: bool| if busy { "busy" } else { "idle" };
+    match probe.mode {
+        ProbeMode::Annotation => format!("annotation {}", probe.annotation_key),
+        ProbeMode::Http => {
+            let http = &probe.http;
+            format!(
+                "http GET :{}{} (2xx means {}), timeout {}s, every {}s",
+                http.port,
+                http.path,
+                meaning(http.success_is_busy),
+                http.timeout_seconds,
+                http.period_seconds
+            )
+        }
+        ProbeMode::Exec => {
+            let exec = &probe.exec;
+            format!(
+                "exec {}{} (exit 0 means {}), timeout {}s, every {}s",
+                exec.command.join(" "),
+                exec.container
+                    .as_deref()
+                    .map_or(String::new(), |c| format!(" in container {c}")),
+                meaning(exec.success_is_busy),
+                exec.timeout_seconds,
+                exec.period_seconds
+            )
+        }
+    }
+}
+
+async fn append_events(client: &kube::Client, namespace: &str, uid: &str, text: &mut String) {
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let params = ListParams::default().fields(&format!("involvedObject.uid={uid}"));
     match events.list(&params).await {
         Ok(list) => {
             let mut items = list.items;
@@ -246,8 +433,6 @@ pub async fn describe(global: &GlobalArgs, name: &str) -> Result<i32> {
             );
         }
     }
-    print!("{text}");
-    Ok(0)
 }
 
 /// `Labels:` or `Annotations:` as kubectl prints them: `<none>`, or one entry a line, the

@@ -1,5 +1,6 @@
 //! `get`: HotStandbyDeployments as `kubectl get hsd` shows them (the CRD's printer columns,
-//! read from the same definition the CRD is generated from), or any `-o` format.
+//! read from the same definition the CRD is generated from), or any `-o` format; with `hsj`,
+//! HotStandbyJobs.
 
 use kube::api::{DynamicObject, ListParams};
 use kube::{Api, CustomResourceExt};
@@ -7,10 +8,11 @@ use serde_json::{Value, json};
 
 use super::GlobalArgs;
 use super::jsonpath::{Template, value_text};
-use super::output::{self, OutputFormat, human_age, table};
+use super::output::{self, OutputFormat, age_since, human_age, table};
 use crate::api::hsd::HotStandbyDeployment;
 use crate::error::{Error, Result, hsd_read_error};
 use crate::observe::{Scope, hsd_resource};
+use crate::plan;
 
 /// The HSD kind as kubectl names it in `-o name`.
 const HSD_KIND: &str = "hotstandbydeployment.apps.paia.tech";
@@ -145,6 +147,165 @@ fn hsd_table(objects: &[Value], with_namespace: bool, wide: bool) -> String {
         })
         .collect();
     let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    table(&headers, rows)
+}
+
+/// `get hsj [NAME]`: HotStandbyJobs, with the columns of `kubectl get hsj` (`-o wide` adds the
+/// starting and unknown counts, the finished Jobs and Ready).
+pub async fn get_hsj(global: &GlobalArgs, name: Option<String>) -> Result<i32> {
+    let (client, _, default_ns) = crate::client::connect(&global.client_options()).await?;
+    let scope = global.scope(&default_ns);
+    let resource = crate::observe::jobs::hsj_resource();
+    let api: Api<DynamicObject> = match &scope {
+        Scope::Namespace(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        Scope::All => Api::all_with(client.clone(), &resource),
+    };
+    let read_error = |namespace: Option<&str>| {
+        let namespace = namespace.map(str::to_string);
+        move |e: kube::Error| {
+            if crate::error::is_not_found(&e) {
+                Error::Invalid(
+                    "the HotStandbyJob CRD is not installed: run `kubectl hsd install`".into(),
+                )
+            } else {
+                crate::error::kube_error(
+                    "listing HotStandbyJobs",
+                    "list",
+                    "hotstandbyjobs.apps.paia.tech",
+                    namespace.as_deref(),
+                )(e)
+            }
+        }
+    };
+    let items = match &name {
+        Some(name) => {
+            if scope == Scope::All {
+                return Err(Error::Invalid(
+                    "a resource cannot be retrieved by name across all namespaces".into(),
+                ));
+            }
+            match api
+                .get_opt(name)
+                .await
+                .map_err(read_error(scope.namespace()))?
+            {
+                Some(object) => vec![object],
+                None => {
+                    return Err(Error::NotFound {
+                        what: format!("hotstandbyjobs.apps.paia.tech {name:?}"),
+                    });
+                }
+            }
+        }
+        None => {
+            api.list(&ListParams::default())
+                .await
+                .map_err(read_error(scope.namespace()))?
+                .items
+        }
+    };
+    let format = global.output.clone().unwrap_or(OutputFormat::Table);
+    match format {
+        OutputFormat::Table | OutputFormat::Wide => {}
+        other => {
+            let value = if name.is_some() {
+                serde_json::to_value(&items[0]).unwrap_or_default()
+            } else {
+                json!({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}})
+            };
+            output::print_generic(&other, &value, "hotstandbyjob.apps.paia.tech")?;
+            return Ok(0);
+        }
+    }
+    if items.is_empty() {
+        match scope.namespace() {
+            Some(ns) => crate::notice!("No resources found in {ns} namespace."),
+            None => crate::notice!("No resources found"),
+        }
+        return Ok(0);
+    }
+    print!(
+        "{}",
+        hsj_table(&items, scope == Scope::All, format == OutputFormat::Wide)
+    );
+    Ok(0)
+}
+
+fn hsj_table(items: &[DynamicObject], with_namespace: bool, wide: bool) -> String {
+    let mut headers = Vec::new();
+    if with_namespace {
+        headers.push("NAMESPACE");
+    }
+    headers.extend([
+        "NAME",
+        "MODE",
+        "IDLE-TARGET",
+        "BUSY",
+        "IDLE",
+        "ACTIVE",
+        "DESIRED",
+        "JOBS",
+        "AGE",
+    ]);
+    if wide {
+        headers.extend([
+            "MIN",
+            "MAX",
+            "STARTING",
+            "UNKNOWN",
+            "COMPLETED",
+            "FAILED",
+            "READY",
+        ]);
+    }
+    let rows = items
+        .iter()
+        .map(|item| {
+            let hsj = crate::observe::jobs::hsj_facts(item);
+            let status = hsj.status.clone().unwrap_or_default();
+            let mut row = Vec::new();
+            if with_namespace {
+                row.push(hsj.namespace.clone());
+            }
+            let (mode, target, min, max) = match &hsj.spec {
+                Ok(spec) => (
+                    spec.busy_probe.mode.as_str().to_string(),
+                    spec.idle_target.to_string(),
+                    spec.min_replicas.map_or("<none>".into(), |m| m.to_string()),
+                    spec.max_replicas.map_or("<none>".into(), |m| m.to_string()),
+                ),
+                Err(_) => ("<invalid>".into(), "-".into(), "-".into(), "-".into()),
+            };
+            row.extend([
+                hsj.name.clone(),
+                mode,
+                target,
+                status.busy_count.to_string(),
+                status.idle_count.to_string(),
+                status.active_count.to_string(),
+                status.desired_active.to_string(),
+                status.child_jobs.to_string(),
+                age_since(item.metadata.creation_timestamp.as_ref()),
+            ]);
+            if wide {
+                let ready = status
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == plan::condition::READY)
+                    .map_or("<unknown>".into(), |c| c.status.clone());
+                row.extend([
+                    min,
+                    max,
+                    status.starting_count.to_string(),
+                    status.unknown_count.to_string(),
+                    status.completed_jobs.to_string(),
+                    status.failed_jobs.to_string(),
+                    ready,
+                ]);
+            }
+            row
+        })
+        .collect();
     table(&headers, rows)
 }
 

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use super::output::{self, OutputFormat};
 use super::{DryRun, GlobalArgs, InstallArgs};
-use crate::api::HotStandbyDeployment;
+use crate::api::{HotStandbyDeployment, HotStandbyJob};
 use crate::error::{Error, Result, is_not_found, kube_error};
 use crate::execute::FIELD_MANAGER;
 use crate::manifests::{self, DEFAULT_OPERATOR_NAMESPACE, OperatorOptions};
@@ -173,21 +173,23 @@ pub async fn install(global: &GlobalArgs, args: InstallArgs) -> Result<i32> {
     }
     let (client, _, _) = crate::client::connect(&global.write_client_options(&args.writes)).await?;
     let mut applied = Vec::new();
-    let crd = apply_document(&client, &documents[0]).await?;
-    applied.push(crd);
     let quiet = format != OutputFormat::Table && format != OutputFormat::Wide;
-    if !quiet {
-        println!(
-            "{} serverside-applied{}",
-            kind_name(&documents[0]),
-            dry_run.suffix()
-        );
+    let crd_count = manifests::CRD_COUNT;
+    for document in &documents[..crd_count] {
+        applied.push(apply_document(&client, document).await?);
+        if !quiet {
+            println!(
+                "{} serverside-applied{}",
+                kind_name(document),
+                dry_run.suffix()
+            );
+        }
     }
     // A server-side dry run created no CRD: nothing to wait for.
     if dry_run == DryRun::None {
         wait_until_established(global, args.timeout).await?;
     }
-    for document in &documents[1..] {
+    for document in &documents[crd_count..] {
         applied.push(apply_document(&client, document).await?);
         if !quiet {
             println!(
@@ -220,33 +222,32 @@ fn print_objects(format: &OutputFormat, list: &Value) -> Result<bool> {
 
 async fn wait_until_established(global: &GlobalArgs, timeout: std::time::Duration) -> Result<()> {
     let (client, _, _) = crate::client::connect(&global.client_options()).await?;
-    let bar = spinner(global, "waiting for the CRD to be established");
+    let bar = spinner(global, "waiting for the CRDs to be established");
     let crds: Api<CustomResourceDefinition> = Api::all(client);
-    let established = tokio::time::timeout(
-        timeout,
-        await_condition(
-            crds,
-            HotStandbyDeployment::crd_name(),
-            conditions::is_crd_established(),
-        ),
-    )
+    let names = [HotStandbyDeployment::crd_name(), HotStandbyJob::crd_name()];
+    let established = tokio::time::timeout(timeout, async {
+        for name in names {
+            await_condition(crds.clone(), name, conditions::is_crd_established())
+                .await
+                .map_err(|e| {
+                    Error::Invalid(format!(
+                        "waiting for {name}: {}",
+                        crate::error::describe_error(&e)
+                    ))
+                })?;
+            crate::notice!("{name} established");
+        }
+        Ok::<(), Error>(())
+    })
     .await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
     match established {
-        Ok(Ok(_)) => {
-            crate::notice!("{} established", HotStandbyDeployment::crd_name());
-            Ok(())
-        }
-        Ok(Err(e)) => Err(Error::Invalid(format!(
-            "waiting for {}: {}",
-            HotStandbyDeployment::crd_name(),
-            crate::error::describe_error(&e)
-        ))),
+        Ok(result) => result,
         Err(_) => Err(Error::Timeout(
             timeout,
-            format!("{} to be established", HotStandbyDeployment::crd_name()),
+            format!("{} to be established", names.join(" and ")),
         )),
     }
 }

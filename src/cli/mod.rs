@@ -18,6 +18,7 @@ mod install;
 pub mod jsonpath;
 pub(crate) mod mark;
 pub mod output;
+mod probe;
 mod reconcile;
 mod rollout;
 mod uninstall;
@@ -182,24 +183,27 @@ pub enum Command {
     Install(InstallArgs),
     /// Remove what install made.
     Uninstall(UninstallArgs),
-    /// Print the CRD as YAML.
+    /// Print the CRDs (HotStandbyDeployment, HotStandbyJob) as YAML.
     Crd,
-    /// Create a HotStandbyDeployment.
+    /// Create a HotStandbyDeployment (`create NAME`) or a HotStandbyJob (`create hsj NAME`).
     Create(CreateArgs),
-    /// List HotStandbyDeployments (the columns of `kubectl get hsd`).
+    /// List HotStandbyDeployments (`get hsj` lists HotStandbyJobs; `get hsj/NAME` shows one).
     Get {
-        /// Only this one.
+        /// NAME (a HotStandbyDeployment), hsj/NAME, or a kind (hsd, hsj) to list.
         #[arg(add = complete::hsd_names())]
         name: Option<String>,
     },
-    /// Show a HotStandbyDeployment: labels, annotations, spec, its Deployment, each pod's
-    /// state, conditions and events.
+    /// Show a HotStandbyDeployment (or hsj/NAME): labels, annotations, spec, its children, each
+    /// pod's state, conditions and events.
     Describe {
+        /// NAME (a HotStandbyDeployment) or hsj/NAME.
         #[arg(add = complete::hsd_names())]
         name: String,
     },
-    /// Explain the replica count a pass would choose for a HotStandbyDeployment, step by step.
+    /// Explain the count a pass would choose for a HotStandbyDeployment (or hsj/NAME), step by
+    /// step.
     Explain {
+        /// NAME (a HotStandbyDeployment) or hsj/NAME.
         #[arg(add = complete::hsd_names())]
         name: String,
     },
@@ -207,7 +211,9 @@ pub enum Command {
     MarkBusy(MarkArgs),
     /// Mark pods idle.
     MarkIdle(MarkArgs),
-    /// Run one reconcile pass over the HotStandbyDeployments in scope.
+    /// Run a pod's busy probe once (its HSD's or HSJ's) and print the answer.
+    Probe(ProbeArgs),
+    /// Run one reconcile pass over the HotStandbyDeployments and HotStandbyJobs in scope.
     Reconcile(ReconcileArgs),
     /// Follow a HotStandbyDeployment's rollout (a podTemplate change).
     Rollout {
@@ -276,7 +282,9 @@ pub struct UninstallArgs {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    pub name: String,
+    /// NAME (a HotStandbyDeployment), or `hsj NAME` (a HotStandbyJob).
+    #[arg(num_args = 1..=2, value_names = ["KIND", "NAME"], required = true)]
+    pub names: Vec<String>,
     /// The container image.
     #[arg(long)]
     pub image: String,
@@ -293,6 +301,25 @@ pub struct CreateArgs {
     pub probe: ProbeArg,
     #[arg(long, value_name = "PATH")]
     pub http_path: Option<String>,
+    /// With --probe exec: the command, split like a shell does (quotes group words; no
+    /// shell runs it). Default: cat /tmp/healthy.
+    #[arg(long, value_name = "COMMAND")]
+    pub exec_command: Option<String>,
+    /// With --probe exec: the container to run it in.
+    #[arg(long, value_name = "NAME")]
+    pub exec_container: Option<String>,
+    /// With --probe http or exec: whether a successful probe means idle instead of busy.
+    #[arg(long)]
+    pub success_is_idle: bool,
+    /// HotStandbyJob only: the worker's command, split like --exec-command.
+    #[arg(long, value_name = "COMMAND")]
+    pub command: Option<String>,
+    /// HotStandbyJob only: the scale-down delay in seconds (default 30).
+    #[arg(long, value_name = "SECONDS")]
+    pub scale_down_delay: Option<i32>,
+    /// HotStandbyJob only: ttlSecondsAfterFinished of its Jobs (default 60).
+    #[arg(long, value_name = "SECONDS")]
+    pub ttl_after_finished: Option<i32>,
     #[command(flatten)]
     pub writes: WriteArgs,
 }
@@ -301,6 +328,13 @@ pub struct CreateArgs {
 pub enum ProbeArg {
     Annotation,
     Http,
+    Exec,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The pod (of a HotStandbyDeployment or a HotStandbyJob).
+    pub pod: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -370,10 +404,71 @@ pub struct ReconcileArgs {
     /// HTTP probes in flight at once, per HSD.
     #[arg(long, default_value_t = crate::observe::probe::DEFAULT_CONCURRENCY)]
     pub probe_concurrency: usize,
+    /// Exec probes in flight at once, per HSD or HSJ (each is a request to the API server).
+    #[arg(long, default_value_t = crate::observe::probe::DEFAULT_EXEC_CONCURRENCY)]
+    pub exec_probe_concurrency: usize,
     /// One-shot pass: end within this. Probes stop 15s before it (unprobed pods count as busy
     /// and their HSD keeps its replicas); writes still running at it fail with a timeout.
     #[arg(long, default_value = "50s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub deadline: std::time::Duration,
+}
+
+/// Which kind a command argument names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Hsd,
+    Hsj,
+}
+
+impl Kind {
+    /// The words that name the kind: its short name, singular, plural and `plural.group`, all
+    /// from the derive.
+    fn words(self) -> Vec<String> {
+        use kube::{CustomResourceExt, Resource};
+        fn of<K: CustomResourceExt + Resource<DynamicType = ()>>() -> Vec<String> {
+            let mut words: Vec<String> = K::shortnames().iter().map(|s| s.to_string()).collect();
+            words.push(K::kind(&()).to_lowercase());
+            words.push(K::plural(&()).to_string());
+            words.push(K::crd_name().to_string());
+            words.push(format!("{}.{}", K::kind(&()).to_lowercase(), K::group(&())));
+            words
+        }
+        match self {
+            Kind::Hsd => of::<crate::api::HotStandbyDeployment>(),
+            Kind::Hsj => of::<crate::api::HotStandbyJob>(),
+        }
+    }
+
+    fn named_by(word: &str) -> Option<Kind> {
+        let word = word.to_ascii_lowercase();
+        [Kind::Hsd, Kind::Hsj]
+            .into_iter()
+            .find(|kind| kind.words().contains(&word))
+    }
+}
+
+/// Reads `NAME` (a HotStandbyDeployment), `KIND/NAME` (`hsj/NAME`, `hotstandbyjob/NAME`, ...)
+/// or, with `kind_alone`, a bare kind (`hsj`): `(kind, name)`.
+pub fn parse_object_ref(arg: &str, kind_alone: bool) -> crate::Result<(Kind, Option<String>)> {
+    if let Some((kind, name)) = arg.split_once('/') {
+        let kind = Kind::named_by(kind).ok_or_else(|| {
+            crate::Error::Invalid(format!(
+                "unknown kind {kind:?} in {arg:?}: use hsd/NAME or hsj/NAME"
+            ))
+        })?;
+        if name.is_empty() {
+            return if kind_alone {
+                Ok((kind, None))
+            } else {
+                Err(crate::Error::Invalid(format!("{arg:?} names no object")))
+            };
+        }
+        return Ok((kind, Some(name.to_string())));
+    }
+    if kind_alone && let Some(kind) = Kind::named_by(arg) {
+        return Ok((kind, None));
+    }
+    Ok((Kind::Hsd, Some(arg.to_string())))
 }
 
 /// Runs a parsed command. Returns the process exit code.
@@ -393,7 +488,7 @@ pub async fn run(cli: Cli) -> crate::Result<i32> {
     });
     match cli.command {
         Command::Crd => {
-            print!("{}", crate::manifests::crd_yaml());
+            print!("{}", crate::manifests::crds_yaml());
             Ok(0)
         }
         Command::Version => {
@@ -407,11 +502,29 @@ pub async fn run(cli: Cli) -> crate::Result<i32> {
         Command::Install(args) => install::install(&global, args).await,
         Command::Uninstall(args) => uninstall::uninstall(&global, args).await,
         Command::Create(args) => create::create(&global, args).await,
-        Command::Get { name } => get::get(&global, name).await,
-        Command::Describe { name } => describe::describe(&global, &name).await,
-        Command::Explain { name } => explain::explain(&global, &name).await,
+        Command::Get { name } => {
+            let (kind, name) = match name {
+                Some(arg) => parse_object_ref(&arg, true)?,
+                None => (Kind::Hsd, None),
+            };
+            match kind {
+                Kind::Hsd => get::get(&global, name).await,
+                Kind::Hsj => get::get_hsj(&global, name).await,
+            }
+        }
+        Command::Describe { name } => match parse_object_ref(&name, false)? {
+            (Kind::Hsd, Some(name)) => describe::describe(&global, &name).await,
+            (Kind::Hsj, Some(name)) => describe::describe_hsj(&global, &name).await,
+            (_, None) => Err(crate::Error::Invalid("describe needs a name".into())),
+        },
+        Command::Explain { name } => match parse_object_ref(&name, false)? {
+            (Kind::Hsd, Some(name)) => explain::explain(&global, &name).await,
+            (Kind::Hsj, Some(name)) => explain::explain_hsj(&global, &name).await,
+            (_, None) => Err(crate::Error::Invalid("explain needs a name".into())),
+        },
         Command::MarkBusy(args) => mark::mark(&global, args, true).await,
         Command::MarkIdle(args) => mark::mark(&global, args, false).await,
+        Command::Probe(args) => probe::probe(&global, &args.pod).await,
         Command::Reconcile(args) => reconcile::reconcile(&global, args).await,
         Command::Rollout { command } => rollout::rollout(&global, command).await,
     }

@@ -1,4 +1,6 @@
-//! `reconcile`: one pass, a summary on stdout, one line per failed HSD on stderr.
+//! `reconcile`: one pass, a summary on stdout, one line per failed HSD or HSJ on stderr. The
+//! HSDs' rows are as they always were; HotStandbyJobs, when the scope has any, follow as rows
+//! named `hsj/NAME` (and under `hotStandbyJobs` in `-o json|yaml`).
 
 use serde_json::json;
 
@@ -66,6 +68,7 @@ pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> 
         // A server-side dry run executes the plan: every write goes out with dryRun=All.
         dry_run: dry_run == DryRun::Client,
         probe_concurrency: Some(args.probe_concurrency),
+        exec_probe_concurrency: Some(args.exec_probe_concurrency),
         deadline: Some(args.deadline),
     };
     // A pass over a large cluster takes a while: a spinner on a terminal (never in JSON logs).
@@ -78,6 +81,12 @@ pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> 
     for (outcome, error) in report.failures() {
         crate::notice_error!("{}/{}: {error}", outcome.namespace, outcome.name);
     }
+    for (outcome, error) in report.hsj_failures() {
+        crate::notice_error!("{}/hsj/{}: {error}", outcome.namespace, outcome.name);
+    }
+    if let Some(error) = &report.hsj_error {
+        crate::notice_error!("HotStandbyJobs: {error}");
+    }
     let format = global.output.clone().unwrap_or(OutputFormat::Table);
     let value = report_json(&report, dry_run);
     let printed = match &format {
@@ -85,12 +94,15 @@ pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> 
             for outcome in &report.outcomes {
                 println!("hotstandbydeployment.apps.paia.tech/{}", outcome.name);
             }
+            for outcome in &report.hsj_outcomes {
+                println!("hotstandbyjob.apps.paia.tech/{}", outcome.name);
+            }
             true
         }
         other => output::print_generic(other, &value, "hotstandbydeployment.apps.paia.tech")?,
     };
     if !printed {
-        if report.outcomes.is_empty() {
+        if report.outcomes.is_empty() && report.hsj_outcomes.is_empty() {
             crate::notice!("No HotStandbyDeployments found in scope.");
         } else {
             print!("{}", summary_table(&report, dry_run));
@@ -98,8 +110,13 @@ pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> 
     }
     if args.stats {
         crate::notice!(
-            "stats: {} HSDs, {} pods probed, {} API requests ({} reads, {} writes), {:.3}s",
+            "stats: {} HSDs{}, {} pods probed, {} API requests ({} reads, {} writes), {:.3}s",
             report.outcomes.len(),
+            if report.hsj_outcomes.is_empty() {
+                String::new()
+            } else {
+                format!(", {} HSJs", report.hsj_outcomes.len())
+            },
             report.probes.len(),
             stats.total(),
             stats.reads(),
@@ -107,11 +124,7 @@ pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> 
             report.elapsed.as_secs_f64()
         );
     }
-    Ok(if report.failures().next().is_some() {
-        1
-    } else {
-        0
-    })
+    Ok(if report.failed() { 1 } else { 0 })
 }
 
 /// How long a watcher may take to stop after SIGTERM/SIGINT, whatever state the API server is in.
@@ -210,6 +223,7 @@ async fn watch(
         resync: args.resync,
         probe_concurrency: args.probe_concurrency,
         shards: args.shards,
+        exec_probe_concurrency: args.exec_probe_concurrency,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let on_signal = shutdown.clone();
@@ -243,7 +257,48 @@ fn action(outcome: &crate::once::HsdOutcome, dry_run: DryRun) -> String {
     }
 }
 
+fn hsj_action(outcome: &crate::once::HsjOutcome, dry_run: DryRun) -> String {
+    if dry_run != DryRun::Client {
+        return outcome.action();
+    }
+    let plan = &outcome.plan;
+    if plan.decision.is_none() {
+        return "blocked".into();
+    }
+    let mut parts = Vec::new();
+    if !plan.creates.is_empty() {
+        parts.push(format!("would create {}", plan.creates.len()));
+    }
+    if !plan.deletions.is_empty() {
+        parts.push(format!("would delete {}", plan.deletions.len()));
+    }
+    if parts.is_empty() {
+        if plan.status_changed {
+            "would update status".into()
+        } else {
+            "unchanged".into()
+        }
+    } else {
+        parts.join(", ")
+    }
+}
+
 fn summary_table(report: &PassReport, dry_run: DryRun) -> String {
+    let hsj_rows = report.hsj_outcomes.iter().map(|o| {
+        let counts = o.plan.counts;
+        vec![
+            o.namespace.clone(),
+            format!("hsj/{}", o.name),
+            counts.busy.to_string(),
+            counts.idle.to_string(),
+            counts.starting.to_string(),
+            counts.unknown.to_string(),
+            o.plan
+                .recommendation
+                .map_or("-".into(), |r| r.replicas.to_string()),
+            hsj_action(o, dry_run),
+        ]
+    });
     let rows = report
         .outcomes
         .iter()
@@ -262,6 +317,7 @@ fn summary_table(report: &PassReport, dry_run: DryRun) -> String {
                 action(o, dry_run),
             ]
         })
+        .chain(hsj_rows)
         .collect();
     table(
         &[
@@ -279,6 +335,32 @@ fn summary_table(report: &PassReport, dry_run: DryRun) -> String {
 }
 
 fn report_json(report: &PassReport, dry_run: DryRun) -> serde_json::Value {
+    let mut value = hsd_report_json(report, dry_run);
+    if !report.hsj_outcomes.is_empty() || report.hsj_error.is_some() {
+        value["hotStandbyJobs"] = json!(report.hsj_outcomes.iter().map(|o| json!({
+            "namespace": o.namespace,
+            "name": o.name,
+            "busy": o.plan.counts.busy,
+            "idle": o.plan.counts.idle,
+            "starting": o.plan.counts.starting,
+            "unknown": o.plan.counts.unknown,
+            "desiredActive": o.plan.recommendation.map(|r| r.replicas),
+            "create": o.plan.creates,
+            "delete": o.plan.deletions.iter().map(|d| &d.job).collect::<Vec<_>>(),
+            "created": o.result.as_ref().ok().map(|w| &w.created),
+            "deleted": o.result.as_ref().ok().map(|w| w.deleted.iter().map(|(n, _)| n).collect::<Vec<_>>()),
+            "action": hsj_action(o, dry_run),
+            "events": o.plan.events.iter().map(|e| json!({"reason": e.reason, "note": e.note})).collect::<Vec<_>>(),
+            "error": o.result.as_ref().err().map(|e| e.to_string()),
+        })).collect::<Vec<_>>());
+        if let Some(error) = &report.hsj_error {
+            value["hotStandbyJobsError"] = json!(error.to_string());
+        }
+    }
+    value
+}
+
+fn hsd_report_json(report: &PassReport, dry_run: DryRun) -> serde_json::Value {
     json!({
         "dryRun": dry_run.name(),
         "elapsedSeconds": report.elapsed.as_secs_f64(),

@@ -12,13 +12,13 @@ pub use operator::{
     METRICS_PORT, cronjob_active_deadline_seconds, default_resources, metrics_service_name,
     operator,
 };
-pub use policy::{pod_policy, pod_policy_name};
+pub use policy::{hsj_pod_policy_name, pod_policy, pod_policy_name};
 pub use rbac::{aggregated_roles, lease_rules, reconcile_rules, user_role_name};
 
 use kube::CustomResourceExt;
 use serde_json::{Value, json};
 
-use crate::api::HotStandbyDeployment;
+use crate::api::{HotStandbyDeployment, HotStandbyJob};
 
 /// The namespace the operator objects go to unless `-n` says otherwise.
 pub const DEFAULT_OPERATOR_NAMESPACE: &str = "hsd-system";
@@ -107,13 +107,34 @@ pub fn to_yaml_documents(documents: &[Value]) -> String {
         .join("---\n")
 }
 
+/// The HotStandbyDeployment CRD.
 pub fn crd() -> Value {
     serde_json::to_value(HotStandbyDeployment::crd()).expect("a CRD always serializes")
 }
 
-/// The CRD as YAML, exactly as committed in `crd/hotstandbydeployment.yaml`.
+/// The HotStandbyJob CRD.
+pub fn hsj_crd() -> Value {
+    serde_json::to_value(HotStandbyJob::crd()).expect("a CRD always serializes")
+}
+
+/// Every CRD of the tool, in the order `install` applies them.
+pub fn crds() -> Vec<Value> {
+    vec![crd(), hsj_crd()]
+}
+
+/// The HotStandbyDeployment CRD as YAML, exactly as committed in `crd/hotstandbydeployment.yaml`.
 pub fn crd_yaml() -> String {
     to_yaml_documents(&[crd()])
+}
+
+/// The HotStandbyJob CRD as YAML, exactly as committed in `crd/hotstandbyjob.yaml`.
+pub fn hsj_crd_yaml() -> String {
+    to_yaml_documents(&[hsj_crd()])
+}
+
+/// Every CRD as one YAML stream (`kubectl hsd crd`).
+pub fn crds_yaml() -> String {
+    to_yaml_documents(&crds())
 }
 
 /// The label on every object an install makes, naming the install's namespace: `uninstall -n NS`
@@ -140,13 +161,16 @@ pub fn cluster_object_name(namespace: &str) -> String {
     format!("{OPERATOR_NAME}.{namespace}")
 }
 
-/// Everything `install` applies, in order: the CRD first, the `view`/`edit` roles of its
-/// resource, then the operator.
+/// How many of [`install_documents`] come first as CRDs.
+pub const CRD_COUNT: usize = 2;
+
+/// Everything `install` applies, in order: the CRDs first, the `view`/`edit` roles of their
+/// resources, then the operator.
 pub fn install_documents(
     install_namespace: &str,
     operator_options: Option<&OperatorOptions>,
 ) -> Vec<Value> {
-    let mut documents = vec![crd()];
+    let mut documents = crds();
     documents.extend(aggregated_roles(install_namespace));
     if let Some(options) = operator_options {
         documents.extend(operator(options));

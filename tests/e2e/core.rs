@@ -304,9 +304,10 @@ async fn invalid_specs_are_rejected_at_admission_with_the_reason() {
             "spec.selector.matchLabels",
         ),
         (
+            // A fork of the reference added `redis`; exec is a mode of its own since #14.
             "unknown probe mode",
-            Box::new(|m| m["spec"]["busyProbe"]["mode"] = json!("exec")),
-            "spec.busyProbe.mode",
+            Box::new(|m| m["spec"]["busyProbe"]["mode"] = json!("redis")),
+            "spec.busyProbe.mode: Unsupported value: \"redis\"",
         ),
         (
             "port out of range",

@@ -9,6 +9,7 @@ mod cluster;
 mod common;
 mod core;
 mod drain;
+mod hsj;
 mod http_probe;
 mod install_paths;
 mod security;
