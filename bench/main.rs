@@ -15,6 +15,8 @@
 //! Results: a table on stdout, bench/results/latest.{json,md}. See bench/README.md.
 
 mod cluster;
+// HotStandbyJob figures (#14): their own file, hooked in at three marked places below.
+mod hsj;
 mod populate;
 mod probes;
 mod product;
@@ -44,7 +46,7 @@ const USAGE: &str =
   --probe-pods      pods with an HTTP server for the probe measurement
   --kubeconfig      use this running cluster instead of starting one (it must be empty)
   --keep-cluster    leave the benchmark's cluster running at the end
-  --only LIST       run only these measurements: reaction,pass,watch,probes
+  --only LIST       run only these measurements: reaction,pass,watch,probes,hsj
   --out             results directory (default bench/results)";
 
 #[derive(Clone, Debug)]
@@ -128,7 +130,7 @@ fn parse_options(args: &[String]) -> Res<Options> {
                 if let Some(bad) = options
                     .only
                     .iter()
-                    .find(|o| !["reaction", "pass", "watch", "probes"].contains(&o.as_str()))
+                    .find(|o| !["reaction", "pass", "watch", "probes", "hsj"].contains(&o.as_str()))
                 {
                     return Err(format!("--only: unknown measurement {bad}"));
                 }
@@ -356,6 +358,11 @@ async fn benchmark(options: &Options, cluster: &Cluster, results: &mut Value) ->
     ]);
     if options.runs("probes") {
         results["probes"] = probes(options, &client, &product, &tracker).await?;
+    }
+    // HSJ hook (#14): bench/hsj.rs, in namespaces of its own, after everything else.
+    if options.runs("hsj") {
+        results["hsj"] =
+            hsj::measure(options.quick, &client, &product, &cluster.kubeconfig, &work).await?;
     }
     Ok(())
 }
@@ -854,6 +861,8 @@ fn goals(results: &Value) -> Vec<Goal> {
             met: Some(extra <= 50.0),
         });
     }
+    // HSJ hook (#14).
+    goals.extend(hsj::goals(results));
     if quick {
         for goal in &mut goals {
             if goal.met.is_none() {

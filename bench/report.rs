@@ -189,7 +189,7 @@ fn tables(results: &Value, goals: &[Goal]) -> Vec<(String, Vec<String>, Vec<Vec<
 pub fn print_tables(results: &Value, goals: &[Goal]) {
     for (title, header, rows) in tables(results, goals) {
         let mut table = Table::new();
-        table.load_preset(comfy_table::presets::ASCII_MARKDOWN);
+        table.load_style(comfy_table::presets::ASCII_MARKDOWN);
         table.set_header(header);
         for row in rows {
             table.add_row(row);

@@ -497,7 +497,7 @@ write_args() {
     --kubelet-preferred-address-types=InternalIP >"$a/apiserver.args"
   printf '%s\n' "--kubeconfig=$k" --bind-address=127.0.0.1 "--secure-port=$CONTROLLER_MANAGER_PORT" \
     "--cert-dir=$d/pki/controller-manager-generated" --leader-elect=false \
-    --controllers=deployment-controller,replicaset-controller,garbage-collector-controller,namespace-controller,job-controller,serviceaccount-controller,endpointslice-controller \
+    --controllers=deployment-controller,replicaset-controller,garbage-collector-controller,namespace-controller,job-controller,serviceaccount-controller,endpointslice-controller,clusterrole-aggregation-controller \
     >"$a/controller-manager.args"
   printf '%s\n' "--kubeconfig=$k" --bind-address=127.0.0.1 "--secure-port=$SCHEDULER_PORT" \
     "--cert-dir=$d/pki/scheduler-generated" --leader-elect=false >"$a/scheduler.args"

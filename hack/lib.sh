@@ -8,7 +8,7 @@ ensure_tools() {
   local tool missing=()
   for tool in "$@"; do
     if [[ ${tool%%:*} == /* ]]; then
-      [[ -x ${tool%%:*} ]] || missing+=("${tool#*:}")
+      [[ -e ${tool%%:*} ]] || missing+=("${tool#*:}")
     else
       command -v "${tool%%:*}" >/dev/null 2>&1 || missing+=("${tool#*:}")
     fi

@@ -14,7 +14,8 @@ started=$(date +%s)
 
 # shellcheck source=hack/lib.sh
 source "$REPO_ROOT/hack/lib.sh"
-ensure_tools openssl:openssl curl:curl python3:python3 ss:iproute2
+ensure_tools openssl:openssl curl:curl python3:python3 ss:iproute2 \
+  /usr/share/bash-completion/bash_completion:bash-completion
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt >/dev/null 2>&1 || true
 
 hack/cluster.sh build

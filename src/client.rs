@@ -1,5 +1,8 @@
-//! Client configuration like kubectl's (kubeconfig first, in-cluster as fallback) and a request
-//! counter, so that `--stats` reports the API requests a pass really made.
+//! Client configuration like kubectl's (kubeconfig first, in-cluster as fallback) and one tower
+//! layer under every request: it counts requests (`--stats`), bounds them (`--request-timeout`),
+//! logs them at `-v 6`, gates writes (a watcher that lost its lease writes nothing), and applies
+//! the command's write policy to every write (`--dry-run=server`, `--field-manager`). Doing the
+//! last at the transport means no write path can forget it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,11 +15,53 @@ use kube::{Client, Config};
 
 use crate::error::{Error, Result};
 
-/// Where the client configuration comes from.
+/// Where the client configuration comes from, and what every write of the client carries.
 #[derive(Clone, Debug, Default)]
 pub struct ClientOptions {
     pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
+    pub writes: WritePolicy,
+}
+
+/// What every write (anything but GET/HEAD) of a client carries.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WritePolicy {
+    /// `dryRun=All`: the API server validates and admits each write, and persists none
+    /// (`--dry-run=server`).
+    pub server_dry_run: bool,
+}
+
+/// Settings of the whole command line that every client of the process follows, watchers'
+/// included (kubectl's global `--request-timeout` and a command's `--field-manager`).
+#[derive(Clone, Debug, Default)]
+pub struct ProcessDefaults {
+    /// `None`: [`REQUEST_TIMEOUT`]; `Some(ZERO)`: no bound.
+    pub request_timeout: Option<Duration>,
+    /// Replaces the product's field manager ([`crate::execute::FIELD_MANAGER`] or
+    /// `kubectl-hsd-mark`) in every write.
+    pub field_manager: Option<String>,
+}
+
+static PROCESS_DEFAULTS: std::sync::OnceLock<ProcessDefaults> = std::sync::OnceLock::new();
+
+/// Sets the [`ProcessDefaults`]; the first call wins (the command line sets them once).
+pub fn set_process_defaults(defaults: ProcessDefaults) {
+    let _ = PROCESS_DEFAULTS.set(defaults);
+}
+
+fn process_defaults() -> ProcessDefaults {
+    PROCESS_DEFAULTS.get().cloned().unwrap_or_default()
+}
+
+/// kubectl's `--request-timeout`: a bare number is seconds (`0`: no bound), else a duration
+/// such as `30s` or `1m`.
+pub fn parse_request_timeout(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{e}: give a duration with a unit (1s, 2m, 3h), or 0 for no timeout"))
 }
 
 /// Requests made through one client, by kind.
@@ -53,14 +98,23 @@ pub async fn load_config(options: &ClientOptions) -> Result<Config> {
         context: options.context.clone(),
         ..Default::default()
     };
+    let config = load_config_from(options, &kube_options).await?;
+    crate::error::set_api_server(&config.cluster_url.to_string());
+    Ok(config)
+}
+
+async fn load_config_from(
+    options: &ClientOptions,
+    kube_options: &KubeConfigOptions,
+) -> Result<Config> {
     if let Some(path) = &options.kubeconfig {
         let kubeconfig = Kubeconfig::read_from(path)
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-        return Config::from_custom_kubeconfig(kubeconfig, &kube_options)
+        return Config::from_custom_kubeconfig(kubeconfig, kube_options)
             .await
             .map_err(|e| Error::Config(e.to_string()));
     }
-    match Config::from_kubeconfig(&kube_options).await {
+    match Config::from_kubeconfig(kube_options).await {
         Ok(config) => Ok(config),
         // An explicit context only makes sense with a kubeconfig.
         Err(e) if options.context.is_some() => Err(Error::Config(e.to_string())),
@@ -72,7 +126,8 @@ pub async fn load_config(options: &ClientOptions) -> Result<Config> {
     }
 }
 
-/// Longest wait for the answer to a request that is not a watch.
+/// Longest wait for the answer to a request that is not a watch, unless `--request-timeout`
+/// says otherwise.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Bounds every request but watches (which are long by design): a request stuck on a
@@ -80,8 +135,11 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct RequestTimeout<S> {
     inner: S,
+    /// Zero: no bound.
     timeout: Duration,
     hooks: ClientHooks,
+    writes: WritePolicy,
+    field_manager: Option<String>,
 }
 
 impl<S, B> tower::Service<http::Request<kube::client::Body>> for RequestTimeout<S>
@@ -103,7 +161,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<kube::client::Body>) -> Self::Future {
         let watch = request.uri().query().is_some_and(|query| {
             query
                 .split('&')
@@ -119,21 +177,29 @@ where
             if !allowed {
                 return Box::pin(async { Err(WRITE_REFUSED.into()) });
             }
+            if let Err(error) = apply_write_policy(
+                &mut request,
+                self.writes.server_dry_run,
+                self.field_manager.as_deref(),
+            ) {
+                return Box::pin(async move { Err(error) });
+            }
         }
         let path = request.uri().path().to_string();
+        let uri = request.uri().clone();
         let sent = std::time::Instant::now();
         let on_success = self.hooks.on_success.clone();
         let response = self.inner.call(request);
         let timeout = self.timeout;
         Box::pin(async move {
-            let result = if watch {
+            let result = if watch || timeout.is_zero() {
                 response.await.map_err(Into::into)
             } else {
                 match tokio::time::timeout(timeout, response).await {
                     Ok(result) => result.map_err(Into::into),
                     Err(_) => Err(format!(
-                        "no answer from the API server within {}s",
-                        timeout.as_secs()
+                        "no answer from the API server within {}",
+                        humantime::format_duration(timeout)
                     )
                     .into()),
                 }
@@ -143,9 +209,121 @@ where
             {
                 observe(&method, &path, sent);
             }
+            // kubectl's -v 6: one line per request.
+            match &result {
+                Ok(answer) => tracing::debug!(
+                    target: HTTP_LOG_TARGET,
+                    "{method} {}{uri} {} in {} milliseconds",
+                    crate::error::api_server(),
+                    answer.status(),
+                    sent.elapsed().as_millis()
+                ),
+                Err(error) => tracing::debug!(
+                    target: HTTP_LOG_TARGET,
+                    "{method} {}{uri} failed after {} milliseconds: {error}",
+                    crate::error::api_server(),
+                    sent.elapsed().as_millis()
+                ),
+            }
             result
         })
     }
+}
+
+/// The log target of the one-line-per-request log (`-v 6`).
+pub const HTTP_LOG_TARGET: &str = "kubectl_hsd::http";
+
+/// Field managers the product writes under, which `--field-manager` replaces.
+const PRODUCT_FIELD_MANAGERS: [&str; 2] = [
+    crate::execute::FIELD_MANAGER,
+    crate::cli::mark::MARK_FIELD_MANAGER,
+];
+
+/// Adds `dryRun=All` and sets the field manager on a write's query string.
+fn apply_write_policy(
+    request: &mut http::Request<kube::client::Body>,
+    server_dry_run: bool,
+    field_manager: Option<&str>,
+) -> std::result::Result<(), tower::BoxError> {
+    if !server_dry_run && field_manager.is_none() {
+        return Ok(());
+    }
+    let uri = request.uri();
+    let mut pairs: Vec<(String, String)> = uri
+        .query()
+        .map(|query| {
+            form_urlencoded_pairs(query)
+                .filter(|(key, _)| !(server_dry_run && key == "dryRun"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(manager) = field_manager {
+        match pairs.iter_mut().find(|(key, _)| key == "fieldManager") {
+            Some((_, value)) if PRODUCT_FIELD_MANAGERS.contains(&value.as_str()) => {
+                *value = manager.to_string()
+            }
+            Some(_) => {}
+            None => pairs.push(("fieldManager".into(), manager.to_string())),
+        }
+    }
+    if server_dry_run {
+        pairs.push(("dryRun".into(), "All".into()));
+    }
+    let query = pairs
+        .iter()
+        .map(|(key, value)| format!("{}={}", encode_query(key), encode_query(value)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let path_and_query = format!("{}?{query}", uri.path());
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query.parse()?);
+    *request.uri_mut() = http::Uri::from_parts(parts)?;
+    Ok(())
+}
+
+/// `key=value` pairs of a query string, percent-decoded.
+fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode_query(key), decode_query(value))
+    })
+}
+
+fn decode_query(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                match hex.and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn encode_query(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
 }
 
 /// Builds a client whose requests are counted in the returned stats.
@@ -172,14 +350,28 @@ pub struct ClientHooks {
 
 /// Builds a client with the request counter, the request timeout and `hooks`.
 pub fn client_with(config: Config, hooks: ClientHooks) -> Result<(Client, Arc<RequestStats>)> {
+    client_with_policy(config, hooks, WritePolicy::default())
+}
+
+/// [`client_with`], and every write carries `writes`.
+pub fn client_with_policy(
+    config: Config,
+    hooks: ClientHooks,
+    writes: WritePolicy,
+) -> Result<(Client, Arc<RequestStats>)> {
     let stats = Arc::new(RequestStats::default());
     let counter = stats.clone();
+    let defaults = process_defaults();
+    let timeout = defaults.request_timeout.unwrap_or(REQUEST_TIMEOUT);
+    let field_manager = defaults.field_manager;
     let builder = ClientBuilder::try_from(config).map_err(|e| Error::Config(e.to_string()))?;
     let client = builder
         .with_layer(&tower::layer::layer_fn(move |inner| RequestTimeout {
             inner,
-            timeout: REQUEST_TIMEOUT,
+            timeout,
             hooks: hooks.clone(),
+            writes: writes.clone(),
+            field_manager: field_manager.clone(),
         }))
         .with_layer(&tower::util::MapRequestLayer::new(
             move |request: http::Request<kube::client::Body>| {
@@ -199,7 +391,8 @@ pub const WRITE_REFUSED: &str =
 pub async fn connect(options: &ClientOptions) -> Result<(Client, Arc<RequestStats>, String)> {
     let config = load_config(options).await?;
     let default_namespace = config.default_namespace.clone();
-    let (client, stats) = counted_client(config)?;
+    let (client, stats) =
+        client_with_policy(config, ClientHooks::default(), options.writes.clone())?;
     Ok((client, stats, default_namespace))
 }
 

@@ -9,6 +9,8 @@ use sha2::{Digest, Sha256};
 
 /// The label naming the HSD, on the child Deployment and on every pod of its template.
 pub const HSD_LABEL: &str = "paia.tech/hotstandbydeployment";
+/// The label naming the HotStandbyJob, on each of its Jobs and on every pod of their template.
+pub const HSJ_LABEL: &str = "paia.tech/hotstandbyjob";
 /// The label holding the HSD's bucket, on every pod of its template.
 pub const BUCKET_LABEL: &str = "paia.tech/bucket";
 /// The number of buckets. Fixed: changing it would change every template.
@@ -60,6 +62,18 @@ pub fn short_hash(bytes: &[u8]) -> String {
 pub fn injected(namespace: &str, name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (HSD_LABEL.to_string(), hsd_label_value(name)),
+        (
+            BUCKET_LABEL.to_string(),
+            bucket(namespace, name).to_string(),
+        ),
+    ])
+}
+
+/// The labels injected into a HotStandbyJob's pod template (and, the first, on its Jobs): the
+/// HSJ's name (shortened like [`hsd_label_value`]) and its bucket.
+pub fn injected_hsj(namespace: &str, name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (HSJ_LABEL.to_string(), hsd_label_value(name)),
         (
             BUCKET_LABEL.to_string(),
             bucket(namespace, name).to_string(),

@@ -17,6 +17,7 @@ pub mod execute;
 pub mod labels;
 pub mod manifests;
 pub mod metrics;
+pub mod notice;
 pub mod observe;
 pub mod once;
 pub mod plan;

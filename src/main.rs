@@ -1,31 +1,32 @@
 //! The `kubectl-hsd` binary: parse, set up TLS and logging, dispatch, map errors to exit codes.
 
 use clap::Parser;
-use kubectl_hsd::cli::{Cli, LogFormat};
-use tracing_subscriber::EnvFilter;
-
-fn init_logging(verbosity: u8, format: LogFormat) {
-    let level = match verbosity {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_env("HSD_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("kubectl_hsd={level},kube={level},warn")));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.with_target(false).init(),
-    }
-}
+use kubectl_hsd::cli::Cli;
 
 fn main() {
-    // clap exits 2 on usage errors and 0 for --help/--version.
-    let cli = Cli::parse();
-    init_logging(cli.global.verbosity, cli.global.log_format);
+    // A completion script calling back (`kubectl-hsd completion SHELL`): answer and exit.
+    kubectl_hsd::cli::complete::complete_from_env();
+    // kubectl's plugin completion, through `kubectl_complete-hsd`: `kubectl-hsd __complete ARGS`.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(kubectl_hsd::cli::complete::COBRA_COMMAND) {
+        std::process::exit(kubectl_hsd::cli::complete::cobra(&args[2..]));
+    }
+    // Usage errors exit 2, --help and --version 0 (clap's codes); with --log-format json the
+    // usage error is a JSON line too.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            if error.use_stderr() && json_requested() {
+                eprintln!(
+                    "{}",
+                    kubectl_hsd::notice::usage_error_json(&error.render().to_string())
+                );
+                std::process::exit(error.exit_code());
+            }
+            error.exit();
+        }
+    };
+    kubectl_hsd::notice::init(cli.global.verbosity, cli.global.log_format);
     kubectl_hsd::client::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -33,16 +34,24 @@ fn main() {
     {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            kubectl_hsd::notice_error!("cannot start the async runtime: {error}");
             std::process::exit(1);
         }
     };
     let code = match runtime.block_on(kubectl_hsd::cli::run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error}");
+            kubectl_hsd::notice_error!("{error}");
             1
         }
     };
     std::process::exit(code);
+}
+
+/// Whether the command line asks for JSON logs (read before clap could parse it).
+fn json_requested() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.windows(2)
+        .any(|w| w[0] == "--log-format" && w[1] == "json")
+        || args.iter().any(|a| a == "--log-format=json")
 }

@@ -19,6 +19,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::api::hsd::HotStandbyDeploymentStatus;
+use crate::api::hsj::HotStandbyJobStatus;
 use crate::plan::ProbeOutcome;
 
 type Labels = Vec<(&'static str, String)>;
@@ -35,6 +36,8 @@ pub struct Metrics {
     hsd_pods: Family<Labels, Gauge>,
     hsd_desired: Family<Labels, Gauge>,
     hsd_replicas: Family<Labels, Gauge>,
+    hsj_jobs: Family<Labels, Gauge>,
+    hsj_desired: Family<Labels, Gauge>,
     reconciles: Family<Labels, Counter>,
     reconcile_errors: Family<Labels, Counter>,
     reconcile_duration: Histogram,
@@ -50,6 +53,8 @@ pub struct Metrics {
     liveness: std::sync::OnceLock<LivenessCheck>,
     /// HSDs that have series, so that a deleted one's can be removed.
     known: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
+    /// HSJs that have series.
+    known_hsjs: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
 
 impl Default for Metrics {
@@ -64,6 +69,8 @@ impl Metrics {
         let hsd_pods = Family::<Labels, Gauge>::default();
         let hsd_desired = Family::<Labels, Gauge>::default();
         let hsd_replicas = Family::<Labels, Gauge>::default();
+        let hsj_jobs = Family::<Labels, Gauge>::default();
+        let hsj_desired = Family::<Labels, Gauge>::default();
         let reconciles = Family::<Labels, Counter>::default();
         let reconcile_errors = Family::<Labels, Counter>::default();
         let reconcile_duration = seconds_histogram();
@@ -89,6 +96,16 @@ impl Metrics {
             "Pods of the HotStandbyDeployment that exist (not terminating)",
             hsd_replicas.clone(),
         );
+        registry.register(
+            "hsj_jobs",
+            "Jobs of a HotStandbyJob that count as capacity, by state (busy, idle, starting, unknown)",
+            hsj_jobs.clone(),
+        );
+        registry.register(
+            "hsj_desired_jobs",
+            "Jobs the formula asks for, per HotStandbyJob",
+            hsj_desired.clone(),
+        );
         registry.register("reconciles", "Reconciles by result", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -100,10 +117,14 @@ impl Metrics {
             "Time of one HSD's reconcile",
             reconcile_duration.clone(),
         );
-        registry.register("probes", "HTTP busy probes by outcome", probes.clone());
+        registry.register(
+            "probes",
+            "Busy probes (HTTP and exec) by outcome",
+            probes.clone(),
+        );
         registry.register(
             "probe_duration_seconds",
-            "Time of one HTTP busy probe",
+            "Time of one busy probe (HTTP or exec)",
             probe_duration.clone(),
         );
         registry.register(
@@ -136,6 +157,8 @@ impl Metrics {
             hsd_pods,
             hsd_desired,
             hsd_replicas,
+            hsj_jobs,
+            hsj_desired,
             reconciles,
             reconcile_errors,
             reconcile_duration,
@@ -149,6 +172,7 @@ impl Metrics {
             ready: AtomicBool::new(false),
             liveness: std::sync::OnceLock::new(),
             known: Default::default(),
+            known_hsjs: Default::default(),
         }
     }
 
@@ -210,6 +234,51 @@ impl Metrics {
         self.hsd_replicas.remove(&labels);
     }
 
+    /// Publishes an HSJ's numbers exactly as its status has them.
+    pub fn set_hsj_status(&self, namespace: &str, name: &str, status: &HotStandbyJobStatus) {
+        self.known_hsjs
+            .lock()
+            .expect("known HSJs lock")
+            .insert((namespace.to_string(), name.to_string()));
+        for (state, value) in [
+            ("busy", status.busy_count),
+            ("idle", status.idle_count),
+            ("starting", status.starting_count),
+            ("unknown", status.unknown_count),
+        ] {
+            let mut labels = Self::hsd_labels(namespace, name);
+            labels.push(("state", state.to_string()));
+            self.hsj_jobs.get_or_create(&labels).set(i64::from(value));
+        }
+        self.hsj_desired
+            .get_or_create(&Self::hsd_labels(namespace, name))
+            .set(i64::from(status.desired_active));
+    }
+
+    /// The HSJs that have series.
+    pub fn known_hsjs(&self) -> Vec<(String, String)> {
+        self.known_hsjs
+            .lock()
+            .expect("known HSJs lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Drops the series of a deleted HSJ.
+    pub fn forget_hsj(&self, namespace: &str, name: &str) {
+        self.known_hsjs
+            .lock()
+            .expect("known HSJs lock")
+            .remove(&(namespace.to_string(), name.to_string()));
+        for state in ["busy", "idle", "starting", "unknown"] {
+            let mut labels = Self::hsd_labels(namespace, name);
+            labels.push(("state", state.to_string()));
+            self.hsj_jobs.remove(&labels);
+        }
+        self.hsj_desired.remove(&Self::hsd_labels(namespace, name));
+    }
+
     pub fn reconciled(&self, duration: Duration, error_reason: Option<&'static str>) {
         self.reconcile_duration.observe(duration.as_secs_f64());
         let result = if error_reason.is_some() {
@@ -230,7 +299,7 @@ impl Metrics {
     pub fn probed(&self, outcome: &ProbeOutcome, duration: Duration) {
         let outcome = match outcome {
             ProbeOutcome::Success => "success",
-            ProbeOutcome::Failure(_) => "failure",
+            ProbeOutcome::Failure(_) | ProbeOutcome::CommandFailed(_) => "failure",
             ProbeOutcome::Redirect { .. } => "redirect",
             ProbeOutcome::Error(_) => "error",
         };

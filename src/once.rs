@@ -1,5 +1,6 @@
-//! One reconcile pass: observe -> plan -> execute (which writes the status last). The one-shot
-//! `reconcile` command and `reconcile --watch` both drive [`reconcile_hsd`].
+//! One reconcile pass: observe -> plan -> execute (which writes the status last), for each kind:
+//! HotStandbyDeployments and HotStandbyJobs, side by side. The one-shot `reconcile` command and
+//! `reconcile --watch` both drive [`reconcile_hsd`] and [`reconcile_hsj`].
 
 use std::time::{Duration, Instant};
 
@@ -7,9 +8,11 @@ use futures::{StreamExt, stream};
 use kube::Client;
 
 use crate::error::{Error, Result};
+use crate::execute::hsj::HsjWritten;
 use crate::execute::{self, Written};
 use crate::observe::probe::{ProbeResult, Prober};
 use crate::observe::{self, Scope};
+use crate::plan::hsj::{HsjPlan, ObservedHsj};
 use crate::plan::{self, ObservedHsd, Plan};
 
 /// HSDs executed at once in a pass.
@@ -28,6 +31,8 @@ pub struct PassOptions {
     pub dry_run: bool,
     /// HTTP probes in flight at once, per HSD.
     pub probe_concurrency: Option<usize>,
+    /// Exec probes in flight at once, per HSD or HSJ.
+    pub exec_probe_concurrency: Option<usize>,
     /// The pass ends within this (default [`DEFAULT_PASS_DEADLINE`]): probes stop at the
     /// deadline minus [`WRITE_MARGIN`], and an HSD whose writes are still running at the
     /// deadline fails with a timeout.
@@ -71,10 +76,56 @@ impl HsdOutcome {
     }
 }
 
+/// What happened to one HotStandbyJob in a pass.
+#[derive(Debug)]
+pub struct HsjOutcome {
+    pub namespace: String,
+    pub name: String,
+    pub plan: HsjPlan,
+    pub result: Result<HsjWritten>,
+}
+
+impl HsjOutcome {
+    /// A few words for the summary table.
+    pub fn action(&self) -> String {
+        let written = match &self.result {
+            Err(_) => return "failed".into(),
+            Ok(_) if self.plan.blocked && self.plan.decision.is_none() => {
+                return "blocked".into();
+            }
+            Ok(written) => written,
+        };
+        let mut parts = Vec::new();
+        if !written.created.is_empty() {
+            parts.push(format!("created {}", written.created.len()));
+        }
+        if !written.deleted.is_empty() {
+            parts.push(format!("deleted {}", written.deleted.len()));
+        }
+        if !written.skipped.is_empty() {
+            parts.push(format!("kept {} (changed)", written.skipped.len()));
+        }
+        if parts.is_empty() {
+            if self.plan.blocked {
+                "paused".into()
+            } else if written.status {
+                "status".into()
+            } else {
+                "unchanged".into()
+            }
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
 /// The outcome of a pass.
 #[derive(Debug, Default)]
 pub struct PassReport {
     pub outcomes: Vec<HsdOutcome>,
+    pub hsj_outcomes: Vec<HsjOutcome>,
+    /// Why the HotStandbyJobs of the scope could not be read (the HSDs were still reconciled).
+    pub hsj_error: Option<Error>,
     pub probes: Vec<ProbeResult>,
     pub elapsed: Duration,
 }
@@ -85,12 +136,29 @@ impl PassReport {
             .iter()
             .filter_map(|o| o.result.as_ref().err().map(|e| (o, e)))
     }
+    pub fn hsj_failures(&self) -> impl Iterator<Item = (&HsjOutcome, &Error)> {
+        self.hsj_outcomes
+            .iter()
+            .filter_map(|o| o.result.as_ref().err().map(|e| (o, e)))
+    }
+    /// Whether anything failed (an HSD, an HSJ, or reading the HSJs).
+    pub fn failed(&self) -> bool {
+        self.failures().next().is_some()
+            || self.hsj_failures().next().is_some()
+            || self.hsj_error.is_some()
+    }
     pub fn writes(&self) -> usize {
         self.outcomes
             .iter()
             .filter_map(|o| o.result.as_ref().ok())
             .map(Written::count)
-            .sum()
+            .sum::<usize>()
+            + self
+                .hsj_outcomes
+                .iter()
+                .filter_map(|o| o.result.as_ref().ok())
+                .map(HsjWritten::count)
+                .sum::<usize>()
     }
 }
 
@@ -129,11 +197,47 @@ pub async fn execute_plan(client: &Client, observed: &ObservedHsd, plan: &Plan) 
 pub async fn run_pass(client: &Client, scope: &Scope, options: &PassOptions) -> Result<PassReport> {
     let started = Instant::now();
     let (probe_deadline, deadline) = options.deadlines(started);
+    let prober = Prober::new(
+        options
+            .probe_concurrency
+            .unwrap_or(crate::observe::probe::DEFAULT_CONCURRENCY),
+    )
+    .with_exec(
+        client.clone(),
+        options
+            .exec_probe_concurrency
+            .unwrap_or(crate::observe::probe::DEFAULT_EXEC_CONCURRENCY),
+    );
+    let (hsds, hsjs) = tokio::join!(
+        run_hsd_pass(client, scope, options, &prober, probe_deadline, deadline),
+        run_hsj_pass(client, scope, options, &prober, probe_deadline, deadline),
+    );
+    let (outcomes, mut probes) = hsds?;
+    let (hsj_outcomes, hsj_probes, hsj_error) = hsjs;
+    probes.extend(hsj_probes);
+    if let Some(error) = &hsj_error {
+        tracing::warn!(%error, "HotStandbyJobs not reconciled");
+    }
+    Ok(PassReport {
+        outcomes,
+        hsj_outcomes,
+        hsj_error,
+        probes,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The HSD side of a pass: its outcomes and probes, or the error of reading the scope.
+async fn run_hsd_pass(
+    client: &Client,
+    scope: &Scope,
+    options: &PassOptions,
+    prober: &Prober,
+    probe_deadline: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+) -> Result<(Vec<HsdOutcome>, Vec<ProbeResult>)> {
     let snapshot = observe::read_snapshot(client, scope).await?;
-    let work: Vec<(
-        ObservedHsd,
-        Vec<(usize, crate::observe::probe::ProbeTarget)>,
-    )> = snapshot
+    let work: Vec<(ObservedHsd, Vec<(usize, crate::observe::probe::Target)>)> = snapshot
         .hsds
         .iter()
         .map(|object| {
@@ -146,16 +250,10 @@ pub async fn run_pass(client: &Client, scope: &Scope, options: &PassOptions) -> 
         })
         .collect();
     drop(snapshot);
-    let prober = Prober::new(
-        options
-            .probe_concurrency
-            .unwrap_or(crate::observe::probe::DEFAULT_CONCURRENCY),
-    );
     let execute_slots = tokio::sync::Semaphore::new(EXECUTE_CONCURRENCY);
 
     let results: Vec<(HsdOutcome, Vec<ProbeResult>)> = stream::iter(work)
         .map(|(mut hsd, targets)| {
-            let prober = &prober;
             let execute_slots = &execute_slots;
             async move {
                 let probes = if targets.is_empty() {
@@ -216,9 +314,128 @@ pub async fn run_pass(client: &Client, scope: &Scope, options: &PassOptions) -> 
         probes.extend(hsd_probes);
     }
     outcomes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    Ok(PassReport {
-        outcomes,
-        probes,
-        elapsed: started.elapsed(),
-    })
+    Ok((outcomes, probes))
+}
+
+/// The HSJ side of a pass: each HSJ probed with its own budget, planned, its victims confirmed
+/// idle, and executed. Errors of one HSJ never stop the others; an error reading the HSJs is
+/// returned beside the outcomes (the HSDs of the pass are reconciled all the same).
+async fn run_hsj_pass(
+    client: &Client,
+    scope: &Scope,
+    options: &PassOptions,
+    prober: &Prober,
+    probe_deadline: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+) -> (Vec<HsjOutcome>, Vec<ProbeResult>, Option<Error>) {
+    let snapshot = match observe::jobs::read_hsj_snapshot(client, scope).await {
+        Ok(snapshot) => snapshot,
+        Err(error) => return (Vec::new(), Vec::new(), Some(error)),
+    };
+    let work: Vec<_> = snapshot
+        .hsjs
+        .iter()
+        .map(|object| {
+            let (hsj, pods) = observe::jobs::observe_hsj(object, &snapshot.index, |_| None);
+            let targets = observe::jobs::probe_targets(&hsj, &pods);
+            (hsj, targets)
+        })
+        .collect();
+    drop(snapshot);
+    let execute_slots = tokio::sync::Semaphore::new(EXECUTE_CONCURRENCY);
+    let results: Vec<(HsjOutcome, Vec<ProbeResult>)> = stream::iter(work)
+        .map(|(mut hsj, targets)| {
+            let execute_slots = &execute_slots;
+            async move {
+                let probes = if targets.is_empty() {
+                    Vec::new()
+                } else {
+                    observe::jobs::probe_hsj(prober, &mut hsj, targets, probe_deadline).await
+                };
+                let _slot = execute_slots.acquire().await.expect("never closed");
+                let (plan, result) = match tokio::time::timeout_at(
+                    deadline,
+                    reconcile_hsj(client, prober, &mut hsj, options.dry_run),
+                )
+                .await
+                {
+                    Ok(done) => done,
+                    Err(_) => (
+                        crate::plan::hsj::plan(&hsj, jiff::Timestamp::now()),
+                        Err(Error::Timeout(
+                            options.deadline.unwrap_or(DEFAULT_PASS_DEADLINE),
+                            "this HSJ's writes (the pass deadline passed; the next pass retries)"
+                                .into(),
+                        )),
+                    ),
+                };
+                if let Err(error) = &result {
+                    tracing::warn!(namespace = %hsj.namespace, name = %hsj.name, %error, "reconcile failed");
+                }
+                (
+                    HsjOutcome {
+                        namespace: hsj.namespace,
+                        name: hsj.name,
+                        plan,
+                        result,
+                    },
+                    probes,
+                )
+            }
+        })
+        .buffer_unordered(PROBE_HSD_CONCURRENCY)
+        .collect()
+        .await;
+    let mut outcomes = Vec::with_capacity(results.len());
+    let mut probes = Vec::new();
+    for (outcome, hsj_probes) in results {
+        outcomes.push(outcome);
+        probes.extend(hsj_probes);
+    }
+    outcomes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    (outcomes, probes, None)
+}
+
+/// Plans one HSJ and carries the plan out. A plan that deletes Jobs is made twice: the victims
+/// of the first are asked again right now (a fresh probe, or a fresh read of the pod), and the
+/// second plan may delete only those that answered idle. The deletions themselves are
+/// compare-and-swaps on each Job's uid and resourceVersion.
+pub async fn reconcile_hsj(
+    client: &Client,
+    prober: &Prober,
+    hsj: &mut ObservedHsj,
+    dry_run: bool,
+) -> (HsjPlan, Result<HsjWritten>) {
+    let mut plan = crate::plan::hsj::plan(hsj, jiff::Timestamp::now());
+    if dry_run {
+        return (plan, Ok(HsjWritten::default()));
+    }
+    if !plan.deletions.is_empty() {
+        let victims = crate::plan::hsj::victims(&plan);
+        let confirmed = observe::jobs::confirm_idle(client, prober, hsj, &victims)
+            .await
+            .unwrap_or_default();
+        hsj.confirmed_idle = Some(confirmed);
+        plan = crate::plan::hsj::plan(hsj, jiff::Timestamp::now());
+    }
+    let result = execute_hsj_plan(client, hsj, &plan).await;
+    (plan, result)
+}
+
+/// Executes an HSJ's plan. An HSJ deleted meanwhile is not an error: its Jobs go with it.
+pub async fn execute_hsj_plan(
+    client: &Client,
+    hsj: &ObservedHsj,
+    plan: &HsjPlan,
+) -> Result<HsjWritten> {
+    match execute::hsj::execute(client, hsj, plan).await {
+        Err(Error::Kube {
+            source: kube::Error::Api(status),
+            ..
+        }) if status.code == 404 => {
+            tracing::info!(namespace = %hsj.namespace, name = %hsj.name, "deleted during the pass");
+            Ok(HsjWritten::default())
+        }
+        other => other,
+    }
 }

@@ -5,7 +5,11 @@
 
 use std::path::Path;
 
-const MUSL: &str = "x86_64-unknown-linux-musl";
+/// The musl targets of the two image platforms: (TARGETARCH, Rust target).
+const MUSL: [(&str, &str); 2] = [
+    ("amd64", "x86_64-unknown-linux-musl"),
+    ("arm64", "aarch64-unknown-linux-musl"),
+];
 const BIN_PATH: &str = "/usr/local/bin/kubectl-hsd";
 
 fn read(name: &str) -> String {
@@ -193,28 +197,54 @@ fn build_stage_is_official_rust_bookworm_at_least_the_msrv() {
 }
 
 #[test]
-fn build_stage_produces_a_static_musl_binary_without_openssl() {
+fn build_stage_cross_compiles_a_static_musl_binary_for_both_platforms_without_openssl() {
+    let text = read("Dockerfile");
+    assert!(
+        text.contains("FROM --platform=$BUILDPLATFORM rust:"),
+        "the build stage runs natively and cross-compiles (no emulation)"
+    );
     let stages = dockerfile();
     let build = &stages[0];
-    let runs = all(build, "RUN").join("\n");
     assert!(
-        runs.contains(&format!("rustup target add {MUSL}")),
-        "the build stage must add the {MUSL} target"
+        all(build, "ARG").contains(&"TARGETARCH"),
+        "the build stage reads TARGETARCH"
     );
+    let runs = all(build, "RUN").join("\n");
+    for (arch, target) in MUSL {
+        assert!(
+            runs.contains("rustup target add") && runs.contains(target),
+            "the build stage must add the {target} target"
+        );
+        assert!(
+            runs.contains(&format!("{arch}) target={target}")),
+            "TARGETARCH {arch} must build {target}"
+        );
+    }
+    for compiler in ["musl-tools", "gcc-aarch64-linux-gnu"] {
+        assert!(
+            runs.contains(compiler),
+            "ring needs a C compiler for each target: install {compiler}"
+        );
+    }
+    let env = all(build, "ENV").join(" ");
     assert!(
-        runs.contains("musl-tools"),
-        "ring needs a musl C compiler: install musl-tools"
+        env.contains("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=aarch64-linux-gnu-gcc"),
+        "{env}"
     );
     let cargo = all(build, "RUN")
         .into_iter()
         .find(|r| r.contains("cargo build"))
         .expect("the build stage must run `cargo build`");
-    for flag in ["--release", "--locked", &format!("--target {MUSL}")] {
+    for flag in ["--release", "--locked", "--target \"$target\""] {
         assert!(
             cargo.contains(flag),
             "`cargo build` must use {flag}: {cargo}"
         );
     }
+    assert!(
+        cargo.contains("NEEDED"),
+        "the build checks the binary is static"
+    );
     for ssl in ["libssl", "openssl"] {
         assert!(
             !runs.to_ascii_lowercase().contains(ssl),
@@ -254,7 +284,7 @@ fn final_stage_copies_the_musl_binary_and_runs_it() {
         .expect("the build stage must be named");
     let bin = env!("CARGO_PKG_NAME");
     let copies = all(last, "COPY");
-    let expected_src = format!("target/{MUSL}/release/{bin}");
+    let expected_src = format!("/out/{bin}");
     assert!(
         copies.iter().any(|c| {
             let words: Vec<&str> = c.split_whitespace().collect();

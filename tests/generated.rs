@@ -29,6 +29,14 @@ fn crd_yaml_is_up_to_date() {
 }
 
 #[test]
+fn hsj_crd_yaml_is_up_to_date() {
+    check(
+        "crd/hotstandbyjob.yaml",
+        &kubectl_hsd::manifests::hsj_crd_yaml(),
+    );
+}
+
+#[test]
 fn cronjob_manifests_are_up_to_date() {
     check(
         "cronjob/cronjob.yaml",
@@ -101,12 +109,25 @@ fn the_cronjob_runs_one_pass_a_minute_as_non_root_with_least_privilege() {
     );
     let role = documents
         .iter()
-        .find(|d| d["kind"] == "ClusterRole")
-        .expect("a ClusterRole");
+        .find(|d| {
+            d["kind"] == "ClusterRole"
+                && d["metadata"]["name"]
+                    == kubectl_hsd::manifests::cluster_object_name("hsd-system").as_str()
+        })
+        .expect("the reconciler's ClusterRole");
     for rule in role["rules"].as_array().unwrap() {
         for verb in rule["verbs"].as_array().unwrap() {
+            // delete: Jobs, which HotStandbyJobs retire, and drained pods (each deletion a
+            // compare-and-swap on what was read).
+            let allowed: &[&str] = if rule["resources"] == serde_json::json!(["jobs"]) {
+                &["list", "get", "create", "delete"]
+            } else if rule["resources"] == serde_json::json!(["pods"]) {
+                &["list", "get", "patch", "delete"]
+            } else {
+                &["list", "get", "create", "patch"]
+            };
             assert!(
-                ["list", "get", "create", "patch", "delete"].contains(&verb.as_str().unwrap()),
+                allowed.contains(&verb.as_str().unwrap()),
                 "unexpected verb {verb} in {rule}"
             );
         }
@@ -118,14 +139,19 @@ fn the_cronjob_runs_one_pass_a_minute_as_non_root_with_least_privilege() {
                 .any(|r| r == "*"),
             "no wildcards: {rule}"
         );
-        // delete: only pods (the ones a scale-down drained, with a precondition).
+        // delete: only pods (the ones a scale-down drained) and Jobs (a HotStandbyJob's idle
+        // workers), each with a precondition.
         if rule["verbs"]
             .as_array()
             .unwrap()
             .iter()
             .any(|v| v == "delete")
         {
-            assert_eq!(rule["resources"], serde_json::json!(["pods"]), "{rule}");
+            assert!(
+                rule["resources"] == serde_json::json!(["pods"])
+                    || rule["resources"] == serde_json::json!(["jobs"]),
+                "{rule}"
+            );
         }
     }
 }
@@ -180,11 +206,8 @@ fn namespace_scoped_installs_use_a_role_and_watch_one_namespace() {
     use kubectl_hsd::manifests::{OperatorOptions, operator};
     for mode in [OperatorMode::Cronjob, OperatorMode::Deployment] {
         let documents = operator(&OperatorOptions {
-            mode,
-            namespace: "team-a".into(),
-            image: "img:1".into(),
             namespace_scoped: true,
-            ..OperatorOptions::default()
+            ..OperatorOptions::new(mode, "team-a", "img:1")
         });
         assert!(
             !documents
@@ -254,4 +277,116 @@ fn a_sharded_watcher_takes_its_replicas_and_shards_and_may_keep_member_leases() 
             .to_string()
             .contains("--shards")
     );
+}
+
+#[test]
+fn the_helm_chart_is_up_to_date() {
+    for (path, content) in kubectl_hsd::manifests::package::helm_chart_files() {
+        check(&path, &content);
+    }
+}
+
+#[test]
+fn the_hsj_examples_parse_and_are_valid() {
+    use kubectl_hsd::api::hsj::HotStandbyJob;
+    for (name, mode) in [
+        ("hsj-exec.yaml", kubectl_hsd::api::probe::ProbeMode::Exec),
+        (
+            "hsj-shorthand.yaml",
+            kubectl_hsd::api::probe::ProbeMode::Annotation,
+        ),
+    ] {
+        let text = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("examples")
+                .join(name),
+        )
+        .unwrap();
+        let hsj: HotStandbyJob =
+            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(hsj.spec.busy_probe.mode, mode, "{name}");
+        let hsj_name = hsj.metadata.name.clone().unwrap();
+        assert_eq!(
+            kubectl_hsd::plan::hsj::validate("ns", &hsj_name, &hsj.spec),
+            Ok(()),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn the_kustomize_tree_is_up_to_date() {
+    for (path, content) in kubectl_hsd::manifests::package::kustomize_files() {
+        check(&path, &content);
+    }
+}
+
+#[test]
+fn only_the_reconciler_may_exec_into_pods() {
+    for mode in [OperatorMode::Cronjob, OperatorMode::Deployment] {
+        let documents: Vec<serde_json::Value> =
+            serde_saphyr::from_multiple(&kubectl_hsd::manifests::default_operator_yaml(mode))
+                .unwrap();
+        let exec_rules: Vec<(&serde_json::Value, &serde_json::Value)> = documents
+            .iter()
+            .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+            .flat_map(|d| {
+                d["rules"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(move |rule| (d, rule))
+            })
+            .filter(|(_, rule)| rule["resources"].to_string().contains("pods/exec"))
+            .collect();
+        assert_eq!(exec_rules.len(), 1, "{mode:?}: one rule grants pods/exec");
+        let (role, rule) = exec_rules[0];
+        assert_eq!(role["kind"], "ClusterRole", "the reconciler's own role");
+        assert_eq!(rule["verbs"], serde_json::json!(["get", "create"]));
+        assert_eq!(rule["resources"], serde_json::json!(["pods/exec"]));
+        let bound_to: Vec<&serde_json::Value> = documents
+            .iter()
+            .filter(|d| {
+                d["kind"] == "ClusterRoleBinding"
+                    && d["roleRef"]["name"] == role["metadata"]["name"]
+            })
+            .flat_map(|d| d["subjects"].as_array().unwrap())
+            .collect();
+        assert_eq!(bound_to.len(), 1, "{mode:?}");
+        assert_eq!(bound_to[0]["name"], "kubectl-hsd");
+        assert_eq!(bound_to[0]["kind"], "ServiceAccount");
+    }
+}
+
+#[test]
+fn the_pod_policy_covers_hsd_and_hsj_workers_alike() {
+    let documents = kubectl_hsd::manifests::pod_policy("hsd-system", "paia.tech/busy", false);
+    let policies: Vec<&serde_json::Value> = documents
+        .iter()
+        .filter(|d| d["kind"] == "ValidatingAdmissionPolicy")
+        .collect();
+    let labels: Vec<&serde_json::Value> = policies
+        .iter()
+        .map(|p| &p["spec"]["matchConstraints"]["objectSelector"]["matchExpressions"][0]["key"])
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            kubectl_hsd::labels::HSD_LABEL,
+            kubectl_hsd::labels::HSJ_LABEL
+        ]
+    );
+    // The same rules for both.
+    assert_eq!(
+        policies[0]["spec"]["validations"],
+        policies[1]["spec"]["validations"]
+    );
+    let bindings: Vec<&serde_json::Value> = documents
+        .iter()
+        .filter(|d| d["kind"] == "ValidatingAdmissionPolicyBinding")
+        .collect();
+    assert_eq!(bindings.len(), 2);
+    for (policy, binding) in policies.iter().zip(bindings) {
+        assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    }
 }

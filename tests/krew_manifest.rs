@@ -73,10 +73,16 @@ struct Manifest {
     doc: Value,
 }
 
+/// The manifest under test: the committed one, or `HSD_KREW_MANIFEST` (hack/release.sh checks
+/// the manifest it wrote this way).
 fn manifest() -> Manifest {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("krew-manifest")
-        .join("hsd.yaml");
+    let path = std::env::var_os("HSD_KREW_MANIFEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("krew-manifest")
+                .join("hsd.yaml")
+        });
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     let doc = serde_saphyr::from_str::<Value>(&text)
@@ -561,11 +567,19 @@ fn each_release_target_appears_exactly_once_with_its_archive_and_bin() {
     let m = manifest();
     let platforms = platforms(&m);
     let version = string(spec(&m), "version", "spec");
+    // A manifest written by hack/release.sh lists only the platforms it built (Linux always);
+    // the committed placeholder manifest lists all five.
+    let released = !m.text.contains("PLACEHOLDER");
+    let mut served = 0;
     for (os, arch, bin, ext) in TARGETS {
         let matching: Vec<&&Map<String, Value>> = platforms
             .iter()
             .filter(|p| selector_matches(field(p, "selector"), os, arch))
             .collect();
+        if released && matching.is_empty() && os != "linux" {
+            continue;
+        }
+        served += 1;
         assert_eq!(
             matching.len(),
             1,
@@ -611,12 +625,16 @@ fn each_release_target_appears_exactly_once_with_its_archive_and_bin() {
             files.contains(&(bin, ".")),
             "{what}: the binary {bin:?} must be extracted to the install root, files: {files:?}"
         );
+        let completer = bin.replace("kubectl-hsd", "kubectl_complete-hsd");
+        assert!(
+            files.contains(&(completer.as_str(), ".")),
+            "{what}: the completion helper {completer:?} must be extracted beside the plugin, files: {files:?}"
+        );
     }
     assert_eq!(
         platforms.len(),
-        TARGETS.len(),
-        "spec.platforms must hold exactly the {} release targets",
-        TARGETS.len()
+        served,
+        "spec.platforms must hold only release targets, each once"
     );
 }
 

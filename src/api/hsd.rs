@@ -11,8 +11,9 @@ use kube::{CustomResource, KubeSchema};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-/// The busy annotation when the HSD names none.
-pub const DEFAULT_BUSY_ANNOTATION: &str = "paia.tech/busy";
+pub use super::probe::{
+    BusyProbe, DEFAULT_BUSY_ANNOTATION, ExecProbe, HttpProbe, ProbeMode, unknown_mode_message,
+};
 /// Setting this annotation to "true" on an HSD stops all scaling of it.
 pub const PAUSED_ANNOTATION: &str = "paia.tech/paused";
 /// The replica ceiling of an HSD without maxReplicas: the reference operator's CRD default.
@@ -32,6 +33,7 @@ pub const SAFETY_MAX_REPLICAS: i32 = 1000;
     namespaced,
     status = "HotStandbyDeploymentStatus",
     doc = "Keeps a constant buffer of idle, warm pods in front of busy ones.",
+    printcolumn = r#"{"name": "Ready", "type": "string", "description": "The Ready condition: the Deployment is kept at the desired replicas", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name": "Busy", "type": "integer", "jsonPath": ".status.busyCount"}"#,
     printcolumn = r#"{"name": "Idle", "type": "integer", "jsonPath": ".status.idleCount"}"#,
     printcolumn = r#"{"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas"}"#,
@@ -39,6 +41,10 @@ pub const SAFETY_MAX_REPLICAS: i32 = 1000;
     printcolumn = r#"{"name": "Starting", "type": "integer", "jsonPath": ".status.startingCount", "priority": 1}"#,
     printcolumn = r#"{"name": "Unknown", "type": "integer", "jsonPath": ".status.unknownCount", "priority": 1}"#,
     printcolumn = r#"{"name": "Old", "type": "integer", "description": "Pods of an earlier template still there (a rollout under way)", "jsonPath": ".status.rollout.oldPods", "priority": 1}"#,
+    printcolumn = r#"{"name": "Idle-Target", "type": "integer", "jsonPath": ".spec.idleTarget", "priority": 1}"#,
+    printcolumn = r#"{"name": "Min", "type": "integer", "jsonPath": ".spec.minReplicas", "priority": 1}"#,
+    printcolumn = r#"{"name": "Max", "type": "integer", "jsonPath": ".spec.maxReplicas", "priority": 1}"#,
+    printcolumn = r#"{"name": "Probe", "type": "string", "jsonPath": ".spec.busyProbe.mode", "priority": 1}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("!has(self.maxReplicas) || !has(self.minReplicas) || self.minReplicas <= self.maxReplicas").message("minReplicas must be less than or equal to maxReplicas").reason(Reason::FieldValueInvalid).field_path(".minReplicas"))]
@@ -126,74 +132,6 @@ pub struct Selector {
     pub match_labels: BTreeMap<String, String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ProbeMode {
-    /// The pod (or anyone allowed to) sets the busy annotation to "true" or "false".
-    #[default]
-    Annotation,
-    /// The reconciler sends `GET http://<podIP>:<port><path>` to each ready pod.
-    Http,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BusyProbe {
-    /// `annotation` (default) or `http`.
-    #[serde(default)]
-    pub mode: ProbeMode,
-    /// The pod annotation read in annotation mode.
-    #[serde(default = "default_annotation_key")]
-    #[schemars(length(min = 1, max = 317))]
-    pub annotation_key: String,
-    /// The HTTP probe, used in http mode.
-    #[serde(default)]
-    pub http: HttpProbe,
-}
-
-impl Default for BusyProbe {
-    fn default() -> Self {
-        Self {
-            mode: ProbeMode::Annotation,
-            annotation_key: default_annotation_key(),
-            http: HttpProbe::default(),
-        }
-    }
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct HttpProbe {
-    #[serde(default = "default_port")]
-    #[schemars(range(min = 1, max = 65535))]
-    pub port: i32,
-    #[serde(default = "default_path")]
-    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/"))]
-    pub path: String,
-    /// When true (default) a 2xx answer means busy; when false a 2xx answer means idle.
-    #[serde(default = "default_true")]
-    pub success_is_busy: bool,
-    #[serde(default = "default_timeout_seconds")]
-    #[schemars(range(min = 1, max = 60))]
-    pub timeout_seconds: i32,
-    /// How often `reconcile --watch` probes each pod.
-    #[serde(default = "default_period_seconds")]
-    #[schemars(range(min = 1, max = 3600))]
-    pub period_seconds: i32,
-}
-
-impl Default for HttpProbe {
-    fn default() -> Self {
-        Self {
-            port: default_port(),
-            path: default_path(),
-            success_is_busy: true,
-            timeout_seconds: default_timeout_seconds(),
-            period_seconds: default_period_seconds(),
-        }
-    }
-}
-
 fn default_max_replicas() -> Option<i32> {
     Some(SAFETY_MAX_REPLICAS)
 }
@@ -213,25 +151,6 @@ fn min_replicas_schema(_: &mut SchemaGenerator) -> Schema {
 
 fn max_replicas_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "integer", "format": "int32", "minimum": 1, "default": SAFETY_MAX_REPLICAS, "nullable": true})
-}
-
-fn default_annotation_key() -> String {
-    DEFAULT_BUSY_ANNOTATION.to_string()
-}
-fn default_port() -> i32 {
-    8080
-}
-fn default_path() -> String {
-    "/busy".to_string()
-}
-fn default_true() -> bool {
-    true
-}
-fn default_timeout_seconds() -> i32 {
-    1
-}
-fn default_period_seconds() -> i32 {
-    10
 }
 
 /// What the last pass saw and decided.

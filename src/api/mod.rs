@@ -1,7 +1,11 @@
-//! The custom resources, one file per kind. Each kind's identity (group, version, kind, plural)
-//! comes from its `#[derive(CustomResource)]` alone: use `Resource::kind(&())`,
-//! `CustomResourceExt::crd_name()` and friends, never a copy of the strings.
+//! The custom resources, one file per kind, and what they share ([`probe`]: the busy probe).
+//! Each kind's identity (group, version, kind, plural) comes from its `#[derive(CustomResource)]`
+//! alone: use `Resource::kind(&())`, `CustomResourceExt::crd_name()` and friends, never a copy of
+//! the strings.
 
 pub mod hsd;
+pub mod hsj;
+pub mod probe;
 
 pub use hsd::HotStandbyDeployment;
+pub use hsj::HotStandbyJob;

@@ -7,7 +7,8 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::CronJob;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
@@ -15,8 +16,9 @@ use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
 use serde_json::Value;
 
-use super::{GlobalArgs, InstallArgs};
-use crate::api::HotStandbyDeployment;
+use super::output::{self, OutputFormat};
+use super::{DryRun, GlobalArgs, InstallArgs};
+use crate::api::{HotStandbyDeployment, HotStandbyJob};
 use crate::error::{Error, Result, is_not_found, kube_error};
 use crate::execute::FIELD_MANAGER;
 use crate::manifests::{self, DEFAULT_OPERATOR_NAMESPACE, OperatorOptions};
@@ -24,12 +26,15 @@ use kube::CustomResourceExt;
 
 fn operator_options(global: &GlobalArgs, args: &InstallArgs) -> Option<OperatorOptions> {
     args.operator.map(|mode| OperatorOptions {
-        mode,
-        namespace: operator_namespace(global),
-        image: args.image.clone().unwrap_or_else(manifests::default_image),
         namespace_scoped: args.namespace_scoped,
         replicas: args.replicas,
         shards: args.shards,
+        monitor: args.monitor,
+        ..OperatorOptions::new(
+            mode,
+            &operator_namespace(global),
+            &args.image.clone().unwrap_or_else(manifests::default_image),
+        )
     })
 }
 
@@ -56,6 +61,15 @@ fn resource_of(document: &Value) -> Result<(ApiResource, bool)> {
         "RoleBinding" => ApiResource::erase::<RoleBinding>(&()),
         "CronJob" => ApiResource::erase::<CronJob>(&()),
         "Deployment" => ApiResource::erase::<Deployment>(&()),
+        "Service" => ApiResource::erase::<Service>(&()),
+        "PodDisruptionBudget" => ApiResource::erase::<PodDisruptionBudget>(&()),
+        "ServiceMonitor" | "PodMonitor" => ApiResource {
+            group: "monitoring.coreos.com".into(),
+            version: "v1".into(),
+            api_version: "monitoring.coreos.com/v1".into(),
+            kind: kind.to_string(),
+            plural: format!("{}s", kind.to_lowercase()),
+        },
         "CustomResourceDefinition" => ApiResource::erase::<CustomResourceDefinition>(&()),
         "ValidatingAdmissionPolicy" => ApiResource::erase::<ValidatingAdmissionPolicy>(&()),
         "ValidatingAdmissionPolicyBinding" => {
@@ -84,8 +98,17 @@ fn api_for(client: &Client, document: &Value) -> Result<(Api<DynamicObject>, Str
     Ok((api, kind, name))
 }
 
-/// Server-side applies one manifest.
-pub async fn apply_document(client: &Client, document: &Value) -> Result<String> {
+/// `kind/name` of a manifest, as kubectl prints it.
+fn kind_name(document: &Value) -> String {
+    format!(
+        "{}/{}",
+        document["kind"].as_str().unwrap_or_default().to_lowercase(),
+        document["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
+/// Server-side applies one manifest; returns the object as the API server answered.
+pub async fn apply_document(client: &Client, document: &Value) -> Result<DynamicObject> {
     let (api, kind, name) = api_for(client, document)?;
     api.patch(
         &name,
@@ -96,15 +119,24 @@ pub async fn apply_document(client: &Client, document: &Value) -> Result<String>
     .map_err(kube_error(
         format!("applying {kind} {name}"),
         "patch",
-        &kind.to_lowercase(),
-        None,
-    ))?;
-    Ok(format!("{}/{name}", kind.to_lowercase()))
+        &plural_of(document),
+        document["metadata"]["namespace"].as_str(),
+    ))
 }
 
-/// A spinner on stderr, only when stderr is a terminal.
-pub fn spinner(message: &str) -> Option<indicatif::ProgressBar> {
-    if !std::io::stderr().is_terminal() {
+/// The resource name RBAC uses (`clusterroles.rbac.authorization.k8s.io`).
+fn plural_of(document: &Value) -> String {
+    match resource_of(document) {
+        Ok((resource, _)) if resource.group.is_empty() => resource.plural,
+        Ok((resource, _)) => format!("{}.{}", resource.plural, resource.group),
+        Err(_) => document["kind"].as_str().unwrap_or_default().to_lowercase(),
+    }
+}
+
+/// A spinner on stderr, only when stderr is a terminal and logs are text (a spinner never
+/// goes into JSON logs).
+pub fn spinner(global: &GlobalArgs, message: &str) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() || global.log_format != super::LogFormat::Text {
         return None;
     }
     let bar = indicatif::ProgressBar::new_spinner();
@@ -114,71 +146,138 @@ pub fn spinner(message: &str) -> Option<indicatif::ProgressBar> {
 }
 
 pub async fn install(global: &GlobalArgs, args: InstallArgs) -> Result<i32> {
+    let namespace = operator_namespace(global);
     let operator = operator_options(global, &args);
-    let mut documents = manifests::install_documents(operator.as_ref());
+    let mut documents = manifests::install_documents(&namespace, operator.as_ref());
     if args.pod_policy {
         documents.extend(manifests::pod_policy(
-            &operator_namespace(global),
+            &namespace,
             &args.annotation_key,
             args.namespace_scoped,
         ));
     }
-    if args.print {
+    let dry_run = args.writes.dry_run;
+    let format = global.output.clone().unwrap_or(OutputFormat::Table);
+    let listed = |items: Vec<Value>| serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}});
+    if args.print || (dry_run == DryRun::Client && format == OutputFormat::Yaml) {
         print!("{}", manifests::to_yaml_documents(&documents));
         return Ok(0);
     }
+    if dry_run == DryRun::Client {
+        if !print_objects(&format, &listed(documents.clone()))? {
+            for document in &documents {
+                println!("{} serverside-applied (dry run)", kind_name(document));
+            }
+        }
+        return Ok(0);
+    }
+    let (client, _, _) = crate::client::connect(&global.write_client_options(&args.writes)).await?;
+    let mut applied = Vec::new();
+    let quiet = format != OutputFormat::Table && format != OutputFormat::Wide;
+    let crd_count = manifests::CRD_COUNT;
+    for document in &documents[..crd_count] {
+        applied.push(apply_document(&client, document).await?);
+        if !quiet {
+            println!(
+                "{} serverside-applied{}",
+                kind_name(document),
+                dry_run.suffix()
+            );
+        }
+    }
+    // A server-side dry run created no CRD: nothing to wait for.
+    if dry_run == DryRun::None {
+        wait_until_established(global, args.timeout).await?;
+    }
+    for document in &documents[crd_count..] {
+        applied.push(apply_document(&client, document).await?);
+        if !quiet {
+            println!(
+                "{} serverside-applied{}",
+                kind_name(document),
+                dry_run.suffix()
+            );
+        }
+    }
+    if quiet {
+        let items = applied
+            .iter()
+            .map(|o| serde_json::to_value(o).unwrap_or_default())
+            .collect();
+        print_objects(&format, &listed(items))?;
+    }
+    Ok(0)
+}
+
+/// `-o json|yaml|name|jsonpath|custom-columns` of a list of objects; false for a table.
+fn print_objects(format: &OutputFormat, list: &Value) -> Result<bool> {
+    if *format == OutputFormat::Name {
+        for item in output::items_of(list) {
+            println!("{}", kind_name(item));
+        }
+        return Ok(true);
+    }
+    output::print_generic(format, list, "")
+}
+
+async fn wait_until_established(global: &GlobalArgs, timeout: std::time::Duration) -> Result<()> {
     let (client, _, _) = crate::client::connect(&global.client_options()).await?;
-    let crd = apply_document(&client, &documents[0]).await?;
-    println!("{crd} serverside-applied");
-    let bar = spinner("waiting for the CRD to be established");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let established = tokio::time::timeout(
-        args.timeout,
-        await_condition(
-            crds,
-            HotStandbyDeployment::crd_name(),
-            conditions::is_crd_established(),
-        ),
-    )
+    let bar = spinner(global, "waiting for the CRDs to be established");
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    let names = [HotStandbyDeployment::crd_name(), HotStandbyJob::crd_name()];
+    let established = tokio::time::timeout(timeout, async {
+        for name in names {
+            await_condition(crds.clone(), name, conditions::is_crd_established())
+                .await
+                .map_err(|e| {
+                    Error::Invalid(format!(
+                        "waiting for {name}: {}",
+                        crate::error::describe_error(&e)
+                    ))
+                })?;
+            crate::notice!("{name} established");
+        }
+        Ok::<(), Error>(())
+    })
     .await;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
     match established {
-        Ok(Ok(_)) => eprintln!("{} established", HotStandbyDeployment::crd_name()),
-        Ok(Err(e)) => {
-            return Err(Error::Invalid(format!(
-                "waiting for {}: {e}",
-                HotStandbyDeployment::crd_name()
-            )));
-        }
-        Err(_) => {
-            return Err(Error::Timeout(
-                args.timeout,
-                format!("{} to be established", HotStandbyDeployment::crd_name()),
-            ));
-        }
+        Ok(result) => result,
+        Err(_) => Err(Error::Timeout(
+            timeout,
+            format!("{} to be established", names.join(" and ")),
+        )),
     }
-    for document in &documents[1..] {
-        let applied = apply_document(&client, document).await?;
-        println!("{applied} serverside-applied");
-    }
-    Ok(0)
 }
 
-pub(super) async fn delete_document(client: &Client, document: &Value) -> Result<()> {
+/// Deletes one manifest's object if it exists (with `--dry-run=client`, only says so).
+pub(super) async fn delete_document(
+    client: &Client,
+    document: &Value,
+    dry_run: DryRun,
+) -> Result<()> {
     let (api, kind, name) = api_for(client, document)?;
-    match api.delete(&name, &DeleteParams::background()).await {
-        Ok(_) => println!("{}/{name} deleted", kind.to_lowercase()),
-        Err(e) if is_not_found(&e) => {}
-        Err(e) => {
-            return Err(kube_error(
-                format!("deleting {kind} {name}"),
-                "delete",
-                &kind.to_lowercase(),
-                None,
-            )(e));
+    let plural = plural_of(document);
+    let error = |verb: &'static str| {
+        kube_error(
+            format!("deleting {kind} {name}"),
+            verb,
+            &plural,
+            document["metadata"]["namespace"].as_str(),
+        )
+    };
+    if dry_run == DryRun::Client {
+        if api.get_opt(&name).await.map_err(error("get"))?.is_some() {
+            println!("{} deleted (dry run)", kind_name(document));
         }
+        return Ok(());
+    }
+    match api.delete(&name, &DeleteParams::background()).await {
+        Ok(_) => println!("{} deleted{}", kind_name(document), dry_run.suffix()),
+        Err(e) if is_not_found(&e) => {}
+        Err(e) => return Err(error("delete")(e)),
     }
     Ok(())
 }

@@ -1,12 +1,13 @@
-//! `mark-busy` and `mark-idle`: set the busy annotation on pods, from a terminal or from inside
-//! the pod itself (POD_NAME and POD_NAMESPACE from the Downward API, in-cluster config).
+//! `mark-busy` and `mark-idle`: set the busy annotation on pods (of a HotStandbyDeployment or a
+//! HotStandbyJob), from a terminal or from inside the pod itself (POD_NAME and POD_NAMESPACE
+//! from the Downward API, in-cluster config).
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 
-use super::{GlobalArgs, MarkArgs};
+use super::{DryRun, GlobalArgs, MarkArgs};
 use crate::api::hsd::DEFAULT_BUSY_ANNOTATION;
 use crate::error::{Error, Result, kube_error};
 use crate::observe;
@@ -40,7 +41,9 @@ pub async fn mark(global: &GlobalArgs, args: MarkArgs, busy: bool) -> Result<i32
     } else {
         (args.pods, None)
     };
-    let (client, _, default_ns) = crate::client::connect(&global.client_options()).await?;
+    let dry_run = args.writes.dry_run;
+    let (client, _, default_ns) =
+        crate::client::connect(&global.write_client_options(&args.writes)).await?;
     let namespace = global
         .namespace
         .clone()
@@ -52,25 +55,31 @@ pub async fn mark(global: &GlobalArgs, args: MarkArgs, busy: bool) -> Result<i32
     let mut failed = 0;
     let mut draining = 0;
     for name in &pods {
-        match mark_one(&pod_api, &keys, name, value, busy).await {
-            Ok(key) => println!(
-                "pod/{name} marked {} ({key}={value})",
-                if busy { "busy" } else { "idle" }
-            ),
+        match mark_one(&pod_api, &keys, name, value, busy, dry_run).await {
+            Ok((key, note)) => {
+                println!(
+                    "pod/{name} marked {} ({key}={value}){}",
+                    if busy { "busy" } else { "idle" },
+                    dry_run.suffix()
+                );
+                if let Some(note) = note {
+                    crate::notice!("pod/{name}: {note}");
+                }
+            }
             Err(Refusal::Draining) => {
-                eprintln!(
-                    "error: pod/{name} is draining: it is being removed and takes no new work (not marked busy)"
+                crate::notice_error!(
+                    "pod/{name} is draining: it is being removed and takes no new work (not marked busy)"
                 );
                 draining += 1;
             }
             Err(Refusal::Terminating) => {
-                eprintln!(
-                    "error: pod/{name} is terminating: it is being deleted and takes no new work (not marked busy)"
+                crate::notice_error!(
+                    "pod/{name} is terminating: it is being deleted and takes no new work (not marked busy)"
                 );
                 draining += 1;
             }
             Err(Refusal::Failed(error)) => {
-                eprintln!("error: pod/{name}: {error}");
+                crate::notice_error!("pod/{name}: {error}");
                 failed += 1;
             }
         }
@@ -84,39 +93,77 @@ pub async fn mark(global: &GlobalArgs, args: MarkArgs, busy: bool) -> Result<i32
     })
 }
 
-/// (selector, annotation key) of each HSD in the namespace; empty when HSDs cannot be listed
-/// (a pod's own identity usually may not), in which case the default key is used.
-async fn annotation_keys(
-    client: &Client,
-    namespace: &str,
-) -> Vec<(std::collections::BTreeMap<String, String>, String)> {
-    let api: Api<DynamicObject> =
+/// What marking needs to know of one HSD or HSJ: which pods it selects, its busy annotation,
+/// and (for a note) how it really reads busy.
+struct Owner {
+    kind: &'static str,
+    name: String,
+    selector: std::collections::BTreeMap<String, String>,
+    /// The label the HSJ injects into its pods (HSJs only), with its value.
+    label: Option<(String, String)>,
+    key: String,
+    mode: crate::api::probe::ProbeMode,
+}
+
+/// Every HSD and HSJ of the namespace; empty when they cannot be listed (a pod's own identity
+/// usually may not), in which case the default key is used.
+async fn annotation_keys(client: &Client, namespace: &str) -> Vec<Owner> {
+    let mut owners = Vec::new();
+    let hsds: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), namespace, &observe::hsd_resource());
-    match api.list(&ListParams::default()).await {
-        Ok(list) => list
-            .items
-            .iter()
-            .filter_map(|object| {
-                let spec = observe::hsd_facts(object).spec.ok()?;
-                Some((spec.selector.match_labels, spec.busy_probe.annotation_key))
+    match hsds.list(&ListParams::default()).await {
+        Ok(list) => owners.extend(list.items.iter().filter_map(|object| {
+            let hsd = observe::hsd_facts(object);
+            let spec = hsd.spec.ok()?;
+            Some(Owner {
+                kind: "HotStandbyDeployment",
+                name: hsd.name,
+                selector: spec.selector.match_labels,
+                label: None,
+                key: spec.busy_probe.annotation_key,
+                mode: spec.busy_probe.mode,
             })
-            .collect(),
+        })),
         Err(error) => {
             tracing::debug!(%error, "cannot list HotStandbyDeployments; using the default busy annotation");
-            Vec::new()
         }
     }
+    let hsjs: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), namespace, &observe::jobs::hsj_resource());
+    match hsjs.list(&ListParams::default()).await {
+        Ok(list) => owners.extend(list.items.iter().filter_map(|object| {
+            let hsj = observe::jobs::hsj_facts(object);
+            let spec = hsj.spec.ok()?;
+            Some(Owner {
+                kind: "HotStandbyJob",
+                label: Some((
+                    crate::labels::HSJ_LABEL.to_string(),
+                    crate::labels::hsd_label_value(&hsj.name),
+                )),
+                name: hsj.name,
+                selector: spec.selector.match_labels,
+                key: spec.busy_probe.annotation_key,
+                mode: spec.busy_probe.mode,
+            })
+        })),
+        Err(error) => {
+            tracing::debug!(%error, "cannot list HotStandbyJobs; using the default busy annotation");
+        }
+    }
+    owners
 }
 
 /// Marks one pod, a compare-and-swap on the resourceVersion it was read at: a pod that this
-/// tool marked draining in between is seen, and never marked busy.
+/// tool marked draining in between is seen, and never marked busy. Returns the annotation key
+/// used, and a note when its owner does not read the annotation (http or exec mode).
 async fn mark_one(
     pods: &Api<Pod>,
-    keys: &[(std::collections::BTreeMap<String, String>, String)],
+    owners: &[Owner],
     name: &str,
     value: &str,
     busy: bool,
-) -> std::result::Result<String, Refusal> {
+    dry_run: DryRun,
+) -> std::result::Result<(String, Option<String>), Refusal> {
     let namespace = pods.namespace().unwrap_or("default").to_string();
     for attempt in 1..=ATTEMPTS {
         let pod = pods
@@ -145,10 +192,27 @@ async fn mark_one(
         if busy && pod.metadata.deletion_timestamp.is_some() {
             return Err(Refusal::Terminating);
         }
-        let key = keys
-            .iter()
-            .find(|(selector, _)| crate::plan::selector_matches(selector, pod.labels()))
-            .map_or(DEFAULT_BUSY_ANNOTATION.to_string(), |(_, key)| key.clone());
+        let owner = owners.iter().find(|owner| {
+            crate::plan::selector_matches(&owner.selector, pod.labels())
+                && owner
+                    .label
+                    .as_ref()
+                    .is_none_or(|(label, value)| pod.labels().get(label) == Some(value))
+        });
+        let key = owner.map_or(DEFAULT_BUSY_ANNOTATION.to_string(), |owner| {
+            owner.key.clone()
+        });
+        let note = owner.filter(|owner| owner.mode.is_probed()).map(|owner| {
+            format!(
+                "{} {} reads busy by its {} probe, not by this annotation",
+                owner.kind,
+                owner.name,
+                owner.mode.as_str()
+            )
+        });
+        if dry_run == DryRun::Client {
+            return Ok((key, note));
+        }
         let patch = json!({"metadata": {
             "resourceVersion": pod.resource_version(),
             "annotations": {key.as_str(): value},
@@ -158,7 +222,7 @@ async fn mark_one(
             ..Default::default()
         };
         match pods.patch(name, &params, &Patch::Merge(&patch)).await {
-            Ok(_) => return Ok(key),
+            Ok(_) => return Ok((key, note)),
             // Changed since read (perhaps marked draining): read again.
             Err(kube::Error::Api(status)) if status.code == 409 && attempt < ATTEMPTS => continue,
             Err(error) => {

@@ -5,22 +5,26 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::client::ClientOptions;
-use crate::manifests::OperatorMode;
+use crate::client::{ClientOptions, WritePolicy};
+use crate::manifests::{MonitorKind, OperatorMode};
 use crate::observe::Scope;
 
+pub mod complete;
 mod create;
 mod describe;
 mod explain;
 mod get;
 mod install;
-mod mark;
+pub mod jsonpath;
+pub(crate) mod mark;
 pub mod output;
+mod probe;
 mod reconcile;
 mod rollout;
 mod uninstall;
 
 pub use output::OutputFormat;
+pub use reconcile::laptop_lease_namespace;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,18 +48,20 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
     /// The kubeconfig context to use.
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(long, global = true, value_name = "NAME", add = complete::contexts())]
     pub context: Option<String>,
     /// The namespace (default: the context's namespace).
-    #[arg(short = 'n', long, global = true, value_name = "NS")]
+    #[arg(short = 'n', long, global = true, value_name = "NS", add = complete::namespaces())]
     pub namespace: Option<String>,
     /// Every namespace.
     #[arg(short = 'A', long, global = true, conflicts_with = "namespace")]
     pub all_namespaces: bool,
-    /// Output format.
-    #[arg(short = 'o', long, global = true, value_enum)]
+    /// Output format: json, yaml, name, wide, jsonpath=TEMPLATE, jsonpath-file=PATH,
+    /// custom-columns=HEADER:PATH,..., custom-columns-file=PATH.
+    #[arg(short = 'o', long, global = true, value_name = "FORMAT", value_parser = clap::builder::ValueParser::new(parse_output), add = complete::output_formats())]
     pub output: Option<OutputFormat>,
-    /// Log verbosity on stderr: 0 warnings, 1 info, 2 debug, 3+ trace (like kubectl's -v).
+    /// Log verbosity on stderr, like kubectl's -v: 0 warnings, 1-3 info, 4-5 debug, 6 and 7
+    /// also one line per API request, 8 trace, 9 trace of every library.
     #[arg(
         short = 'v',
         long = "v",
@@ -64,9 +70,75 @@ pub struct GlobalArgs {
         value_name = "LEVEL"
     )]
     pub verbosity: u8,
-    /// Log format on stderr.
+    /// Log format on stderr: every stderr line is JSON with `json`.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// How long to wait for the answer to one API request (not a watch): a duration (1s, 2m) or
+    /// seconds; 0 waits forever.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "30s", value_parser = crate::client::parse_request_timeout)]
+    pub request_timeout: std::time::Duration,
+}
+
+fn parse_output(text: &str) -> Result<OutputFormat, String> {
+    text.parse()
+}
+
+/// `--dry-run`: kubectl's strategies. A bare `--dry-run` means `client`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum DryRun {
+    /// Write for real.
+    #[default]
+    None,
+    /// Print what would be written; send no write.
+    Client,
+    /// Send every write as a server-side dry run (`dryRun=All`): the API server validates and
+    /// admits it, and persists nothing.
+    Server,
+}
+
+impl DryRun {
+    pub fn is_dry(self) -> bool {
+        self != DryRun::None
+    }
+
+    /// The flag's value: none, client or server.
+    pub fn name(self) -> &'static str {
+        match self {
+            DryRun::None => "none",
+            DryRun::Client => "client",
+            DryRun::Server => "server",
+        }
+    }
+
+    /// What kubectl appends to a message about a dry-run write.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            DryRun::None => "",
+            DryRun::Client => " (dry run)",
+            DryRun::Server => " (server dry run)",
+        }
+    }
+}
+
+/// The write flags of every command that writes, as kubectl names them.
+#[derive(Debug, Args, Clone)]
+pub struct WriteArgs {
+    /// none: write; client: print what would be written, send nothing; server: send every write
+    /// as a server-side dry run. A bare --dry-run means client.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "STRATEGY",
+        default_value_t = DryRun::None,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "client"
+    )]
+    pub dry_run: DryRun,
+    /// The field manager of the writes (server-side apply ownership). Default: kubectl-hsd
+    /// (kubectl-hsd-mark for mark-busy/mark-idle).
+    #[arg(long, value_name = "NAME")]
+    pub field_manager: Option<String>,
 }
 
 impl GlobalArgs {
@@ -74,6 +146,18 @@ impl GlobalArgs {
         ClientOptions {
             kubeconfig: self.kubeconfig.clone(),
             context: self.context.clone(),
+            writes: WritePolicy::default(),
+        }
+    }
+
+    /// The client options of a command that writes: `--dry-run=server` makes every write a
+    /// server-side dry run.
+    pub fn write_client_options(&self, writes: &WriteArgs) -> ClientOptions {
+        ClientOptions {
+            writes: WritePolicy {
+                server_dry_run: writes.dry_run == DryRun::Server,
+            },
+            ..self.client_options()
         }
     }
 
@@ -91,11 +175,7 @@ impl GlobalArgs {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::notice::LogFormat;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -103,34 +183,48 @@ pub enum Command {
     Install(InstallArgs),
     /// Remove what install made.
     Uninstall(UninstallArgs),
-    /// Print the CRD as YAML.
+    /// Print the CRDs (HotStandbyDeployment, HotStandbyJob) as YAML.
     Crd,
-    /// Create a HotStandbyDeployment.
+    /// Create a HotStandbyDeployment (`create NAME`) or a HotStandbyJob (`create hsj NAME`).
     Create(CreateArgs),
-    /// List HotStandbyDeployments.
+    /// List HotStandbyDeployments (`get hsj` lists HotStandbyJobs; `get hsj/NAME` shows one).
     Get {
-        /// Only this one.
+        /// NAME (a HotStandbyDeployment), hsj/NAME, or a kind (hsd, hsj) to list.
+        #[arg(add = complete::hsd_names())]
         name: Option<String>,
     },
-    /// Show a HotStandbyDeployment, its Deployment, each pod's state, conditions and events.
-    Describe { name: String },
-    /// Explain the replica count a pass would choose for a HotStandbyDeployment, step by step.
-    Explain { name: String },
+    /// Show a HotStandbyDeployment (or hsj/NAME): labels, annotations, spec, its children, each
+    /// pod's state, conditions and events.
+    Describe {
+        /// NAME (a HotStandbyDeployment) or hsj/NAME.
+        #[arg(add = complete::hsd_names())]
+        name: String,
+    },
+    /// Explain the count a pass would choose for a HotStandbyDeployment (or hsj/NAME), step by
+    /// step.
+    Explain {
+        /// NAME (a HotStandbyDeployment) or hsj/NAME.
+        #[arg(add = complete::hsd_names())]
+        name: String,
+    },
     /// Mark pods busy (inside a pod with no argument: POD_NAME/POD_NAMESPACE).
     MarkBusy(MarkArgs),
     /// Mark pods idle.
     MarkIdle(MarkArgs),
-    /// Run one reconcile pass over the HotStandbyDeployments in scope.
+    /// Run a pod's busy probe once (its HSD's or HSJ's) and print the answer.
+    Probe(ProbeArgs),
+    /// Run one reconcile pass over the HotStandbyDeployments and HotStandbyJobs in scope.
     Reconcile(ReconcileArgs),
     /// Follow a HotStandbyDeployment's rollout (a podTemplate change).
     Rollout {
         #[command(subcommand)]
         command: RolloutCommand,
     },
-    /// Print a shell completion script.
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish). It completes
+    /// subcommands, flags, HotStandbyDeployment names, pods and namespaces from the cluster.
     Completion {
         #[arg(value_enum)]
-        shell: clap_complete::Shell,
+        shell: complete::Shell,
     },
     /// Print the version.
     Version,
@@ -165,9 +259,15 @@ pub struct InstallArgs {
     /// The busy annotation the pod policy lets pods change.
     #[arg(long, default_value = crate::api::hsd::DEFAULT_BUSY_ANNOTATION, value_name = "KEY")]
     pub annotation_key: String,
+    /// With --operator deployment: also a prometheus-operator ServiceMonitor or PodMonitor
+    /// (their CRDs must be installed).
+    #[arg(long, value_enum, value_name = "KIND", requires = "operator")]
+    pub monitor: Option<MonitorKind>,
     /// How long to wait for the CRD to be established.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+    #[command(flatten)]
+    pub writes: WriteArgs,
 }
 
 #[derive(Debug, Args)]
@@ -176,11 +276,15 @@ pub struct UninstallArgs {
     /// Deployments and their pods).
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub writes: WriteArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    pub name: String,
+    /// NAME (a HotStandbyDeployment), or `hsj NAME` (a HotStandbyJob).
+    #[arg(num_args = 1..=2, value_names = ["KIND", "NAME"], required = true)]
+    pub names: Vec<String>,
     /// The container image.
     #[arg(long)]
     pub image: String,
@@ -197,15 +301,40 @@ pub struct CreateArgs {
     pub probe: ProbeArg,
     #[arg(long, value_name = "PATH")]
     pub http_path: Option<String>,
-    /// Print what would be created; write nothing.
+    /// With --probe exec: the command, split like a shell does (quotes group words; no
+    /// shell runs it). Default: cat /tmp/healthy.
+    #[arg(long, value_name = "COMMAND")]
+    pub exec_command: Option<String>,
+    /// With --probe exec: the container to run it in.
+    #[arg(long, value_name = "NAME")]
+    pub exec_container: Option<String>,
+    /// With --probe http or exec: whether a successful probe means idle instead of busy.
     #[arg(long)]
-    pub dry_run: bool,
+    pub success_is_idle: bool,
+    /// HotStandbyJob only: the worker's command, split like --exec-command.
+    #[arg(long, value_name = "COMMAND")]
+    pub command: Option<String>,
+    /// HotStandbyJob only: the scale-down delay in seconds (default 30).
+    #[arg(long, value_name = "SECONDS")]
+    pub scale_down_delay: Option<i32>,
+    /// HotStandbyJob only: ttlSecondsAfterFinished of its Jobs (default 60).
+    #[arg(long, value_name = "SECONDS")]
+    pub ttl_after_finished: Option<i32>,
+    #[command(flatten)]
+    pub writes: WriteArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ProbeArg {
     Annotation,
     Http,
+    Exec,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The pod (of a HotStandbyDeployment or a HotStandbyJob).
+    pub pod: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -213,6 +342,7 @@ pub enum RolloutCommand {
     /// Wait until the rollout has finished, like `kubectl rollout status`: new pods up and
     /// available, and no pod of an earlier template left (busy ones leave when their work ends).
     Status {
+        #[arg(add = complete::hsd_names())]
         name: String,
         /// Keep waiting; with --watch=false, print the status once.
         #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
@@ -226,23 +356,26 @@ pub enum RolloutCommand {
 #[derive(Debug, Args)]
 pub struct MarkArgs {
     /// Pod names (default: $POD_NAME in $POD_NAMESPACE, as the Downward API sets them).
+    #[arg(add = complete::pod_names())]
     pub pods: Vec<String>,
+    #[command(flatten)]
+    pub writes: WriteArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct ReconcileArgs {
     /// Keep running: react to every pod, Deployment and HSD change (leader-elected).
-    #[arg(long, conflicts_with = "dry_run")]
-    pub watch: bool,
-    /// Print the plan; write nothing.
     #[arg(long)]
-    pub dry_run: bool,
+    pub watch: bool,
+    #[command(flatten)]
+    pub writes: WriteArgs,
     /// Reconcile even while a watcher holds the lease (one-shot pass only).
     #[arg(long)]
     pub force: bool,
-    /// With --watch: where to serve /metrics, /healthz and /readyz ("off" to disable).
-    #[arg(long, default_value = "0.0.0.0:8080", value_name = "ADDR")]
-    pub metrics_addr: String,
+    /// With --watch: where to serve /metrics, /healthz and /readyz ("off" to disable). Default:
+    /// 0.0.0.0:8080 in a pod, else 127.0.0.1:8080 (a free loopback port if that one is taken).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
     /// With --watch: take part in leader election on a Lease (false: reconcile at once, alone).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     pub leader_elect: bool,
@@ -271,18 +404,91 @@ pub struct ReconcileArgs {
     /// HTTP probes in flight at once, per HSD.
     #[arg(long, default_value_t = crate::observe::probe::DEFAULT_CONCURRENCY)]
     pub probe_concurrency: usize,
+    /// Exec probes in flight at once, per HSD or HSJ (each is a request to the API server).
+    #[arg(long, default_value_t = crate::observe::probe::DEFAULT_EXEC_CONCURRENCY)]
+    pub exec_probe_concurrency: usize,
     /// One-shot pass: end within this. Probes stop 15s before it (unprobed pods count as busy
     /// and their HSD keeps its replicas); writes still running at it fail with a timeout.
     #[arg(long, default_value = "50s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub deadline: std::time::Duration,
 }
 
+/// Which kind a command argument names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Hsd,
+    Hsj,
+}
+
+impl Kind {
+    /// The words that name the kind: its short name, singular, plural and `plural.group`, all
+    /// from the derive.
+    fn words(self) -> Vec<String> {
+        use kube::{CustomResourceExt, Resource};
+        fn of<K: CustomResourceExt + Resource<DynamicType = ()>>() -> Vec<String> {
+            let mut words: Vec<String> = K::shortnames().iter().map(|s| s.to_string()).collect();
+            words.push(K::kind(&()).to_lowercase());
+            words.push(K::plural(&()).to_string());
+            words.push(K::crd_name().to_string());
+            words.push(format!("{}.{}", K::kind(&()).to_lowercase(), K::group(&())));
+            words
+        }
+        match self {
+            Kind::Hsd => of::<crate::api::HotStandbyDeployment>(),
+            Kind::Hsj => of::<crate::api::HotStandbyJob>(),
+        }
+    }
+
+    fn named_by(word: &str) -> Option<Kind> {
+        let word = word.to_ascii_lowercase();
+        [Kind::Hsd, Kind::Hsj]
+            .into_iter()
+            .find(|kind| kind.words().contains(&word))
+    }
+}
+
+/// Reads `NAME` (a HotStandbyDeployment), `KIND/NAME` (`hsj/NAME`, `hotstandbyjob/NAME`, ...)
+/// or, with `kind_alone`, a bare kind (`hsj`): `(kind, name)`.
+pub fn parse_object_ref(arg: &str, kind_alone: bool) -> crate::Result<(Kind, Option<String>)> {
+    if let Some((kind, name)) = arg.split_once('/') {
+        let kind = Kind::named_by(kind).ok_or_else(|| {
+            crate::Error::Invalid(format!(
+                "unknown kind {kind:?} in {arg:?}: use hsd/NAME or hsj/NAME"
+            ))
+        })?;
+        if name.is_empty() {
+            return if kind_alone {
+                Ok((kind, None))
+            } else {
+                Err(crate::Error::Invalid(format!("{arg:?} names no object")))
+            };
+        }
+        return Ok((kind, Some(name.to_string())));
+    }
+    if kind_alone && let Some(kind) = Kind::named_by(arg) {
+        return Ok((kind, None));
+    }
+    Ok((Kind::Hsd, Some(arg.to_string())))
+}
+
 /// Runs a parsed command. Returns the process exit code.
 pub async fn run(cli: Cli) -> crate::Result<i32> {
     let global = cli.global;
+    let field_manager = match &cli.command {
+        Command::Install(args) => args.writes.field_manager.clone(),
+        Command::Uninstall(args) => args.writes.field_manager.clone(),
+        Command::Create(args) => args.writes.field_manager.clone(),
+        Command::MarkBusy(args) | Command::MarkIdle(args) => args.writes.field_manager.clone(),
+        Command::Reconcile(args) => args.writes.field_manager.clone(),
+        _ => None,
+    };
+    crate::client::set_process_defaults(crate::client::ProcessDefaults {
+        request_timeout: Some(global.request_timeout),
+        field_manager,
+    });
     match cli.command {
         Command::Crd => {
-            print!("{}", crate::manifests::crd_yaml());
+            print!("{}", crate::manifests::crds_yaml());
             Ok(0)
         }
         Command::Version => {
@@ -290,19 +496,35 @@ pub async fn run(cli: Cli) -> crate::Result<i32> {
             Ok(0)
         }
         Command::Completion { shell } => {
-            use clap::CommandFactory;
-            let mut command = Cli::command();
-            clap_complete::generate(shell, &mut command, "kubectl-hsd", &mut std::io::stdout());
+            print!("{}", complete::script(shell));
             Ok(0)
         }
         Command::Install(args) => install::install(&global, args).await,
         Command::Uninstall(args) => uninstall::uninstall(&global, args).await,
         Command::Create(args) => create::create(&global, args).await,
-        Command::Get { name } => get::get(&global, name).await,
-        Command::Describe { name } => describe::describe(&global, &name).await,
-        Command::Explain { name } => explain::explain(&global, &name).await,
+        Command::Get { name } => {
+            let (kind, name) = match name {
+                Some(arg) => parse_object_ref(&arg, true)?,
+                None => (Kind::Hsd, None),
+            };
+            match kind {
+                Kind::Hsd => get::get(&global, name).await,
+                Kind::Hsj => get::get_hsj(&global, name).await,
+            }
+        }
+        Command::Describe { name } => match parse_object_ref(&name, false)? {
+            (Kind::Hsd, Some(name)) => describe::describe(&global, &name).await,
+            (Kind::Hsj, Some(name)) => describe::describe_hsj(&global, &name).await,
+            (_, None) => Err(crate::Error::Invalid("describe needs a name".into())),
+        },
+        Command::Explain { name } => match parse_object_ref(&name, false)? {
+            (Kind::Hsd, Some(name)) => explain::explain(&global, &name).await,
+            (Kind::Hsj, Some(name)) => explain::explain_hsj(&global, &name).await,
+            (_, None) => Err(crate::Error::Invalid("explain needs a name".into())),
+        },
         Command::MarkBusy(args) => mark::mark(&global, args, true).await,
         Command::MarkIdle(args) => mark::mark(&global, args, false).await,
+        Command::Probe(args) => probe::probe(&global, &args.pod).await,
         Command::Reconcile(args) => reconcile::reconcile(&global, args).await,
         Command::Rollout { command } => rollout::rollout(&global, command).await,
     }

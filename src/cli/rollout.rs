@@ -91,12 +91,42 @@ pub fn progress(
     Progress::Done
 }
 
+/// The HSD's status; an unreadable or missing one is an empty status (a pass has yet to write).
+fn status_of(object: &DynamicObject) -> HotStandbyDeploymentStatus {
+    object
+        .data
+        .get("status")
+        .and_then(|s| serde_json::from_value(s.clone()).ok())
+        .unwrap_or_default()
+}
+
 pub async fn rollout(global: &GlobalArgs, command: RolloutCommand) -> Result<i32> {
     let RolloutCommand::Status {
         name,
         watch,
         timeout,
     } = command;
+    // A long wait: a spinner on a terminal (stderr, never with --log-format json), beside
+    // kubectl's "Waiting for ..." lines on stdout.
+    let bar = if watch {
+        super::install::spinner(global, "waiting for the rollout")
+    } else {
+        None
+    };
+    let result = status(global, &name, watch, timeout, bar.as_ref()).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    result
+}
+
+async fn status(
+    global: &GlobalArgs,
+    name: &str,
+    watch: bool,
+    timeout: Duration,
+    bar: Option<&indicatif::ProgressBar>,
+) -> Result<i32> {
     let (client, _, default_ns) = crate::client::connect(&global.client_options()).await?;
     let Scope::Namespace(namespace) = global.scope(&default_ns) else {
         return Err(Error::Invalid(
@@ -110,7 +140,7 @@ pub async fn rollout(global: &GlobalArgs, command: RolloutCommand) -> Result<i32
     let mut last = None;
     loop {
         let Some(object) = hsds
-            .get_opt(&name)
+            .get_opt(name)
             .await
             .map_err(hsd_read_error(Some(&namespace)))?
         else {
@@ -119,7 +149,7 @@ pub async fn rollout(global: &GlobalArgs, command: RolloutCommand) -> Result<i32
             });
         };
         let deployment = deployments
-            .get_opt(&workload_name(&name))
+            .get_opt(&workload_name(name))
             .await
             .map_err(kube_error(
                 format!("reading the Deployment of {name}"),
@@ -127,7 +157,7 @@ pub async fn rollout(global: &GlobalArgs, command: RolloutCommand) -> Result<i32
                 "deployments",
                 Some(&namespace),
             ))?;
-        let status = super::get::status_of(&object);
+        let status = status_of(&object);
         match progress(
             object.metadata.generation,
             &status,
@@ -143,9 +173,15 @@ pub async fn rollout(global: &GlobalArgs, command: RolloutCommand) -> Result<i32
             }
             Progress::Waiting(line) => {
                 if last.as_ref() != Some(&line) {
-                    println!(
-                        "Waiting for hotstandbydeployment {name:?} rollout to finish: {line}..."
-                    );
+                    let print = || {
+                        println!(
+                            "Waiting for hotstandbydeployment {name:?} rollout to finish: {line}..."
+                        )
+                    };
+                    match bar {
+                        Some(bar) => bar.suspend(print),
+                        None => print(),
+                    }
                     last = Some(line);
                 }
             }
@@ -154,10 +190,10 @@ pub async fn rollout(global: &GlobalArgs, command: RolloutCommand) -> Result<i32
             return Ok(0);
         }
         if !timeout.is_zero() && started.elapsed() >= timeout {
-            return Err(Error::Invalid(format!(
-                "timed out waiting for the rollout of hotstandbydeployment {name:?} ({})",
-                humantime::format_duration(timeout)
-            )));
+            return Err(Error::Timeout(
+                timeout,
+                format!("the rollout of hotstandbydeployment {name:?} (--timeout)"),
+            ));
         }
         tokio::time::sleep(POLL).await;
     }

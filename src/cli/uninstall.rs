@@ -14,23 +14,42 @@ use crate::manifests::{self, DEFAULT_OPERATOR_NAMESPACE, OperatorOptions};
 /// pod policy), and the CRD when nothing needs it any more. It first checks for HSDs, and it
 /// never touches another install's objects.
 pub async fn uninstall(global: &GlobalArgs, args: UninstallArgs) -> Result<i32> {
-    let (client, _, _) = crate::client::connect(&global.client_options()).await?;
+    let dry_run = args.writes.dry_run;
+    let (client, _, _) = crate::client::connect(&global.write_client_options(&args.writes)).await?;
     let namespace = operator_namespace(global);
 
-    // First, before deleting anything: do HSDs still exist?
-    let hsds: Api<DynamicObject> = Api::all_with(client.clone(), &crate::observe::hsd_resource());
-    let (crd_installed, hsds_exist) = match hsds.list(&ListParams::default().limit(1)).await {
-        Ok(list) => (true, !list.items.is_empty()),
-        Err(e) if is_not_found(&e) => (false, false),
-        Err(e) => {
-            return Err(kube_error(
-                "listing HotStandbyDeployments",
-                "list",
-                "hotstandbydeployments.apps.paia.tech",
-                None,
-            )(e));
+    // First, before deleting anything: do HSDs or HSJs still exist?
+    let mut crd_installed = false;
+    let mut existing = Vec::new();
+    for (resource, plural) in [
+        (
+            crate::observe::hsd_resource(),
+            "hotstandbydeployments.apps.paia.tech",
+        ),
+        (
+            crate::observe::jobs::hsj_resource(),
+            "hotstandbyjobs.apps.paia.tech",
+        ),
+    ] {
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(list) => {
+                crd_installed = true;
+                if !list.items.is_empty() {
+                    existing.push(resource.kind.clone());
+                }
+            }
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                return Err(kube_error(
+                    format!("listing {plural}"),
+                    "list",
+                    plural,
+                    None,
+                )(e));
+            }
         }
-    };
+    }
 
     // This install's objects, newest first; those that are absent are skipped.
     let mut documents = Vec::new();
@@ -38,15 +57,19 @@ pub async fn uninstall(global: &GlobalArgs, args: UninstallArgs) -> Result<i32> 
         manifests::OperatorMode::Deployment,
         manifests::OperatorMode::Cronjob,
     ] {
-        let scoped = [false, true].map(|namespace_scoped| OperatorOptions {
-            mode,
-            namespace: namespace.clone(),
+        // Every variant of the mode: scoped or not, with either monitor.
+        let variants = [
+            (false, Some(manifests::MonitorKind::ServiceMonitor)),
+            (true, Some(manifests::MonitorKind::PodMonitor)),
+        ]
+        .map(|(namespace_scoped, monitor)| OperatorOptions {
             namespace_scoped,
-            ..OperatorOptions::default()
+            monitor,
+            ..OperatorOptions::new(mode, &namespace, &manifests::default_image())
         });
-        let rendered = scoped
-            .iter()
-            .flat_map(manifests::operator)
+        let rendered = manifests::aggregated_roles(&namespace)
+            .into_iter()
+            .chain(variants.iter().flat_map(manifests::operator))
             .chain(manifests::pod_policy(&namespace, "", false));
         for document in rendered.collect::<Vec<_>>().into_iter().rev() {
             // A namespace the user named may hold other things: only ours is deleted.
@@ -66,29 +89,36 @@ pub async fn uninstall(global: &GlobalArgs, args: UninstallArgs) -> Result<i32> 
         }
     }
     for document in &documents {
-        delete_document(&client, document).await?;
+        delete_document(&client, document, dry_run).await?;
     }
 
     if !crd_installed {
-        eprintln!("the CRD is not installed");
+        crate::notice!("the CRDs are not installed");
         return Ok(0);
     }
-    if hsds_exist && !args.force {
-        return Err(Error::Invalid(
-            "HotStandbyDeployments still exist: the CRD stays, because deleting it would delete them, their Deployments and their pods. \
+    if !existing.is_empty() && !args.force {
+        let kinds: Vec<String> = existing.iter().map(|kind| format!("{kind}s")).collect();
+        let named = match kinds.as_slice() {
+            [one] => format!("{one} still exist"),
+            [first, rest @ ..] => format!("{first} still exist (and {})", rest.join(", ")),
+            [] => unreachable!("checked above"),
+        };
+        return Err(Error::Invalid(format!(
+            "{named}: the CRDs stay, because deleting them would delete them, with their Deployments, Jobs and pods. \
              Delete them first, or pass --force"
-                .into(),
-        ));
+        )));
     }
     let others = other_installs(&client, &namespace).await;
     if !others.is_empty() && !args.force {
-        eprintln!(
+        crate::notice!(
             "the CRD stays: other installs use it (namespaces {}); pass --force to delete it anyway",
             others.join(", ")
         );
         return Ok(0);
     }
-    delete_document(&client, &manifests::crd()).await?;
+    for crd in manifests::crds() {
+        delete_document(&client, &crd, dry_run).await?;
+    }
     Ok(0)
 }
 

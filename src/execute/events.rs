@@ -19,7 +19,34 @@ use crate::plan::{EventType, ObservedHsd, PlannedEvent};
 /// a second `ScaledUp` would show "from 3 to 5" while the Deployment went from 5 to 7. Every
 /// number this tool publishes must be the one it acted on, so each event is its own object.
 pub async fn publish(client: &Client, hsd: &ObservedHsd, event: &PlannedEvent) -> Result<()> {
+    let regarding = Regarding {
+        api_version: HotStandbyDeployment::api_version(&()).to_string(),
+        kind: HotStandbyDeployment::kind(&()).to_string(),
+        name: hsd.name.clone(),
+        namespace: hsd.namespace.clone(),
+        uid: hsd.uid.clone(),
+    };
+    publish_about(client, &regarding, event).await
+}
+
+/// The object an event is about.
+#[derive(Clone, Debug)]
+pub struct Regarding {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+}
+
+/// Creates one `events.k8s.io/v1` Event about any object of this tool's kinds.
+pub async fn publish_about(
+    client: &Client,
+    regarding: &Regarding,
+    event: &PlannedEvent,
+) -> Result<()> {
     let now = jiff::Timestamp::now();
+    let hsd = regarding;
     let api: Api<Event> = Api::namespaced(client.clone(), &hsd.namespace);
     let body = Event {
         metadata: ObjectMeta {
@@ -41,8 +68,8 @@ pub async fn publish(client: &Client, hsd: &ObservedHsd, event: &PlannedEvent) -
         reporting_controller: Some(REPORTING_CONTROLLER.to_string()),
         reporting_instance: Some(reporting_instance()),
         regarding: Some(ObjectReference {
-            api_version: Some(HotStandbyDeployment::api_version(&()).to_string()),
-            kind: Some(HotStandbyDeployment::kind(&()).to_string()),
+            api_version: Some(hsd.api_version.clone()),
+            kind: Some(hsd.kind.clone()),
             name: Some(hsd.name.clone()),
             namespace: Some(hsd.namespace.clone()),
             uid: Some(hsd.uid.clone()),

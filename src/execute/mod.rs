@@ -15,6 +15,7 @@ use crate::observe::{
 };
 mod events;
 mod fates;
+pub mod hsj;
 mod relabel;
 
 use crate::plan::{DELETION_COST_ANNOTATION, DeploymentAction, ObservedHsd, Plan, child_template};

@@ -4,17 +4,21 @@
 //! guarded by a drift test.
 
 mod operator;
+pub mod package;
 mod policy;
 mod rbac;
 
-pub use operator::{cronjob_active_deadline_seconds, operator};
-pub use policy::{pod_policy, pod_policy_name};
-pub use rbac::{lease_rules, reconcile_rules};
+pub use operator::{
+    METRICS_PORT, cronjob_active_deadline_seconds, default_resources, metrics_service_name,
+    operator,
+};
+pub use policy::{hsj_pod_policy_name, pod_policy, pod_policy_name};
+pub use rbac::{aggregated_roles, lease_rules, reconcile_rules, user_role_name};
 
 use kube::CustomResourceExt;
 use serde_json::{Value, json};
 
-use crate::api::HotStandbyDeployment;
+use crate::api::{HotStandbyDeployment, HotStandbyJob};
 
 /// The namespace the operator objects go to unless `-n` says otherwise.
 pub const DEFAULT_OPERATOR_NAMESPACE: &str = "hsd-system";
@@ -22,11 +26,12 @@ pub const OPERATOR_NAME: &str = "kubectl-hsd";
 /// Nonroot uid/gid of the image (distroless's `nonroot`).
 pub const RUN_AS: i64 = 65532;
 
+/// The image repository `hack/release.sh` pushes to; the tag is `v<crate version>`.
+pub const IMAGE_REPOSITORY: &str = "ghcr.io/paia-tech/kubectl-hsd";
+
+/// The image of this very version, as `hack/release.sh` tags it.
 pub fn default_image() -> String {
-    format!(
-        "ghcr.io/paia-tech/kubectl-hsd:v{}",
-        env!("CARGO_PKG_VERSION")
-    )
+    format!("{IMAGE_REPOSITORY}:v{}", env!("CARGO_PKG_VERSION"))
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -36,6 +41,15 @@ pub enum OperatorMode {
     Cronjob,
     /// `reconcile --watch` in a 2-replica Deployment with leader election.
     Deployment,
+}
+
+/// A prometheus-operator object that scrapes the watcher's `/metrics`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MonitorKind {
+    /// A ServiceMonitor on the metrics Service.
+    ServiceMonitor,
+    /// A PodMonitor on the watcher pods.
+    PodMonitor,
 }
 
 #[derive(Clone, Debug)]
@@ -49,6 +63,24 @@ pub struct OperatorOptions {
     pub replicas: i32,
     /// Shards of the HSDs, each on its own Lease (Deployment mode; 1: no sharding).
     pub shards: u32,
+    /// The container's `resources` ([`default_resources`] unless told otherwise).
+    pub resources: Value,
+    /// With the Deployment: a ServiceMonitor or PodMonitor too.
+    pub monitor: Option<MonitorKind>,
+}
+
+impl OperatorOptions {
+    /// The options of a mode with the defaults: cluster-wide, 2 replicas, no sharding, the
+    /// mode's resources, no monitor.
+    pub fn new(mode: OperatorMode, namespace: &str, image: &str) -> Self {
+        Self {
+            mode,
+            namespace: namespace.to_string(),
+            image: image.to_string(),
+            resources: default_resources(mode),
+            ..Self::default()
+        }
+    }
 }
 
 impl Default for OperatorOptions {
@@ -60,6 +92,8 @@ impl Default for OperatorOptions {
             namespace_scoped: false,
             replicas: 2,
             shards: 1,
+            resources: default_resources(OperatorMode::default()),
+            monitor: None,
         }
     }
 }
@@ -73,13 +107,34 @@ pub fn to_yaml_documents(documents: &[Value]) -> String {
         .join("---\n")
 }
 
+/// The HotStandbyDeployment CRD.
 pub fn crd() -> Value {
     serde_json::to_value(HotStandbyDeployment::crd()).expect("a CRD always serializes")
 }
 
-/// The CRD as YAML, exactly as committed in `crd/hotstandbydeployment.yaml`.
+/// The HotStandbyJob CRD.
+pub fn hsj_crd() -> Value {
+    serde_json::to_value(HotStandbyJob::crd()).expect("a CRD always serializes")
+}
+
+/// Every CRD of the tool, in the order `install` applies them.
+pub fn crds() -> Vec<Value> {
+    vec![crd(), hsj_crd()]
+}
+
+/// The HotStandbyDeployment CRD as YAML, exactly as committed in `crd/hotstandbydeployment.yaml`.
 pub fn crd_yaml() -> String {
     to_yaml_documents(&[crd()])
+}
+
+/// The HotStandbyJob CRD as YAML, exactly as committed in `crd/hotstandbyjob.yaml`.
+pub fn hsj_crd_yaml() -> String {
+    to_yaml_documents(&[hsj_crd()])
+}
+
+/// Every CRD as one YAML stream (`kubectl hsd crd`).
+pub fn crds_yaml() -> String {
+    to_yaml_documents(&crds())
 }
 
 /// The label on every object an install makes, naming the install's namespace: `uninstall -n NS`
@@ -106,11 +161,17 @@ pub fn cluster_object_name(namespace: &str) -> String {
     format!("{OPERATOR_NAME}.{namespace}")
 }
 
-/// The cluster-wide rules each mode needs, and nothing more: a one-shot pass lists, a watcher
-/// lists and watches.
-/// Everything `install` applies, in order: CRD first, then the operator.
-pub fn install_documents(operator_options: Option<&OperatorOptions>) -> Vec<Value> {
-    let mut documents = vec![crd()];
+/// How many of [`install_documents`] come first as CRDs.
+pub const CRD_COUNT: usize = 2;
+
+/// Everything `install` applies, in order: the CRDs first, the `view`/`edit` roles of their
+/// resources, then the operator.
+pub fn install_documents(
+    install_namespace: &str,
+    operator_options: Option<&OperatorOptions>,
+) -> Vec<Value> {
+    let mut documents = crds();
+    documents.extend(aggregated_roles(install_namespace));
     if let Some(options) = operator_options {
         documents.extend(operator(options));
     }
@@ -119,8 +180,12 @@ pub fn install_documents(operator_options: Option<&OperatorOptions>) -> Vec<Valu
 
 /// The committed rendering of `install --operator <mode> --print` with the defaults.
 pub fn default_operator_yaml(mode: OperatorMode) -> String {
-    to_yaml_documents(&install_documents(Some(&OperatorOptions {
-        mode,
-        ..OperatorOptions::default()
-    })))
+    to_yaml_documents(&install_documents(
+        DEFAULT_OPERATOR_NAMESPACE,
+        Some(&OperatorOptions::new(
+            mode,
+            DEFAULT_OPERATOR_NAMESPACE,
+            &default_image(),
+        )),
+    ))
 }

@@ -1,12 +1,41 @@
 //! The unattended operator: its namespace, ServiceAccount, RBAC, and the CronJob (one pass a
-//! minute) or the watcher Deployment.
+//! minute) or the watcher Deployment with its metrics Service, PodDisruptionBudget and,
+//! optionally, a prometheus-operator monitor.
 
 use serde_json::{Value, json};
 
 use super::{
-    OPERATOR_NAME, OperatorMode, OperatorOptions, RUN_AS, cluster_object_name, install_labels,
-    lease_rules, reconcile_rules,
+    MonitorKind, OPERATOR_NAME, OperatorMode, OperatorOptions, RUN_AS, cluster_object_name,
+    install_labels, lease_rules, reconcile_rules,
 };
+
+/// The watcher's `/metrics`, `/healthz` and `/readyz` port.
+pub const METRICS_PORT: u16 = 8080;
+
+/// The headless Service of the watcher's metrics: one endpoint per replica, since each replica
+/// has metrics of its own (`hsd_leader` first of all).
+pub fn metrics_service_name() -> String {
+    format!("{OPERATOR_NAME}-metrics")
+}
+
+/// The container resources of each mode unless told otherwise.
+pub fn default_resources(mode: OperatorMode) -> Value {
+    match mode {
+        OperatorMode::Cronjob => json!({
+            "requests": {"cpu": "50m", "memory": "64Mi"},
+            "limits": {"memory": "256Mi"},
+        }),
+        OperatorMode::Deployment => json!({
+            "requests": {"cpu": "100m", "memory": "64Mi"},
+            "limits": {"memory": "512Mi"},
+        }),
+    }
+}
+
+/// The labels that select the watcher's pods.
+fn pod_selector() -> Value {
+    json!({"app.kubernetes.io/name": OPERATOR_NAME, "app.kubernetes.io/component": "reconciler"})
+}
 
 /// The manifests of the unattended operator (without the CRD).
 pub fn operator(options: &OperatorOptions) -> Vec<Value> {
@@ -74,7 +103,55 @@ pub fn operator(options: &OperatorOptions) -> Vec<Value> {
     }
     match options.mode {
         OperatorMode::Cronjob => documents.push(cronjob(options)),
-        OperatorMode::Deployment => documents.push(deployment(options)),
+        OperatorMode::Deployment => {
+            documents.push(deployment(options));
+            documents.extend(watcher_extras(options));
+        }
+    }
+    documents
+}
+
+/// Beside the watcher Deployment: its metrics Service, a PodDisruptionBudget that keeps one of
+/// the two replicas through a drain (the standby takes the lease), and the monitor, if any.
+fn watcher_extras(options: &OperatorOptions) -> Vec<Value> {
+    let ns = &options.namespace;
+    let labels = || install_labels(ns);
+    let mut documents = vec![
+        json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": metrics_service_name(), "namespace": ns, "labels": labels()},
+            "spec": {
+                "clusterIP": "None",
+                "selector": pod_selector(),
+                "ports": [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}],
+            },
+        }),
+        json!({
+            "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": OPERATOR_NAME, "namespace": ns, "labels": labels()},
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": pod_selector()}},
+        }),
+    ];
+    match options.monitor {
+        Some(MonitorKind::ServiceMonitor) => documents.push(json!({
+            "apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+            "metadata": {"name": OPERATOR_NAME, "namespace": ns, "labels": labels()},
+            "spec": {
+                "selector": {"matchLabels": install_labels(ns)},
+                "namespaceSelector": {"matchNames": [ns]},
+                "endpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}],
+            },
+        })),
+        Some(MonitorKind::PodMonitor) => documents.push(json!({
+            "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+            "metadata": {"name": OPERATOR_NAME, "namespace": ns, "labels": labels()},
+            "spec": {
+                "selector": {"matchLabels": pod_selector()},
+                "namespaceSelector": {"matchNames": [ns]},
+                "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "30s"}],
+            },
+        })),
+        None => {}
     }
     documents
 }
@@ -142,10 +219,7 @@ fn cronjob(options: &OperatorOptions) -> Value {
                             // POD_NAMESPACE: the Lease of a watcher to stand aside for.
                             "env": downward_api_env(),
                             "securityContext": container_security_context(),
-                            "resources": {
-                                "requests": {"cpu": "50m", "memory": "64Mi"},
-                                "limits": {"memory": "256Mi"},
-                            },
+                            "resources": options.resources,
                         }],
                     },
                 },
@@ -162,9 +236,19 @@ fn downward_api_env() -> Value {
 }
 
 fn watch_args(options: &OperatorOptions) -> Vec<String> {
-    let mut args: Vec<String> = ["reconcile", "--watch", "--log-format", "json", "--v", "1"]
-        .map(String::from)
-        .to_vec();
+    let metrics_addr = format!("0.0.0.0:{METRICS_PORT}");
+    let mut args: Vec<String> = [
+        "reconcile",
+        "--watch",
+        "--metrics-addr",
+        &metrics_addr,
+        "--log-format",
+        "json",
+        "--v",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
     if options.shards > 1 {
         args.extend(["--shards".to_string(), options.shards.to_string()]);
     }
@@ -179,7 +263,7 @@ fn deployment(options: &OperatorOptions) -> Value {
         "metadata": {"name": OPERATOR_NAME, "namespace": options.namespace, "labels": labels()},
         "spec": {
             "replicas": options.replicas,
-            "selector": {"matchLabels": {"app.kubernetes.io/name": OPERATOR_NAME, "app.kubernetes.io/component": "reconciler"}},
+            "selector": {"matchLabels": pod_selector()},
             "template": {
                 "metadata": {"labels": labels()},
                 "spec": {
@@ -192,14 +276,11 @@ fn deployment(options: &OperatorOptions) -> Value {
                         "image": options.image,
                         "args": scope_args(options, &watch_args(options)),
                         "env": downward_api_env(),
-                        "ports": [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}],
+                        "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
                         "livenessProbe": probe("/healthz"),
                         "readinessProbe": probe("/readyz"),
                         "securityContext": container_security_context(),
-                        "resources": {
-                            "requests": {"cpu": "100m", "memory": "64Mi"},
-                            "limits": {"memory": "512Mi"},
-                        },
+                        "resources": options.resources,
                     }],
                 },
             },

@@ -10,13 +10,45 @@ pub fn pod_policy_name(operator_namespace: &str) -> String {
     format!("{OPERATOR_NAME}-pods.{operator_namespace}")
 }
 
+/// The name of an install's pod policy for HotStandbyJob workers, and its binding.
+pub fn hsj_pod_policy_name(operator_namespace: &str) -> String {
+    format!("{OPERATOR_NAME}-hsj-pods.{operator_namespace}")
+}
+
 /// A ValidatingAdmissionPolicy and its binding: a request made with a pod-bound ServiceAccount
 /// token may update only the pod the token is bound to, and in it only the busy annotation.
 /// It covers only pods an HSD made (they carry [`crate::labels::HSD_LABEL`], injected into every
 /// child template), so other controllers annotating their own pods are never blocked; and only
 /// the namespaces the install reconciles. The install's own reconciler (its ServiceAccount in its
 /// namespace) is exempt: it writes deletion costs.
+///
+/// An object selector cannot say "this label or that one", so HotStandbyJob workers (which carry
+/// [`crate::labels::HSJ_LABEL`]) get a second policy with the same rules.
 pub fn pod_policy(
+    operator_namespace: &str,
+    annotation_key: &str,
+    namespace_scoped: bool,
+) -> Vec<Value> {
+    let mut documents = pod_policy_for(
+        &pod_policy_name(operator_namespace),
+        crate::labels::HSD_LABEL,
+        operator_namespace,
+        annotation_key,
+        namespace_scoped,
+    );
+    documents.extend(pod_policy_for(
+        &hsj_pod_policy_name(operator_namespace),
+        crate::labels::HSJ_LABEL,
+        operator_namespace,
+        annotation_key,
+        namespace_scoped,
+    ));
+    documents
+}
+
+fn pod_policy_for(
+    name: &str,
+    label: &str,
     operator_namespace: &str,
     annotation_key: &str,
     namespace_scoped: bool,
@@ -24,7 +56,6 @@ pub fn pod_policy(
     let reconciler = format!("system:serviceaccount:{operator_namespace}:{OPERATOR_NAME}");
     let reconciler_group = format!("system:serviceaccounts:{operator_namespace}");
     let key = annotation_key.replace('\'', "");
-    let name = pod_policy_name(operator_namespace);
     let labels = install_labels(operator_namespace);
     let namespaces = if namespace_scoped {
         json!({"matchLabels": {"kubernetes.io/metadata.name": operator_namespace}})
@@ -43,8 +74,9 @@ pub fn pod_policy(
                     "resourceRules": [{
                         "apiGroups": [""], "apiVersions": ["v1"], "operations": ["UPDATE"], "resources": ["pods"],
                     }],
-                    // Only HSD pods (old or new object carrying the label: removing it is caught).
-                    "objectSelector": {"matchExpressions": [{"key": crate::labels::HSD_LABEL, "operator": "Exists"}]},
+                    // Only HSD (or HSJ) pods (old or new object carrying the label: removing it is
+                    // caught).
+                    "objectSelector": {"matchExpressions": [{"key": label, "operator": "Exists"}]},
                 },
                 "matchConditions": [
                     {

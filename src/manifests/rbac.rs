@@ -2,7 +2,7 @@
 
 use serde_json::{Value, json};
 
-use super::OperatorMode;
+use super::{OPERATOR_NAME, OperatorMode, install_labels};
 
 pub fn reconcile_rules(mode: OperatorMode) -> Value {
     let read: &[&str] = match mode {
@@ -11,15 +11,23 @@ pub fn reconcile_rules(mode: OperatorMode) -> Value {
     };
     // get: a watcher reads a child missing from its cache before creating it.
     let write_deployments = [read, &["get", "create", "patch"]].concat();
-    // delete: the pods a scale-down drained (with a precondition on what was read).
-    let patch_pods = [read, &["patch", "delete"]].concat();
+    // delete: the pods a scale-down drained (with a precondition on what was read). get: a
+    // HotStandbyJob reads a worker's pod again right before deleting its Job.
+    let patch_pods = [read, &["get", "patch", "delete"]].concat();
+    // get: a Job name already taken is read to tell whether it is one of ours; create and
+    // delete: HotStandbyJobs make and retire their Jobs (deletions carry preconditions).
+    let write_jobs = [read, &["get", "create", "delete"]].concat();
     json!([
-        {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments"], "verbs": read},
-        {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments/status"], "verbs": ["patch"]},
+        {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments", "hotstandbyjobs"], "verbs": read},
+        {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments/status", "hotstandbyjobs/status"], "verbs": ["patch"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": write_jobs},
+        // get and create (each alone is refused): the exec busy probe runs its command in a pod.
+        {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["get", "create"]},
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": write_deployments},
         // list, patch: children made before labels were injected gain them without a rollout.
         {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list", "patch"]},
-        // patch: the deletion cost that keeps busy pods out of a scale-down.
+        // patch: the deletion cost that keeps busy pods out of a scale-down. get: a HotStandbyJob
+        // reads a worker's pod again right before deleting its Job.
         {"apiGroups": [""], "resources": ["pods"], "verbs": patch_pods},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
     ])
@@ -44,4 +52,39 @@ pub fn lease_rules(mode: OperatorMode, shards: u32) -> Value {
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
         ]),
     }
+}
+
+/// The name of an install's `view` or `edit` ClusterRole (`kubectl-hsd-view.NS`).
+pub fn user_role_name(role: &str, install_namespace: &str) -> String {
+    format!("{OPERATOR_NAME}-{role}.{install_namespace}")
+}
+
+/// ClusterRoles that Kubernetes aggregates into the built-in `view`, `edit` and `admin` roles,
+/// so that whoever may view or edit a namespace may view or edit its HotStandbyDeployments
+/// (the status stays the reconciler's).
+pub fn aggregated_roles(install_namespace: &str) -> Vec<Value> {
+    let with = |extra: &[&str]| {
+        let mut labels = install_labels(install_namespace);
+        for label in extra {
+            labels[format!("rbac.authorization.k8s.io/aggregate-to-{label}")] = json!("true");
+        }
+        labels
+    };
+    let read = ["get", "list", "watch"];
+    vec![
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": user_role_name("view", install_namespace), "labels": with(&["view", "edit", "admin"])},
+            "rules": [
+                {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments", "hotstandbydeployments/status", "hotstandbyjobs", "hotstandbyjobs/status"], "verbs": read},
+            ],
+        }),
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": user_role_name("edit", install_namespace), "labels": with(&["edit", "admin"])},
+            "rules": [
+                {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments", "hotstandbyjobs"], "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+            ],
+        }),
+    ]
 }

@@ -3,7 +3,9 @@
 //! lean types that keep only what the plan reads, and filed in the [`Index`] that both drivers
 //! read through; then HTTP-mode pods are probed.
 
+pub mod exec;
 pub mod index;
+pub mod jobs;
 pub mod probe;
 
 pub use index::Index;
@@ -23,8 +25,9 @@ use serde::{Deserialize, Serialize};
 use crate::api::hsd::{
     HotStandbyDeployment, HotStandbyDeploymentSpec, HotStandbyDeploymentStatus, ProbeMode,
 };
+use crate::api::probe::BusyProbe;
 use crate::error::{Result, hsd_read_error, kube_error};
-use crate::observe::probe::{ProbeResult, ProbeTarget, Prober};
+use crate::observe::probe::{ProbeResult, ProbeTarget, Prober, Target};
 use crate::plan::{self, ObservedDeployment, ObservedHsd, ObservedPod, PodPhase};
 
 /// The annotation on the child Deployment that holds the applied template's hash.
@@ -277,14 +280,22 @@ where
     }
 }
 
+/// A raw object's spec, or why it cannot be read (an unknown probe mode is named as such,
+/// with the modes there are).
+pub fn parse_spec<S: DeserializeOwned>(object: &DynamicObject) -> Result<S, String> {
+    let Some(spec) = object.data.get("spec") else {
+        return Err("spec is missing".to_string());
+    };
+    if let Some(message) = crate::api::probe::unknown_mode_message(spec) {
+        return Err(message);
+    }
+    S::deserialize(spec).map_err(|e| e.to_string())
+}
+
 /// Turns the raw HSD object into the plan's view, keeping a spec that cannot be read as an
 /// error for that HSD alone.
 pub fn hsd_facts(object: &DynamicObject) -> ObservedHsd {
-    let spec = match object.data.get("spec") {
-        Some(spec) => serde_json::from_value::<HotStandbyDeploymentSpec>(spec.clone())
-            .map_err(|e| e.to_string()),
-        None => Err("spec is missing".to_string()),
-    };
+    let spec = parse_spec::<HotStandbyDeploymentSpec>(object);
     let status = object.data.get("status").and_then(|status| {
         serde_json::from_value::<HotStandbyDeploymentStatus>(status.clone()).ok()
     });
@@ -419,37 +430,67 @@ pub fn hsd_selects(hsd: &ObservedHsd, pod: &LeanPod) -> bool {
             .is_some_and(|labels| plan::selector_matches(&spec.selector.match_labels, labels))
 }
 
-/// A pod an HSD in http mode wants probed: every Running pod with an IP, ready or not (a busy
-/// pod may be NotReady), as the reference operator probed.
-pub fn probe_target(pod: &LeanPod, spec: &HotStandbyDeploymentSpec) -> Option<ProbeTarget> {
-    if spec.busy_probe.mode != ProbeMode::Http || pod.metadata.deletion_timestamp.is_some() {
+/// A pod an HSD in http or exec mode wants probed: every Running pod (with an IP, for HTTP),
+/// ready or not (a busy pod may be NotReady), as the reference operator probed.
+pub fn probe_target(pod: &LeanPod, spec: &HotStandbyDeploymentSpec) -> Option<Target> {
+    pod_probe_target(pod, &spec.busy_probe)
+}
+
+/// The probe a running pod gets under `probe` (none in annotation mode, or when the pod does
+/// not run).
+pub fn pod_probe_target(pod: &LeanPod, probe: &BusyProbe) -> Option<Target> {
+    if !probe.mode.is_probed() || pod.metadata.deletion_timestamp.is_some() {
         return None;
     }
     let status = pod.status.as_ref()?;
     if status.phase.as_deref() != Some("Running") {
         return None;
     }
-    let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
-    let http = &spec.busy_probe.http;
-    Some(ProbeTarget {
-        ip,
-        port: u16::try_from(http.port).ok().filter(|p| *p > 0)?,
-        path: http.path.clone(),
-        timeout: probe_timeout(spec),
-    })
+    match probe.mode {
+        ProbeMode::Annotation => None,
+        ProbeMode::Http => {
+            let ip: IpAddr = status.pod_ip.as_deref()?.parse().ok()?;
+            let http = &probe.http;
+            Some(Target::Http(ProbeTarget {
+                ip,
+                port: u16::try_from(http.port).ok().filter(|p| *p > 0)?,
+                path: http.path.clone(),
+                timeout: probe.timeout(),
+            }))
+        }
+        ProbeMode::Exec => {
+            let exec = &probe.exec;
+            if exec.command.is_empty() {
+                return None;
+            }
+            Some(Target::Exec(exec::ExecTarget {
+                namespace: pod.namespace().unwrap_or_default(),
+                pod: pod.name_any(),
+                container: exec.container.clone().or_else(|| {
+                    pod.annotations()
+                        .get(DEFAULT_CONTAINER_ANNOTATION)
+                        .filter(|c| !c.is_empty())
+                        .cloned()
+                }),
+                command: exec.command.clone(),
+                timeout: probe.timeout(),
+            }))
+        }
+    }
 }
+
+/// kubectl's annotation naming the container `kubectl exec` picks when none is given.
+pub const DEFAULT_CONTAINER_ANNOTATION: &str = "kubectl.kubernetes.io/default-container";
 
 /// The per-probe timeout of an HSD.
 pub fn probe_timeout(spec: &HotStandbyDeploymentSpec) -> Duration {
-    Duration::from_secs(u64::try_from(spec.busy_probe.http.timeout_seconds.max(1)).unwrap_or(1))
+    spec.busy_probe.timeout()
 }
 
 /// How long a probe answer stays fresh: an answer older than this says nothing, and its pod is
 /// unknown until probed again.
 pub fn answer_lifetime(spec: &HotStandbyDeploymentSpec) -> Duration {
-    let http = &spec.busy_probe.http;
-    Duration::from_secs(u64::try_from(http.period_seconds.max(1)).unwrap_or(10))
-        + probe_timeout(spec)
+    spec.busy_probe.answer_lifetime()
 }
 
 /// One HSD as the index shows it: its child Deployment, and its pods (those labelled as its own
@@ -497,7 +538,7 @@ pub async fn confirm_missing_child(client: &Client, hsd: &mut ObservedHsd) -> Re
 pub fn probe_targets(
     spec: &HotStandbyDeploymentSpec,
     pods: &[std::sync::Arc<LeanPod>],
-) -> Vec<(usize, ProbeTarget)> {
+) -> Vec<(usize, Target)> {
     pods.iter()
         .enumerate()
         .filter_map(|(p, pod)| Some((p, probe_target(pod, spec)?)))
@@ -510,7 +551,7 @@ pub fn probe_targets(
 pub async fn probe_hsd(
     prober: &Prober,
     hsd: &mut ObservedHsd,
-    targets: Vec<(usize, ProbeTarget)>,
+    targets: Vec<(usize, Target)>,
     deadline: tokio::time::Instant,
 ) -> Vec<ProbeResult> {
     let wanted = targets.len();

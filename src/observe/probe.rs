@@ -1,6 +1,7 @@
-//! The HTTP busy probe: `GET http://<podIP>:<port><path>`, no redirects, no proxy, no body read,
-//! bounded by its own timeout and run concurrently with a bound. Addresses outside
-//! `HSD_DIAL_ALLOW_CIDRS` (when set: the tests set 127.0.0.0/8) are never dialled.
+//! The busy probes, run concurrently with a bound and each within its own timeout:
+//! - HTTP: `GET http://<podIP>:<port><path>`, no redirects, no proxy, no body read. Addresses
+//!   outside `HSD_DIAL_ALLOW_CIDRS` (when set: the tests set 127.0.0.0/8) are never dialled.
+//! - exec: a command run in the pod through the API server ([`super::exec`]).
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -9,8 +10,11 @@ use futures::{StreamExt, stream};
 
 use crate::plan::ProbeOutcome;
 
-/// Concurrent probes per HSD unless told otherwise.
+/// Concurrent HTTP probes per HSD unless told otherwise.
 pub const DEFAULT_CONCURRENCY: usize = 64;
+/// Concurrent exec probes per object unless told otherwise. Each exec is a new connection to the
+/// API server and a hop to the kubelet: the API server, not the pods, is what this bounds.
+pub const DEFAULT_EXEC_CONCURRENCY: usize = 16;
 
 /// The environment variable that limits every dial this process makes (probes, proxy) to a
 /// comma-separated list of CIDRs. Unset: no limit.
@@ -62,17 +66,59 @@ impl ProbeTarget {
     }
 }
 
+/// Any probe to make: an HTTP GET to the pod, or a command run in it.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Http(ProbeTarget),
+    Exec(super::exec::ExecTarget),
+}
+
+impl From<ProbeTarget> for Target {
+    fn from(target: ProbeTarget) -> Self {
+        Self::Http(target)
+    }
+}
+
+impl From<super::exec::ExecTarget> for Target {
+    fn from(target: super::exec::ExecTarget) -> Self {
+        Self::Exec(target)
+    }
+}
+
+impl Target {
+    pub fn timeout(&self) -> Duration {
+        match self {
+            Self::Http(target) => target.timeout,
+            Self::Exec(target) => target.timeout,
+        }
+    }
+
+    /// What is probed, for people: the URL, or the command and the pod.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Http(target) => format!("GET {}", target.url()),
+            Self::Exec(target) => target.describe(),
+        }
+    }
+}
+
 /// A probe's result and how long it took.
 #[derive(Clone, Debug)]
 pub struct ProbeResult {
     pub outcome: ProbeOutcome,
     pub latency: Duration,
+    /// The start of what an exec probe's command printed (stdout, then stderr), if anything.
+    pub output: Option<String>,
 }
 
 #[derive(Clone)]
 pub struct Prober {
     http: reqwest::Client,
     concurrency: usize,
+    /// The client exec probes go through (the API server's `pods/exec`); without one, an exec
+    /// probe answers nothing.
+    kube: Option<kube::Client>,
+    exec_concurrency: usize,
 }
 
 impl Prober {
@@ -93,6 +139,38 @@ impl Prober {
         Self {
             http,
             concurrency: concurrency.max(1),
+            kube: None,
+            exec_concurrency: DEFAULT_EXEC_CONCURRENCY,
+        }
+    }
+
+    /// The same prober, able to run exec probes through `client`, `exec_concurrency` at once.
+    pub fn with_exec(mut self, client: kube::Client, exec_concurrency: usize) -> Self {
+        self.kube = Some(client);
+        self.exec_concurrency = exec_concurrency.max(1);
+        self
+    }
+
+    /// How many probes of this kind run at once.
+    fn limit(&self, target: Option<&Target>) -> usize {
+        match target {
+            Some(Target::Exec(_)) => self.exec_concurrency,
+            _ => self.concurrency,
+        }
+    }
+
+    /// Runs any probe.
+    pub async fn run(&self, target: &Target) -> ProbeResult {
+        match target {
+            Target::Http(target) => self.probe(target).await,
+            Target::Exec(target) => match &self.kube {
+                Some(client) => super::exec::exec_probe(client, target).await,
+                None => ProbeResult {
+                    outcome: ProbeOutcome::Error("no client for exec probes".into()),
+                    latency: Duration::ZERO,
+                    output: None,
+                },
+            },
         }
     }
 
@@ -106,6 +184,7 @@ impl Prober {
                     target.ip
                 )),
                 latency: started.elapsed(),
+                output: None,
             };
         }
         let request = self.http.get(target.url()).timeout(target.timeout).send();
@@ -130,34 +209,40 @@ impl Prober {
         ProbeResult {
             outcome,
             latency: started.elapsed(),
+            output: None,
         }
     }
 
-    /// Probes all targets, at most `concurrency` at once. Unordered, so that one server that
-    /// never answers holds one slot for its timeout and delays no other probe.
-    pub async fn probe_all<K: Clone>(
+    /// Probes all targets, at most `concurrency` (exec: `exec_concurrency`) at once. Unordered,
+    /// so that one pod that never answers holds one slot for its timeout and delays no other
+    /// probe.
+    pub async fn probe_all<K: Clone, T: Into<Target>>(
         &self,
-        targets: Vec<(K, ProbeTarget)>,
+        targets: Vec<(K, T)>,
     ) -> Vec<(K, ProbeResult)> {
+        let targets: Vec<(K, Target)> = targets.into_iter().map(|(k, t)| (k, t.into())).collect();
+        let limit = self.limit(targets.first().map(|(_, t)| t));
         stream::iter(targets)
-            .map(|(key, target)| async move { (key, self.probe(&target).await) })
-            .buffer_unordered(self.concurrency)
+            .map(|(key, target)| async move { (key, self.run(&target).await) })
+            .buffer_unordered(limit)
             .collect()
             .await
     }
 
     /// Like [`Prober::probe_all`], but stops at `deadline`: returns the answers that arrived
     /// and how many targets got none.
-    pub async fn probe_until<K>(
+    pub async fn probe_until<K, T: Into<Target>>(
         &self,
-        targets: Vec<(K, ProbeTarget)>,
+        targets: Vec<(K, T)>,
         deadline: tokio::time::Instant,
     ) -> (Vec<(K, ProbeResult)>, usize) {
+        let targets: Vec<(K, Target)> = targets.into_iter().map(|(k, t)| (k, t.into())).collect();
+        let limit = self.limit(targets.first().map(|(_, t)| t));
         let wanted = targets.len();
         let mut answers = Vec::with_capacity(wanted);
         let mut stream = stream::iter(targets)
-            .map(|(key, target)| async move { (key, self.probe(&target).await) })
-            .buffer_unordered(self.concurrency);
+            .map(|(key, target)| async move { (key, self.run(&target).await) })
+            .buffer_unordered(limit);
         while let Ok(Some(answer)) = tokio::time::timeout_at(deadline, stream.next()).await {
             answers.push(answer);
         }

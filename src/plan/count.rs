@@ -80,14 +80,13 @@ pub fn classify(pod: &ObservedPod, mode: ProbeMode, success_is_busy: bool) -> Po
             BusyAnnotation::Busy | BusyAnnotation::Invalid => PodState::Busy,
             BusyAnnotation::Absent | BusyAnnotation::Idle => idle_or_starting,
         },
-        ProbeMode::Http => match &pod.probe {
-            Some(ProbeOutcome::Success) if success_is_busy => PodState::Busy,
-            Some(ProbeOutcome::Failure(_)) if !success_is_busy => PodState::Busy,
-            Some(ProbeOutcome::Success | ProbeOutcome::Failure(_)) => idle_or_starting,
-            None | Some(ProbeOutcome::Error(_) | ProbeOutcome::Redirect { .. }) => {
-                PodState::Unknown
+        ProbeMode::Http | ProbeMode::Exec => {
+            match pod.probe.as_ref().and_then(ProbeOutcome::succeeded) {
+                Some(success) if success == success_is_busy => PodState::Busy,
+                Some(_) => idle_or_starting,
+                None => PodState::Unknown,
             }
-        },
+        }
     }
 }
 
@@ -191,7 +190,7 @@ pub fn count<'a>(
             continue;
         }
         let state = state_in_rollout(
-            classify(pod, mode, spec.busy_probe.http.success_is_busy),
+            classify(pod, mode, spec.busy_probe.success_is_busy()),
             pod,
             current_template,
         );
@@ -218,7 +217,7 @@ pub fn count<'a>(
                     ));
                 }
                 (ProbeMode::Annotation, _) => counted.busy_by_annotation += 1,
-                (ProbeMode::Http, _) => counted.busy_by_probe += 1,
+                (ProbeMode::Http | ProbeMode::Exec, _) => counted.busy_by_probe += 1,
             }
         }
         if let Some(since) = pod.unschedulable_since {

@@ -38,7 +38,7 @@ pub struct PodRef {
 }
 
 impl PodRef {
-    fn of(pod: &ObservedPod) -> Self {
+    pub(crate) fn of(pod: &ObservedPod) -> Self {
         Self {
             pod: pod.name.clone(),
             uid: pod.uid.clone(),

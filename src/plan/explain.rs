@@ -170,7 +170,7 @@ pub fn probe_degraded_message(
         Some((
             "ProbeDeadlineExceeded",
             format!(
-                "{probes_cut_short} pod(s) were not probed before the probe deadline; they count as busy and replicas are held: lower busyProbe.http.timeoutSeconds, or fix the pods that do not answer ({})",
+                "{probes_cut_short} pod(s) were not probed before the probe deadline; they count as busy and replicas are held: lower busyProbe.http.timeoutSeconds (exec: busyProbe.exec.timeoutSeconds), or fix the pods that do not answer ({})",
                 list(probe_failures)
             ),
         ))

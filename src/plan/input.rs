@@ -85,7 +85,7 @@ pub struct ObservedPod {
     pub terminating: bool,
     /// The value of the HSD's busy annotation, if the pod has it.
     pub busy_annotation: Option<String>,
-    /// The HTTP probe's fresh answer (http mode, running pods with an IP only).
+    /// The probe's fresh answer (http and exec modes, running pods only).
     pub probe: Option<ProbeOutcome>,
     /// Bound to a node (`spec.nodeName`).
     pub scheduled: bool,
@@ -111,11 +111,35 @@ pub enum ProbeOutcome {
         status: u16,
         location: Option<String>,
     },
-    /// No answer: timeout, refused connection, invalid HTTP.
+    /// An exec probe's command ran and exited non-zero (the API server's Failure status with an
+    /// exit code): a "failure" answer, mapped to busy or idle by `successIsBusy`.
+    CommandFailed(String),
+    /// No answer: timeout, refused connection, invalid HTTP, an exec that could not start.
     Error(String),
 }
 
 impl ProbeOutcome {
+    /// Whether the probe answered "success" (2xx, exit 0), "failure" (another status, a
+    /// non-zero exit), or nothing (`None`: unknown).
+    pub fn succeeded(&self) -> Option<bool> {
+        match self {
+            Self::Success => Some(true),
+            Self::Failure(_) | Self::CommandFailed(_) => Some(false),
+            Self::Redirect { .. } | Self::Error(_) => None,
+        }
+    }
+
+    /// The answer in a few words, for people.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Success => "success".into(),
+            Self::Failure(status) => format!("HTTP {status}"),
+            Self::CommandFailed(message) => format!("command failed ({message})"),
+            Self::Redirect { status, .. } => format!("redirect {status}"),
+            Self::Error(error) => format!("no answer ({error})"),
+        }
+    }
+
     /// Why the answer says nothing about busy, if it does not.
     pub fn unknown_reason(&self) -> Option<String> {
         match self {
@@ -124,7 +148,7 @@ impl ProbeOutcome {
                 "redirect {status} to {} (redirects are not followed)",
                 location.as_deref().unwrap_or("no Location")
             )),
-            Self::Success | Self::Failure(_) => None,
+            Self::Success | Self::Failure(_) | Self::CommandFailed(_) => None,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod conditions;
 pub mod count;
 pub mod drain;
 pub mod explain;
+pub mod hsj;
 pub mod input;
 pub mod protect;
 pub mod stabilize;
@@ -36,7 +37,10 @@ pub use protect::{
 };
 pub use stabilize::{MAX_RECOMMENDATIONS, stabilize};
 pub use step::{deletion_rank, safe_deletions};
-pub use target::{Bound, Recommendation, effective_max_replicas, idle_target, recommend};
+pub use target::{
+    Bound, Formula, Recommendation, effective_max_replicas, idle_target, idle_target_with,
+    recommend, recommend_with,
+};
 pub use template::{
     busy_annotation_in_template, child_template, legacy_template_hash, selector_matches,
     template_hash, template_label, template_labels,
@@ -64,7 +68,7 @@ pub struct PlannedEvent {
     pub note: String,
 }
 
-fn normal(reason: &'static str, note: String) -> PlannedEvent {
+pub(crate) fn normal(reason: &'static str, note: String) -> PlannedEvent {
     PlannedEvent {
         type_: EventType::Normal,
         reason,
@@ -72,7 +76,7 @@ fn normal(reason: &'static str, note: String) -> PlannedEvent {
     }
 }
 
-fn warning(reason: &'static str, note: String) -> PlannedEvent {
+pub(crate) fn warning(reason: &'static str, note: String) -> PlannedEvent {
     PlannedEvent {
         type_: EventType::Warning,
         reason,
@@ -372,7 +376,7 @@ fn report_pods(
 }
 
 /// `ScalingLimited`, and a Warning when maxReplicas starts capping the formula.
-fn report_limit(
+pub(crate) fn report_limit(
     recommendation: &Recommendation,
     conditions: &mut Conditions,
     events: &mut Vec<PlannedEvent>,

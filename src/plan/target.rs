@@ -21,11 +21,37 @@ pub enum Bound {
     Max,
 }
 
+/// What the formula needs from a spec, whatever its kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Formula {
+    pub idle_target: i32,
+    pub idle_percent: Option<i32>,
+    pub min: i32,
+    /// The ceiling in force (maxReplicas, or a safety ceiling).
+    pub max: i32,
+}
+
+impl Formula {
+    pub fn of_hsd(spec: &HotStandbyDeploymentSpec) -> Self {
+        Self {
+            idle_target: spec.idle_target,
+            idle_percent: spec.idle_percent,
+            min: spec.min_replicas,
+            max: effective_max_replicas(spec),
+        }
+    }
+}
+
 /// The idle target in force: `max(idleTarget, ceil(busy * idlePercent / 100))`, busy counting
 /// unknown pods. Returns it and the percent part, if a percent is set.
 pub fn idle_target(counts: &Counts, spec: &HotStandbyDeploymentSpec) -> (i32, Option<i32>) {
-    let fixed = spec.idle_target.max(0);
-    match spec.idle_percent {
+    idle_target_with(counts, &Formula::of_hsd(spec))
+}
+
+/// [`idle_target`] for any kind.
+pub fn idle_target_with(counts: &Counts, formula: &Formula) -> (i32, Option<i32>) {
+    let fixed = formula.idle_target.max(0);
+    match formula.idle_percent {
         Some(percent) => {
             let busy = i64::from(counts.busy) + i64::from(counts.unknown);
             let from_percent = (busy * i64::from(percent.max(0)) + 99) / 100;
@@ -42,15 +68,20 @@ pub fn idle_target(counts: &Counts, spec: &HotStandbyDeploymentSpec) -> (i32, Op
 /// probe fails, replicas hold instead of growing without end (no runaway). Without
 /// maxReplicas, [`SAFETY_MAX_REPLICAS`] is the ceiling.
 pub fn recommend(counts: &Counts, spec: &HotStandbyDeploymentSpec) -> Recommendation {
-    let formula = |counts: &Counts| {
-        let (target, _) = idle_target(counts, spec);
+    recommend_with(counts, &Formula::of_hsd(spec))
+}
+
+/// [`recommend`] for any kind (a HotStandbyJob counts Jobs where an HSD counts pods).
+pub fn recommend_with(counts: &Counts, formula: &Formula) -> Recommendation {
+    let target = |counts: &Counts| {
+        let (target, _) = idle_target_with(counts, formula);
         counts
             .busy
             .saturating_add(counts.unknown)
             .saturating_add(target)
     };
-    let with_unknown = formula(counts);
-    let without_unknown = formula(&Counts {
+    let with_unknown = target(counts);
+    let without_unknown = target(&Counts {
         unknown: 0,
         ..*counts
     });
@@ -60,8 +91,8 @@ pub fn recommend(counts: &Counts, spec: &HotStandbyDeploymentSpec) -> Recommenda
     } else {
         (with_unknown, None)
     };
-    let min = spec.min_replicas.max(0);
-    let max = effective_max_replicas(spec);
+    let min = formula.min.max(0);
+    let max = formula.max.max(0);
     let (replicas, limited_by) = if unbounded > max {
         (max, Some(Bound::Max))
     } else if unbounded < min {

@@ -2,7 +2,7 @@
 //! them (created before a rule existed). The message names the fix.
 
 use super::template::template_labels;
-use crate::api::hsd::{HotStandbyDeploymentSpec, ProbeMode};
+use crate::api::hsd::HotStandbyDeploymentSpec;
 
 pub fn validate_spec(spec: &HotStandbyDeploymentSpec) -> Result<(), String> {
     let mut problems = Vec::new();
@@ -58,27 +58,7 @@ pub fn validate_spec(spec: &HotStandbyDeploymentSpec) -> Result<(), String> {
     if !spec.pod_template.is_object() {
         problems.push("spec.podTemplate is not an object: give a Deployment pod template".into());
     }
-    let http = &spec.busy_probe.http;
-    if spec.busy_probe.mode == ProbeMode::Http {
-        if !(1..=65535).contains(&http.port) {
-            problems.push(format!(
-                "spec.busyProbe.http.port is {}: use 1-65535",
-                http.port
-            ));
-        }
-        if http.timeout_seconds < 1 {
-            problems.push(format!(
-                "spec.busyProbe.http.timeoutSeconds is {}: use 1 or more",
-                http.timeout_seconds
-            ));
-        }
-        if !http.path.starts_with('/') {
-            problems.push(format!(
-                "spec.busyProbe.http.path {:?} must start with /",
-                http.path
-            ));
-        }
-    }
+    problems.extend(crate::api::probe::probe_problems(&spec.busy_probe));
     if problems.is_empty() {
         Ok(())
     } else {

@@ -21,7 +21,6 @@ use super::{
     SHUTDOWN_GRACE, Shard, UNSYNCED_RETRY, WatchOptions, backoff_delay, cache_is_behind,
     receiver_stream, scoped, strip_meta, watch_backoff,
 };
-use crate::api::hsd::ProbeMode;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::observe::{self, LeanDeployment, LeanPod};
@@ -127,7 +126,12 @@ pub(super) async fn run(
         .trigger_backoff(watch_backoff());
     let (probe_trigger, probe_triggers) =
         tokio::sync::mpsc::unbounded_channel::<ObjectRef<DynamicObject>>();
-    let probes = Probes::new(options.probe_concurrency, metrics.clone());
+    let probes = Probes::new(
+        options.probe_concurrency,
+        client.clone(),
+        options.exec_probe_concurrency,
+        metrics.clone(),
+    );
 
     let context = Arc::new(Context {
         client: client.clone(),
@@ -176,7 +180,7 @@ pub(super) async fn run(
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             if let Err(error) = result {
-                tracing::debug!(%error, "controller");
+                tracing::debug!(error = %crate::error::describe_error(&error), "controller");
             }
         });
     // A graceful shutdown lets running reconciles finish, but the custom trigger streams (pods,
@@ -205,7 +209,7 @@ async fn observe_hsd(
         .spec
         .as_ref()
         .ok()
-        .filter(|spec| spec.busy_probe.mode == ProbeMode::Http)
+        .filter(|spec| spec.busy_probe.mode.is_probed())
         .map(observe::answer_lifetime);
     let (mut hsd, pods) = {
         let index = context.index.read().expect("index lock");
@@ -262,8 +266,8 @@ async fn observe_hsd(
     Ok((hsd, pods))
 }
 
-/// In HTTP mode a scale-down needs a fresh idle answer from every pod it may remove: probe
-/// them again now, then observe again.
+/// In http and exec mode a scale-down needs a fresh idle answer from every pod it may remove:
+/// probe them again now, then observe again.
 async fn confirm_scale_down(
     hsd: &mut ObservedHsd,
     pods: &[Arc<LeanPod>],
@@ -275,7 +279,7 @@ async fn confirm_scale_down(
         return false;
     };
     let lowers = plan.scale.is_some_and(|(from, to)| to < from);
-    if spec.busy_probe.mode != ProbeMode::Http || !lowers {
+    if !spec.busy_probe.mode.is_probed() || !lowers {
         return false;
     }
     let removable: std::collections::HashSet<&str> = plan
@@ -284,7 +288,7 @@ async fn confirm_scale_down(
         .filter(|(_, state)| matches!(state, PodState::Idle | PodState::Starting))
         .map(|(name, _)| name.as_str())
         .collect();
-    let targets: Vec<(String, crate::observe::probe::ProbeTarget)> = pods
+    let targets: Vec<(String, crate::observe::probe::Target)> = pods
         .iter()
         .filter(|pod| removable.contains(pod.name_any().as_str()))
         .filter_map(|pod| Some((pod.uid()?, observe::probe_target(pod, &spec)?)))

@@ -7,6 +7,7 @@
 
 mod cache;
 mod hsd;
+mod hsj;
 mod lease;
 mod probes;
 pub mod shards;
@@ -47,8 +48,10 @@ pub struct WatchOptions {
     pub resync: Duration,
     /// HTTP probes in flight at once, per HSD.
     pub probe_concurrency: usize,
-    /// Shards of the HSDs, each on its own Lease (1: no sharding).
+    /// Shards of the HSDs (and HSJs), each on its own Lease (1: no sharding).
     pub shards: u32,
+    /// Exec probes in flight at once, per HSD or HSJ.
+    pub exec_probe_concurrency: usize,
 }
 
 /// The lease namespace a scope uses unless told otherwise: the watched namespace itself (so a
@@ -89,8 +92,7 @@ pub async fn run(config: Config, options: WatchOptions, shutdown: CancellationTo
             let (bound, task) = crate::metrics::serve(addr, metrics.clone(), shutdown.clone())
                 .await
                 .map_err(|e| Error::Invalid(format!("cannot serve metrics on {addr}: {e}")))?;
-            tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
-            eprintln!("serving /metrics, /healthz and /readyz on {bound}");
+            crate::notice!(addr = %bound, "serving /metrics, /healthz and /readyz on {bound}");
             Some(task)
         }
         None => None,
@@ -136,7 +138,16 @@ async fn run_kinds(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    hsd::run(client, options, shard, metrics, stop).await;
+    tokio::join!(
+        hsd::run(
+            client.clone(),
+            options.clone(),
+            shard,
+            metrics.clone(),
+            stop.clone()
+        ),
+        hsj::run(client, options, shard, metrics, stop),
+    );
 }
 
 /// Whether the cached object (at `cached`) is older than our write (at `written`).

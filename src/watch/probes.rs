@@ -1,7 +1,8 @@
-//! The watcher's HTTP probes. Each HTTP-mode HSD has its own probe budget (a semaphore), so one
-//! HSD's hung endpoints hold only its own slots and never delay another HSD's answers. Answers
-//! are kept per pod uid with the time they came; an answer older than the HSD's
-//! `periodSeconds + timeoutSeconds` is not fresh, and its pod counts as unknown.
+//! The watcher's busy probes (HTTP and exec). Each probed HSD (and HSJ: its controller has its
+//! own `Probes`) has its own probe budget (a semaphore), so one object's hung endpoints or
+//! commands hold only its own slots and never delay another's answers. Answers are kept per pod
+//! uid with the time they came; an answer older than the object's `periodSeconds +
+//! timeoutSeconds` is not fresh, and its pod counts as unknown.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -13,10 +14,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::hsd::{HotStandbyDeploymentSpec, ProbeMode};
+use crate::api::hsd::HotStandbyDeploymentSpec;
 use crate::metrics::Metrics;
 use crate::observe;
-use crate::observe::probe::{ProbeTarget, Prober};
+use crate::observe::probe::{Prober, Target};
 use crate::plan::ProbeOutcome;
 
 /// How often the scheduler looks for pods due for a probe.
@@ -58,47 +59,86 @@ impl Answers {
     }
 }
 
-/// Probes with a budget per HSD.
+/// Probes with a budget per object.
 pub struct Probes {
     pub answers: Answers,
     prober: Prober,
     per_hsd: usize,
-    budgets: Mutex<HashMap<HsdKey, Arc<Semaphore>>>,
+    per_hsd_exec: usize,
+    /// Each object's budget, with its size (an object that changes mode gets a new one).
+    budgets: Mutex<HashMap<HsdKey, (usize, Arc<Semaphore>)>>,
     in_flight: Mutex<HashSet<String>>,
     metrics: Arc<Metrics>,
 }
 
 impl Probes {
-    pub fn new(per_hsd: usize, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// HTTP probes `per_hsd` at once per object; exec probes (through `client`)
+    /// `per_hsd_exec` at once per object.
+    pub fn new(
+        per_hsd: usize,
+        client: kube::Client,
+        per_hsd_exec: usize,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             answers: Answers::default(),
-            prober: Prober::new(per_hsd),
+            prober: Prober::new(per_hsd).with_exec(client, per_hsd_exec),
             per_hsd: per_hsd.max(1),
+            per_hsd_exec: per_hsd_exec.max(1),
             budgets: Mutex::new(HashMap::new()),
             in_flight: Mutex::new(HashSet::new()),
             metrics,
         })
     }
 
-    fn budget(&self, key: &HsdKey) -> Arc<Semaphore> {
-        self.budgets
-            .lock()
-            .expect("budgets lock")
+    fn budget(&self, key: &HsdKey, target: &Target) -> Arc<Semaphore> {
+        let size = match target {
+            Target::Http(_) => self.per_hsd,
+            Target::Exec(_) => self.per_hsd_exec,
+        };
+        let mut budgets = self.budgets.lock().expect("budgets lock");
+        let entry = budgets
             .entry(key.clone())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.per_hsd)))
-            .clone()
+            .or_insert_with(|| (size, Arc::new(Semaphore::new(size))));
+        if entry.0 != size {
+            *entry = (size, Arc::new(Semaphore::new(size)));
+        }
+        entry.1.clone()
     }
 
-    /// Probes one pod within its HSD's budget and records the answer. Returns whether the
+    /// Probes one pod within its object's budget and records the answer. Returns whether the
     /// answer changed.
-    pub async fn probe(&self, key: &HsdKey, uid: String, target: ProbeTarget) -> bool {
-        let budget = self.budget(key);
+    pub async fn probe(&self, key: &HsdKey, uid: String, target: Target) -> bool {
+        let budget = self.budget(key, &target);
         let Ok(_slot) = budget.acquire().await else {
             return false;
         };
-        let result = self.prober.probe(&target).await;
+        let result = self.prober.run(&target).await;
         self.metrics.probed(&result.outcome, result.latency);
         self.answers.record(uid, result.outcome)
+    }
+
+    /// Whether the pod's last answer is at least `period` old (or it has none).
+    pub fn due(&self, uid: &str, period: Duration) -> bool {
+        self.answers.age(uid).is_none_or(|age| age >= period)
+    }
+
+    /// Marks a probe of the pod as running; false when one already runs.
+    pub fn start(&self, uid: &str) -> bool {
+        self.in_flight
+            .lock()
+            .expect("in-flight lock")
+            .insert(uid.to_string())
+    }
+
+    pub fn finish(&self, uid: &str) {
+        self.in_flight.lock().expect("in-flight lock").remove(uid);
+    }
+
+    /// Forgets the answers of pods and the budgets of objects no longer probed.
+    pub fn retain(&self, live_pods: &HashSet<String>, live_objects: &HashSet<HsdKey>) {
+        self.answers.retain(live_pods);
+        self.forget_hsds(live_objects);
     }
 
     /// Probes the given pods of one HSD now (each within the HSD's budget, all by `deadline`),
@@ -106,7 +146,7 @@ impl Probes {
     pub async fn confirm(
         &self,
         key: &HsdKey,
-        pods: Vec<(String, ProbeTarget)>,
+        pods: Vec<(String, Target)>,
         deadline: tokio::time::Instant,
     ) {
         let probes = pods
@@ -123,21 +163,23 @@ impl Probes {
     }
 }
 
-/// Whether the raw HSD asks for HTTP probes, read without parsing the whole spec (most HSDs
-/// are in annotation mode).
-pub fn wants_http(object: &DynamicObject) -> bool {
-    object
-        .data
-        .pointer("/spec/busyProbe/mode")
-        .and_then(|mode| mode.as_str())
-        == Some("http")
+/// Whether the raw object asks for probes (http or exec), read without parsing the whole spec
+/// (most objects are in annotation mode).
+pub fn wants_probe(object: &DynamicObject) -> bool {
+    matches!(
+        object
+            .data
+            .pointer("/spec/busyProbe/mode")
+            .and_then(|mode| mode.as_str()),
+        Some("http" | "exec")
+    )
 }
 
 fn period(spec: &HotStandbyDeploymentSpec) -> Duration {
-    Duration::from_secs(u64::try_from(spec.busy_probe.http.period_seconds.max(1)).unwrap_or(10))
+    spec.busy_probe.period()
 }
 
-/// Probes each running pod of each HTTP-mode HSD every `periodSeconds`; a changed answer
+/// Probes each running pod of each HSD in http or exec mode every `periodSeconds`; a changed answer
 /// triggers a reconcile of its HSD at once. Probes run as their own tasks, so the loop never
 /// waits for a slow endpoint.
 pub async fn probe_loop(
@@ -159,12 +201,12 @@ pub async fn probe_loop(
         let mut live_hsds = HashSet::new();
         let mut live_pods = HashSet::new();
         for object in hsds.state() {
-            if !wants_http(&object) {
+            if !wants_probe(&object) {
                 continue;
             }
             let hsd = observe::hsd_facts(&object);
             let Ok(spec) = &hsd.spec else { continue };
-            if spec.busy_probe.mode != ProbeMode::Http {
+            if !spec.busy_probe.mode.is_probed() {
                 continue;
             }
             let key = (hsd.namespace.clone(), hsd.name.clone());
@@ -210,7 +252,7 @@ pub async fn probe_loop(
                 });
             }
         }
-        // Answers of pods no HTTP-mode HSD probes any more go.
+        // Answers of pods no probed HSD probes any more go.
         probes.answers.retain(&live_pods);
         probes.forget_hsds(&live_hsds);
     }

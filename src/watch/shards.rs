@@ -134,8 +134,8 @@ async fn contend(config: &Config, options: &WatchOptions, slot: &Slot) -> Result
         .build()
         .await
         .map_err(|e| Error::Invalid(format!(
-            "cannot use Lease {}/{name}: {e}. The identity needs get, create, update and patch on leases.coordination.k8s.io there",
-            options.lease_namespace
+            "cannot use Lease {}/{name}: {}. The identity needs get, create, update and patch on leases.coordination.k8s.io there",
+            options.lease_namespace, crate::error::describe_error(&e)
         )))?;
     let (leading, task) = manager.watch().await;
     Ok(Contender { leading, task })
@@ -145,8 +145,10 @@ async fn contend(config: &Config, options: &WatchOptions, slot: &Slot) -> Result
 async fn release(contender: Contender, lease: &str, namespace: &str) {
     drop(contender.leading);
     match tokio::time::timeout(Duration::from_secs(2), contender.task).await {
-        Ok(Ok(Ok(_))) => eprintln!("released Lease {namespace}/{lease}"),
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, lease, "could not release the lease"),
+        Ok(Ok(Ok(_))) => crate::notice!("released Lease {namespace}/{lease}"),
+        Ok(Ok(Err(e))) => {
+            tracing::warn!(error = %crate::error::describe_error(&e), lease, "could not release the lease")
+        }
         _ => tracing::warn!(lease, "the lease manager did not stop in time"),
     }
 }
@@ -255,7 +257,7 @@ where
     let leases: Api<Lease> = Api::namespaced(plain, &options.lease_namespace);
     let member = member_lease_name(&options);
     metrics.set_ready(true);
-    eprintln!(
+    crate::notice!(
         "waiting for Lease {}/{} as {}{}",
         options.lease_namespace,
         options.lease_name,
@@ -288,8 +290,8 @@ where
             match (&slot.running, open) {
                 (None, true) => {
                     let shard = slot.shard;
-                    tracing::info!(shard = shard.index, "leading: reconciling");
-                    eprintln!(
+                    crate::notice!(
+                        shard = shard.index,
                         "leading: reconciling{}",
                         if count > 1 {
                             format!(" shard {} of {count}", shard.index)
@@ -318,8 +320,7 @@ where
                     } else {
                         "lost the lease"
                     };
-                    tracing::warn!(shard = slot.shard.index, "{why}: stopping");
-                    eprintln!("{why}: stopping");
+                    crate::notice_warn!(shard = slot.shard.index, "{why}: stopping");
                     if let Some((stop, task)) = slot.running.take() {
                         stop.cancel();
                         let _ = task.await;

@@ -4,11 +4,14 @@
 mod bad_input;
 mod busy_safe;
 mod busy_safety;
+mod cli;
 mod cluster;
 mod common;
 mod core;
 mod drain;
+mod hsj;
 mod http_probe;
+mod install_paths;
 mod security;
 mod sharding;
 mod watch;

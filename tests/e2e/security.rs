@@ -15,7 +15,7 @@ use crate::common::{TestNs, ensure_crd, hsd_ok, is_ready, kubeconfig, wait_for};
 use crate::core::{create_hsd, example, replicas};
 
 /// A kubeconfig for the test cluster that authenticates with `token`.
-fn token_kubeconfig(ns: &TestNs, name: &str, token: &str) -> PathBuf {
+pub(crate) fn token_kubeconfig(ns: &TestNs, name: &str, token: &str) -> PathBuf {
     let admin: serde_json::Value =
         serde_saphyr::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
     let cluster = &admin["clusters"][0]["cluster"];
@@ -31,7 +31,11 @@ fn token_kubeconfig(ns: &TestNs, name: &str, token: &str) -> PathBuf {
     path
 }
 
-async fn token_for(ns: &TestNs, service_account: &str, bound_pod: Option<&Pod>) -> String {
+pub(crate) async fn token_for(
+    ns: &TestNs,
+    service_account: &str,
+    bound_pod: Option<&Pod>,
+) -> String {
     let accounts: Api<ServiceAccount> = ns.api();
     let request = TokenRequest {
         spec: TokenRequestSpec {
@@ -215,13 +219,16 @@ async fn pods_may_mark_only_themselves_and_only_the_busy_annotation() {
     )
     .await;
     let pods: Api<Pod> = ns.api();
-    // "me" and "other" are an HSD's pods (the label every child template carries); "foreign"
-    // belongs to some other controller, which the policy must never get in the way of.
-    for name in ["me", "other", "foreign"] {
-        let labels = if name == "foreign" {
-            json!({"app": "matchmaker"})
-        } else {
-            json!({"app": "game-ws", kubectl_hsd::labels::HSD_LABEL: "game-ws"})
+    // "me" and "other" are an HSD's pods (the label every child template carries), "worker" a
+    // HotStandbyJob's; "foreign" belongs to some other controller, which the policy must never
+    // get in the way of.
+    for name in ["me", "other", "worker", "foreign"] {
+        let labels = match name {
+            "foreign" => json!({"app": "matchmaker"}),
+            "worker" => {
+                json!({"app": "game-worker", kubectl_hsd::labels::HSJ_LABEL: "game-worker"})
+            }
+            _ => json!({"app": "game-ws", kubectl_hsd::labels::HSD_LABEL: "game-ws"}),
         };
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": labels},
@@ -251,15 +258,19 @@ async fn pods_may_mark_only_themselves_and_only_the_busy_annotation() {
         Duration::from_secs(20),
         || async {
             let probe = json!({"metadata": {"labels": {"probe": "x"}}});
-            as_pod
-                .patch(
-                    "other",
-                    &PatchParams::default().dry_run(),
-                    &Patch::Merge(&probe),
-                )
-                .await
-                .is_err()
-                .then_some(())
+            let mut denied = true;
+            // Both policies: the HSD pods' and the HotStandbyJob workers'.
+            for pod in ["other", "worker"] {
+                denied &= as_pod
+                    .patch(
+                        pod,
+                        &PatchParams::default().dry_run(),
+                        &Patch::Merge(&probe),
+                    )
+                    .await
+                    .is_err();
+            }
+            denied.then_some(())
         },
     )
     .await;
@@ -299,6 +310,14 @@ async fn pods_may_mark_only_themselves_and_only_the_busy_annotation() {
             .annotations()
             .get("paia.tech/busy")
             .is_none()
+    );
+    // A HotStandbyJob's worker is covered the same way.
+    let output = run_with(&config, &["mark-busy", "worker", "-n", &ns.name], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("a pod may mark only itself: this token is bound to pod me, not worker"),
+        "{stderr}"
     );
 
     // Any other field of its own pod is refused.
@@ -348,3 +367,123 @@ async fn pods_may_mark_only_themselves_and_only_the_busy_annotation() {
 }
 
 use kube::config::Kubeconfig;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_reconciler_may_exec_into_workers_and_retire_their_jobs() {
+    use crate::hsj::{
+        create_hsj, exec_for, exec_probe, hsj, hsj_status, live_jobs, running_workers,
+    };
+    ensure_crd();
+    let ns = TestNs::new("hsj-rbac").await;
+    hsd_ok(&[
+        "install",
+        "--operator",
+        "cronjob",
+        "--namespace-scoped",
+        "-n",
+        &ns.name,
+        "--image",
+        "registry.invalid/kubectl-hsd:test",
+    ]);
+    let mut manifest = hsj(&ns, "w", 2, 0, exec_probe());
+    manifest["spec"]["scaleDownDelaySeconds"] = json!(0);
+    create_hsj(&ns, &manifest).await;
+    let token = token_for(&ns, "kubectl-hsd", None).await;
+    let config = token_kubeconfig(&ns, "reconciler", &token);
+    let in_pod = [("POD_NAMESPACE", ns.name.as_str())];
+    let reconcile = || {
+        let output = run_with(&config, &["reconcile", "-n", &ns.name], &in_pod);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    // The reconciler's own identity creates the Jobs...
+    reconcile();
+    let workers = running_workers(&ns, "w", 2).await;
+    let mut execs = std::collections::BTreeMap::new();
+    for (_, pod) in &workers {
+        exec_for(&ns, &pod.name_any(), &mut execs).await;
+    }
+    execs[&workers[0].1.name_any()].write("busy_state", "busy\n");
+    // ... execs into them (pods/exec get and create) ...
+    reconcile();
+    let status = hsj_status(&ns, "w").await;
+    assert_eq!(
+        (
+            status["busyCount"].as_i64(),
+            status["unknownCount"].as_i64()
+        ),
+        (Some(1), Some(0)),
+        "the reconciler's exec probes answer: {status}"
+    );
+    // ... and retires an idle one (jobs delete) once there is a surplus: 1 busy + 2 made a
+    // third Job; when the busy one is done, one of the 3 goes.
+    for (_, pod) in &running_workers(&ns, "w", 3).await {
+        exec_for(&ns, &pod.name_any(), &mut execs).await;
+    }
+    let _ = std::fs::remove_file(execs[&workers[0].1.name_any()].dir.join("busy_state"));
+    let summary = reconcile();
+    assert!(summary.contains("deleted 1"), "{summary}");
+    wait_for("2 Jobs again", Duration::from_secs(30), || async {
+        (live_jobs(&ns, "w").await.len() == 2).then_some(())
+    })
+    .await;
+
+    // An application's identity that may read pods may not exec into them: its probe gets no
+    // answer, and says which right is missing.
+    let accounts: Api<ServiceAccount> = ns.api();
+    accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "app"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let roles: Api<Role> = ns.api();
+    roles
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "reader"}, "rules": [
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+                {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments", "hotstandbyjobs"], "verbs": ["list"]},
+            ]}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let bindings: Api<k8s_openapi::api::rbac::v1::RoleBinding> = ns.api();
+    bindings
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "reader"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reader"},
+                "subjects": [{"kind": "ServiceAccount", "name": "app", "namespace": ns.name}]}))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let app = token_kubeconfig(&ns, "app", &token_for(&ns, "app", None).await);
+    let pod = running_workers(&ns, "w", 2).await[0].1.name_any();
+    let output = wait_for(
+        "the reader's rights to apply",
+        Duration::from_secs(10),
+        || {
+            let output = run_with(&app, &["probe", &pod, "-n", &ns.name], &[]);
+            async move {
+                String::from_utf8_lossy(&output.stderr)
+                    .contains("no right to exec")
+                    .then_some(output)
+            }
+        },
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("pods/exec needs get and create"),
+        "{stderr}"
+    );
+}

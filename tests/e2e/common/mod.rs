@@ -260,8 +260,8 @@ impl Watcher {
         let deadline = Instant::now() + Duration::from_secs(20);
         let metrics = loop {
             let text = std::fs::read_to_string(&stderr_log).unwrap_or_default();
-            if let Some(line) = text.lines().find(|l| l.starts_with("serving /metrics")) {
-                break format!("http://{}", line.rsplit(' ').next().unwrap());
+            if let Some(addr) = text.lines().find_map(metrics_addr_of_line) {
+                break format!("http://{addr}");
             }
             assert!(
                 Instant::now() < deadline,
@@ -302,6 +302,20 @@ impl Drop for Watcher {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The address in a watcher's `serving /metrics, /healthz and /readyz on ADDR` line, whether
+/// the line is text (`--log-format text`) or JSON (`--log-format json`, the message in
+/// `fields.message`).
+pub fn metrics_addr_of_line(line: &str) -> Option<String> {
+    const PREFIX: &str = "serving /metrics, /healthz and /readyz on ";
+    let message = match serde_json::from_str::<Value>(line) {
+        Ok(json) => json["fields"]["message"].as_str()?.to_string(),
+        Err(_) => line.to_string(),
+    };
+    message
+        .strip_prefix(PREFIX)
+        .map(|addr| addr.trim().to_string())
 }
 
 /// A plain HTTP GET to a loopback address (the watcher's metrics port): (status, body).
