@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 use super::{
     DEFAULT_OPERATOR_NAMESPACE, IMAGE_REPOSITORY, MonitorKind, OperatorMode, OperatorOptions,
-    aggregated_roles, crd_yaml, default_resources, operator, pod_policy, to_yaml_documents,
+    aggregated_roles, crd_yaml, crds_yaml, default_resources, hsj_crd_yaml, operator, pod_policy,
+    to_yaml_documents,
 };
 
 /// The chart's directory, relative to the repository.
@@ -386,6 +387,10 @@ pub fn helm_chart_files() -> Vec<(String, String)> {
             "crds/hotstandbydeployment.yaml",
             format!("# {GENERATED}\n{}", crd_yaml()),
         ),
+        file(
+            "crds/hotstandbyjob.yaml",
+            format!("# {GENERATED}\n{}", hsj_crd_yaml()),
+        ),
         file("templates/_helpers.tpl", HELPERS.to_string()),
         file("templates/kubectl-hsd.yaml", chart_template()),
     ]
@@ -444,7 +449,7 @@ pub fn kustomize_files() -> Vec<(String, String)> {
         ),
         (
             "base/crd.yaml".to_string(),
-            format!("# {GENERATED}\n{}", crd_yaml()),
+            format!("# {GENERATED}\n{}", crds_yaml()),
         ),
         ("base/roles.yaml".to_string(), yaml(aggregated_roles(ns))),
     ];
