@@ -16,6 +16,7 @@ mod get;
 mod install;
 mod mark;
 pub mod output;
+mod proxy;
 mod reconcile;
 mod uninstall;
 
@@ -121,6 +122,9 @@ pub enum Command {
     MarkIdle(MarkArgs),
     /// Run one reconcile pass over the HotStandbyDeployments in scope.
     Reconcile(ReconcileArgs),
+    /// Wake-on-connect TCP proxy: scale a Deployment to zero when idle, back up on a connection
+    /// (Zero Pod Autoscaler compatible).
+    Proxy(crate::proxy::ProxyArgs),
     /// Print a shell completion script.
     Completion {
         #[arg(value_enum)]
@@ -283,5 +287,6 @@ pub async fn run(cli: Cli) -> crate::Result<i32> {
         Command::MarkBusy(args) => mark::mark(&global, args, true).await,
         Command::MarkIdle(args) => mark::mark(&global, args, false).await,
         Command::Reconcile(args) => reconcile::reconcile(&global, args).await,
+        Command::Proxy(args) => proxy::proxy(&global, args).await,
     }
 }

@@ -7,6 +7,7 @@ mod operator;
 mod policy;
 mod rbac;
 
+pub(crate) use operator::{container_security_context, downward_api_env, pod_security_context};
 pub use operator::{cronjob_active_deadline_seconds, operator};
 pub use policy::{pod_policy, pod_policy_name};
 pub use rbac::{lease_rules, reconcile_rules};
