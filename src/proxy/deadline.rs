@@ -11,10 +11,11 @@
 //!   last activity plus the TTL have passed, and only through a write conditioned on the
 //!   resourceVersion it decided on. If another replica moved the deadline meanwhile, the write
 //!   fails with a conflict and the decision is made again on the new state.
-//! - A connection is forwarded at once only while the deadline is more than a guard (half the
+//! - A connection is forwarded at once only while the deadline is more than a guard (a quarter
 //!   TTL, at most 5 s) away; otherwise it waits for an extension to be written first. So no
 //!   replica can decide to scale down an app that another replica is forwarding to (clock skew
-//!   between replicas below the guard).
+//!   between replicas below the guard). Busy replicas extend at half the TTL, before the guard
+//!   is reached, so connections of a busy app never wait for a write.
 
 use std::time::Duration;
 
@@ -43,7 +44,7 @@ pub fn format_deadline(deadline: Timestamp) -> String {
 
 /// How close to the deadline a connection may still be forwarded without an extension first.
 pub fn guard(ttl: Duration) -> Duration {
-    (ttl / 2).min(Duration::from_secs(5))
+    (ttl / 4).min(Duration::from_secs(5))
 }
 
 /// The Deployment as the scaler last saw it.
@@ -225,8 +226,8 @@ mod tests {
     }
 
     #[test]
-    fn the_guard_is_half_the_ttl_up_to_5_seconds() {
-        assert_eq!(guard(Duration::from_secs(2)), Duration::from_secs(1));
+    fn the_guard_is_a_quarter_ttl_up_to_5_seconds() {
+        assert_eq!(guard(Duration::from_secs(2)), Duration::from_millis(500));
         assert_eq!(guard(Duration::from_secs(3600)), Duration::from_secs(5));
     }
 

@@ -175,6 +175,9 @@ async fn hold(client: &TcpStream, shared: &Shared, accepted: Instant) -> Option<
         }
         Err(outcome) => {
             shared.metrics.hold_ended(outcome, waited);
+            if outcome == HoldOutcome::NotAllowed {
+                shared.metrics.refused_not_allowed();
+            }
             tracing::debug!(?outcome, ?waited, "closed a held connection");
             None
         }
@@ -182,8 +185,8 @@ async fn hold(client: &TcpStream, shared: &Shared, accepted: Instant) -> Option<
 }
 
 /// Resolves when the client has gone: it closed without sending anything, or reset. A client
-/// that sends data while held keeps it queued in the socket (it is forwarded later); one that
-/// sent data and then closed its side may await an answer, so it stays held.
+/// that sends data while held keeps it queued in the socket (it is forwarded later), and one that
+/// sent data and then closed its side may await an answer (a half-close): both stay held.
 async fn client_gone(client: &TcpStream) {
     loop {
         let Ok(ready) = client.ready(Interest::READABLE).await else {
@@ -196,10 +199,9 @@ async fn client_gone(client: &TcpStream) {
                 Ok(_) => return std::future::pending().await,
             }
         }
-        // Data arrived: leave it queued and wait for the next event.
-        let _ = client.try_io(Interest::READABLE, || {
-            Err::<(), _>(io::Error::from(io::ErrorKind::WouldBlock))
-        });
+        // Data arrived. Its readiness must stay set for the forward to read it, so a reset is
+        // only noticed on a slow re-check.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -124,6 +124,12 @@ pub fn render(
     let probe = |path: &str| json!({"httpGet": {"path": path, "port": "admin"}, "periodSeconds": 10, "timeoutSeconds": 2});
     // Kubernetes waits this long after SIGTERM before it kills the pod: the drain, and a margin.
     let grace = config.drain_timeout.as_secs().saturating_add(10);
+    let mut security_context = pod_security_context();
+    if config.address.port < 1024 || admin_port < 1024 {
+        // A non-root process may bind a port below 1024 only with this (safe, namespaced) sysctl.
+        security_context["sysctls"] =
+            json!([{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]);
+    }
     Ok(vec![
         json!({
             "apiVersion": "v1", "kind": "ServiceAccount",
@@ -150,7 +156,7 @@ pub fn render(
                     "metadata": {"labels": labels},
                     "spec": {
                         "serviceAccountName": name,
-                        "securityContext": pod_security_context(),
+                        "securityContext": security_context,
                         "terminationGracePeriodSeconds": grace,
                         "containers": [{
                             "name": "proxy",

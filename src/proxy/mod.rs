@@ -201,7 +201,7 @@ pub async fn run(
     let admin = metrics::serve(admin_listener, metrics.clone(), stop.clone());
     eprintln!("serving /metrics, /healthz and /readyz on {admin_bound}");
     eprintln!(
-        "proxy listening on {bound}: Deployment {namespace}/{name}, readiness of {endpoints}, forwarding to {route}"
+        "proxy listening on {bound} for Deployment {namespace}/{name} (readiness of {endpoints}, forwarding to {route})"
     );
 
     let guard = deadline::guard(config.ttl);

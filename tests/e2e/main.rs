@@ -9,6 +9,7 @@ mod common;
 mod core;
 mod drain;
 mod http_probe;
+mod proxy;
 mod security;
 mod sharding;
 mod watch;
