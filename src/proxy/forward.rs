@@ -44,9 +44,12 @@ impl Shared {
 pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     let mut pause = Duration::from_millis(5);
     let mut errors = ErrorLog::new("accepting a connection");
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
     loop {
         let accepted = tokio::select! {
-            _ = stop.cancelled() => return,
+            biased;
+            _ = &mut stopped => return,
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -59,7 +62,7 @@ pub async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cance
                 shared.metrics.accept_errors.inc();
                 errors.failed(&error);
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = &mut stopped => return,
                     _ = tokio::time::sleep(pause) => {}
                 }
                 pause = (pause * 2).min(Duration::from_secs(1));
@@ -86,9 +89,10 @@ async fn handle(client: TcpStream, shared: Arc<Shared>) {
                 None
             }
             // Ready, yet refusing (a pod still starting, or just replaced): hold and retry.
-            Err(_) => hold(&client, &shared, accepted).await,
+            Err(_) => Box::pin(hold(&client, &shared, accepted)).await,
         },
-        None => hold(&client, &shared, accepted).await,
+        // Boxed: the hold's state is allocated only for connections that wait.
+        None => Box::pin(hold(&client, &shared, accepted)).await,
     };
     let Some(mut upstream) = upstream else {
         return;

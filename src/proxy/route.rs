@@ -28,7 +28,8 @@ pub enum Route {
 pub struct TargetRoute {
     host: String,
     port: u16,
-    literal: Option<IpAddr>,
+    /// The target when it is an IP address: nothing to resolve.
+    literal: Option<Arc<[SocketAddr]>>,
     resolved: std::sync::Mutex<Option<(Instant, Arc<[SocketAddr]>)>>,
 }
 
@@ -38,7 +39,10 @@ impl Route {
         Ok(Route::Target(TargetRoute {
             host: host.to_string(),
             port,
-            literal: host.parse().ok(),
+            literal: host
+                .parse::<IpAddr>()
+                .ok()
+                .map(|ip| Arc::from([SocketAddr::new(ip, port)])),
             resolved: std::sync::Mutex::new(None),
         }))
     }
@@ -80,8 +84,8 @@ impl std::fmt::Display for Route {
 
 impl TargetRoute {
     async fn resolve(&self) -> Result<Arc<[SocketAddr]>, DialFailure> {
-        if let Some(ip) = self.literal {
-            return Ok(Arc::from([SocketAddr::new(ip, self.port)]));
+        if let Some(literal) = &self.literal {
+            return Ok(literal.clone());
         }
         if let Some((at, addresses)) = &*self.resolved.lock().unwrap_or_else(|e| e.into_inner())
             && at.elapsed() < RESOLVE_TTL

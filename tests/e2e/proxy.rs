@@ -87,7 +87,7 @@ async fn sleeps_after_the_ttl_and_wakes_on_connect() {
             .await,
         Some(1.0)
     );
-    // Held connections count as activity: the app stays up while this one is open.
+    // An open connection keeps the app up, however long past the TTL.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(crate::common::replicas(&ns, "app").await, Some(1));
     echo(&mut client, b"still", SHORT).await.unwrap();
