@@ -1,7 +1,8 @@
 //! Where a new connection goes, and the one dial function every route uses. ZPA mode sends
 //! every connection to `--target` (usually the Service); another mode can choose a pod per
 //! connection from the ready endpoints by adding a `Route` variant. Whatever the route, every
-//! address is checked against `--allow-dial-cidr` before any connection attempt.
+//! address is checked against `--allow-dial-cidr` (and `HSD_DIAL_ALLOW_CIDRS`, the limit of every
+//! dial of the process) before any connection attempt.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -132,7 +133,10 @@ impl Dialer {
         };
         let mut failure = DialFailure::NotAllowed;
         for destination in destinations.iter() {
-            if !self.allow.allows(destination.ip()) {
+            // --allow-dial-cidr, and the process-wide HSD_DIAL_ALLOW_CIDRS the probes honour too.
+            if !self.allow.allows(destination.ip())
+                || !crate::observe::probe::may_dial(destination.ip())
+            {
                 self.metrics.dial_failed(DialFailure::NotAllowed);
                 if !WARNED_NOT_ALLOWED.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
