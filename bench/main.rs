@@ -363,7 +363,7 @@ async fn benchmark(options: &Options, cluster: &Cluster, results: &mut Value) ->
         "Reaction: each event flips one pod's paia.tech/busy annotation (merge PATCH); the latency runs from the PATCH's response to this benchmark's own Deployment watch delivering the new spec.replicas. Flips alternate busy/idle per HSD (replicas 20 <-> 21), one at a time, each waited for. The floor (in-process kube-rs client on its own runtime thread) watches all pods and merge-PATCHes spec.replicas to idleTarget + busy on each change; it ran first, then the product's watcher (`reconcile --watch -A --leader-elect=false`), on the same pods.",
         "One-shot pass: `/usr/bin/time -v kubectl-hsd reconcile -A --stats` after a converging pass and a settled cluster; seconds = process wall time (median of the repetitions), pass_seconds = the --stats time, cpu_seconds = the process's user + system CPU (the rest of the wall time is waiting for the API server), requests/noop_writes from --stats, peak RSS from /usr/bin/time. HSDs are spread over 10 namespaces.",
         "Watch memory: VmRSS of `reconcile --watch -A` once /readyz answers 200 and every HSD has been reconciled (one hsd_desired_replicas series each), 5 s later.",
-        "Proxy: `kubectl hsd proxy` (release binary, --ttl 1h, --max-held 20000) and the floor (a minimal tokio proxy: accept, connect, TCP_NODELAY, copy_bidirectional; this benchmark binary run again as a process of its own) forward to the same loopback upstream (a runtime thread of the benchmark: echo, or a sink that answers the byte count); direct is the client to the upstream without a proxy. Round trips: 64-byte ping-pong on one connection per round; connection rate: connect, 1 byte each way, close, 16 at a time; throughput: one connection sending to the sink; all interleaved in rounds (direct, floor, product). Idle forwarded: connections that each exchanged one byte, kept open, VmRSS after 1 s. Held: connections to the product while its app's only endpoint is not ready, VmRSS once /metrics counts them all. Warm API requests: the product's hsd_proxy_api_requests_total over the round-trip and connection-rate phases, after a first connection wrote the scale-down deadline.",
+        "Proxy: `kubectl hsd proxy` (release binary, --ttl 1h, --max-held 20000) and the floor (a minimal tokio proxy: accept, connect, TCP_NODELAY, copy_bidirectional; this benchmark binary run again as a process of its own) forward to the same loopback upstream (a runtime thread of the benchmark: echo, or a sink that answers the byte count); direct is the client to the upstream without a proxy. Round trips: 64-byte ping-pong on one connection per round; connection rate: connect, 1 byte each way, close, 16 at a time; throughput: one connection sending to the sink; all interleaved in rounds (direct, floor, product). Idle forwarded: connections that each exchanged one byte, kept open, VmRSS after 1 s. Held: connections to the product while its app's only endpoint is not ready, VmRSS once /metrics counts them all. Warm API requests: the product's hsd_proxy_api_requests_total over the round-trip and connection-rate phases, after a first connection wrote the scale-down deadline. Wake (last, alternating): the floor merge-PATCHes the app from 0 to 1 replica and watches its pods until one is Ready; the product's figure runs from a client's connect to the proxy, the app at 0, to the first byte back through the woken app. No EndpointSlice controller runs (loopback pod IPs), so the benchmark writes the slice's TEST-NET endpoint ready when its pod watch sees a Ready pod; that write is in the product's figure only.",
         "Probes: per_second is kubectl_hsd::observe::probe::Prober::probe_all at the default concurrency against one real HTTP server per pod IP (half 200, half 503), median of 5 rounds; pass_per_second is pods probed / --stats seconds of a one-shot pass over the HTTP-mode HSDs; slow_server_extra_ms is how much later the other servers were all answered when the first one never answers (1 s timeout) than in the baseline round just before, median of 3 such pairs.",
     ]);
     if options.runs("probes") {
@@ -881,6 +881,33 @@ fn goals(results: &Value) -> Vec<Goal> {
                 x["held"]["per_connection_kib"]
             ),
             met: Some(rss <= goal),
+        });
+    }
+    for (figure, name) in [
+        ("connection_rate", "proxy: connection rate"),
+        ("throughput", "proxy: throughput"),
+    ] {
+        if let Some(ratio) = x[figure]["ratio"].as_f64() {
+            goals.push(Goal {
+                name: name.into(),
+                target: ">= 95% of the floor".into(),
+                value: format!("{:.0}% of the floor", ratio * 100.0),
+                met: Some(ratio >= 0.95),
+            });
+        }
+    }
+    if let (Some(product), Some(floor)) = (
+        x["wake"]["product_p99_ms"].as_f64(),
+        x["wake"]["floor_p99_ms"].as_f64(),
+    ) {
+        goals.push(Goal {
+            name: format!("proxy: wake p99 ({} cold starts)", x["wake"]["samples"]),
+            target: "<= 1.5x the floor (scale PATCH, watch until a pod is Ready)".into(),
+            value: format!(
+                "{product:.0} ms, {:.2}x the floor ({floor:.0} ms)",
+                product / floor
+            ),
+            met: Some(product <= 1.5 * floor),
         });
     }
     if let Some(requests) = x["warm_api_requests"]["requests"].as_f64() {

@@ -7,17 +7,24 @@
 //! Measured side by side: round trips (64-byte ping-pong), connection rate, throughput, memory
 //! with idle forwarded connections, the product's memory with 10,000 held connections, and the
 //! product's API requests per connection on the warm path.
+//!
+//! Wake: a cold start through the product (client connect to the first byte back, the app at zero)
+//! next to the floor measured in the same run (a scale PATCH, then a pod watch until a pod is
+//! Ready). The cluster runs no EndpointSlice controller (pod IPs are loopback, which slices
+//! refuse), so the benchmark plays its part: it watches the app's pods and, once one is Ready,
+//! writes the slice's TEST-NET endpoint ready. That write and its watch event are in the
+//! product's figure and not in the floor's.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, stream};
+use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Patch, PatchParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -44,6 +51,7 @@ pub struct Sizes {
     throughput_bytes: usize,
     idle_forwarded: usize,
     held: usize,
+    wakes: usize,
 }
 
 pub fn sizes(quick: bool) -> Sizes {
@@ -55,6 +63,7 @@ pub fn sizes(quick: bool) -> Sizes {
         throughput_bytes: if quick { 128 << 20 } else { 512 << 20 },
         idle_forwarded: 5_000,
         held: 10_000,
+        wakes: if quick { 8 } else { 30 },
     }
 }
 
@@ -353,6 +362,119 @@ async fn set_ready(client: &Client, ready: bool) -> Res<()> {
     Ok(())
 }
 
+/// Scales the app to `replicas` (a merge patch, as the proxy writes it).
+async fn scale(client: &Client, replicas: i32) -> Res<()> {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    deployments
+        .patch(
+            APP,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .ctx("scaling the proxied Deployment")?;
+    Ok(())
+}
+
+fn pod_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Puts the app to sleep: slice not ready, zero replicas, no pod left, and the proxy has seen
+/// it all. Returns the pod list's resourceVersion, to watch from.
+async fn put_to_sleep(client: &Client, proxy: &Process) -> Res<String> {
+    set_ready(client, false).await?;
+    scale(client, 0).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let params = ListParams::default().labels(&format!("app={APP}"));
+    let resource_version = wait_for(
+        "the app's pods to be gone",
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+        || async {
+            let list = pods.list(&params).await.ctx("listing the app's pods")?;
+            Ok(list
+                .items
+                .is_empty()
+                .then(|| list.metadata.resource_version.unwrap_or_default()))
+        },
+    )
+    .await?;
+    wait_for(
+        "the proxy to see the app asleep",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || async {
+            let replicas = proxy.metric("hsd_proxy_replicas").await?;
+            let ready = proxy.metric("hsd_proxy_endpoints{state=\"ready\"}").await?;
+            Ok((replicas == 0.0 && ready == 0.0).then_some(()))
+        },
+    )
+    .await?;
+    Ok(resource_version)
+}
+
+/// Waits, on a watch from `resource_version`, until one of the app's pods is Ready.
+async fn until_pod_ready(client: &Client, resource_version: &str) -> Res<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let params = WatchParams::default()
+        .labels(&format!("app={APP}"))
+        .timeout(120);
+    let mut events = pods
+        .watch(&params, resource_version)
+        .await
+        .ctx("watching the app's pods")?
+        .boxed();
+    while let Some(event) = events.try_next().await.ctx("the app's pod watch")? {
+        match event {
+            WatchEvent::Added(pod) | WatchEvent::Modified(pod) if pod_ready(&pod) => return Ok(()),
+            WatchEvent::Error(error) => return Err(format!("the app's pod watch: {error}")),
+            _ => {}
+        }
+    }
+    Err("the app's pod watch ended before a pod was Ready".into())
+}
+
+/// Cold starts, in milliseconds, alternating: the floor (scale PATCH, then a pod watch until a
+/// pod is Ready) and the product (connect through the proxy, one byte each way).
+async fn wakes(client: &Client, proxy: &Process, samples: usize) -> Res<[Vec<f64>; 2]> {
+    let mut times: [Vec<f64>; 2] = Default::default();
+    for _ in 0..samples {
+        // The floor.
+        let resource_version = put_to_sleep(client, proxy).await?;
+        let started = Instant::now();
+        scale(client, 1).await?;
+        until_pod_ready(client, &resource_version).await?;
+        times[0].push(started.elapsed().as_secs_f64() * 1e3);
+        // The product, with the benchmark in the EndpointSlice controller's place.
+        let resource_version = put_to_sleep(client, proxy).await?;
+        let mirror = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                until_pod_ready(&client, &resource_version).await?;
+                set_ready(&client, true).await
+            })
+        };
+        let started = Instant::now();
+        let mut stream = connect(proxy.addr, ECHO).await?;
+        stream.write_all(&[1]).await.ctx("the first byte")?;
+        let mut byte = [0u8; 1];
+        stream
+            .read_exact(&mut byte)
+            .await
+            .ctx("the first byte back from the woken app")?;
+        times[1].push(started.elapsed().as_secs_f64() * 1e3);
+        drop(stream);
+        mirror.await.ctx("the endpoint mirror")??;
+    }
+    Ok(times)
+}
+
 async fn connect(addr: SocketAddr, mode: u8) -> Res<TcpStream> {
     let mut stream = TcpStream::connect(addr)
         .await
@@ -592,6 +714,15 @@ pub async fn measure(quick: bool, client: &Client, product: &Product, work: &Pat
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
+    // Cold starts, last: they put the app to sleep.
+    let wake = wakes(client, &proxy, sizes.wakes).await?;
+    say(format!(
+        "proxy: wake p99 floor {:.0} ms / product {:.0} ms",
+        percentile(&wake[0], 99.0),
+        percentile(&wake[1], 99.0)
+    ));
+    scale(client, 1).await?;
+
     let log = std::fs::read_to_string(&proxy.log).unwrap_or_default();
     if log.contains("panicked") {
         return Err(format!("the proxy panicked:\n{}", tail(&log, 20)));
@@ -646,6 +777,14 @@ pub async fn measure(quick: bool, client: &Client, product: &Product, work: &Pat
             "connections": warm_connections,
             "requests": api_after - api_before,
             "per_connection": if warm_connections > 0.0 { (api_after - api_before) / warm_connections } else { f64::NAN },
+        },
+        "wake": {
+            "samples": wake[0].len(),
+            "floor_p50_ms": round(percentile(&wake[0], 50.0), 1),
+            "floor_p99_ms": round(percentile(&wake[0], 99.0), 1),
+            "product_p50_ms": round(percentile(&wake[1], 50.0), 1),
+            "product_p99_ms": round(percentile(&wake[1], 99.0), 1),
+            "ratio_p99": round(percentile(&wake[1], 99.0) / percentile(&wake[0], 99.0), 2),
         },
         "rounds": sizes.rounds,
     }))
