@@ -10,7 +10,10 @@
 //!    peak RSS) at 100, 1,000, 10,000 and 20,000 pods;
 //! 3. watch-mode memory after sync at the largest size;
 //! 4. HTTP probe throughput against servers bound on the pods' loopback IPs, and the delay one
-//!    never-answering server adds to the others.
+//!    never-answering server adds to the others;
+//! 5. `kubectl hsd proxy` next to a minimal tokio proxy (the floor): round trips, connection
+//!    rate, throughput, memory with idle and with 10,000 held connections, API requests per
+//!    connection on the warm path.
 //!
 //! Results: a table on stdout, bench/results/latest.{json,md}. See bench/README.md.
 
@@ -20,6 +23,7 @@ mod hsj;
 mod populate;
 mod probes;
 mod product;
+mod proxy;
 mod reaction;
 mod report;
 mod util;
@@ -46,7 +50,7 @@ const USAGE: &str =
   --probe-pods      pods with an HTTP server for the probe measurement
   --kubeconfig      use this running cluster instead of starting one (it must be empty)
   --keep-cluster    leave the benchmark's cluster running at the end
-  --only LIST       run only these measurements: reaction,pass,watch,probes,hsj
+  --only LIST       run only these measurements: reaction,pass,watch,probes,hsj,proxy
   --out             results directory (default bench/results)";
 
 #[derive(Clone, Debug)]
@@ -61,7 +65,7 @@ struct Options {
     kubeconfig: Option<PathBuf>,
     keep_cluster: bool,
     out: PathBuf,
-    /// Measurements to run (all when empty): reaction, pass, watch, probes.
+    /// Measurements to run (all when empty): reaction, pass, watch, probes, proxy.
     only: Vec<String>,
 }
 
@@ -127,11 +131,9 @@ fn parse_options(args: &[String]) -> Res<Options> {
             "--only" => {
                 let value = iter.next().ok_or("--only needs a list")?;
                 options.only = value.split(',').map(|s| s.trim().to_string()).collect();
-                if let Some(bad) = options
-                    .only
-                    .iter()
-                    .find(|o| !["reaction", "pass", "watch", "probes", "hsj"].contains(&o.as_str()))
-                {
+                if let Some(bad) = options.only.iter().find(|o| {
+                    !["reaction", "pass", "watch", "probes", "hsj", "proxy"].contains(&o.as_str())
+                }) {
                     return Err(format!("--only: unknown measurement {bad}"));
                 }
             }
@@ -148,6 +150,10 @@ fn repo_root() -> PathBuf {
 }
 
 fn main() {
+    // The proxy measurement runs this binary again as its floor proxy.
+    if let Ok(target) = std::env::var(proxy::FLOOR_ENV) {
+        proxy::floor_main(target);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it, and
     // must not start a cluster and a long benchmark.
@@ -316,6 +322,11 @@ async fn benchmark(options: &Options, cluster: &Cluster, results: &mut Value) ->
         options.pass_pods, options.reaction_hsds, options.events, options.probe_pods
     ));
 
+    // First, while the cluster is quiet: the proxy needs only one Deployment.
+    if options.runs("proxy") {
+        results["proxy"] = proxy::measure(options.quick, &client, &product, &work).await?;
+    }
+
     product.run(&["install"], Duration::from_secs(120)).await?;
     let namespaces: Vec<String> = (0..layout.namespaces)
         .map(|i| layout.namespace(i))
@@ -354,6 +365,7 @@ async fn benchmark(options: &Options, cluster: &Cluster, results: &mut Value) ->
         "Reaction: each event flips one pod's paia.tech/busy annotation (merge PATCH); the latency runs from the PATCH's response to this benchmark's own Deployment watch delivering the new spec.replicas. Flips alternate busy/idle per HSD (replicas 20 <-> 21), one at a time, each waited for. The floor (in-process kube-rs client on its own runtime thread) watches all pods and merge-PATCHes spec.replicas to idleTarget + busy on each change; it ran first, then the product's watcher (`reconcile --watch -A --leader-elect=false`), on the same pods.",
         "One-shot pass: `/usr/bin/time -v kubectl-hsd reconcile -A --stats` after a converging pass and a settled cluster; seconds = process wall time (median of the repetitions), pass_seconds = the --stats time, cpu_seconds = the process's user + system CPU (the rest of the wall time is waiting for the API server), requests/noop_writes from --stats, peak RSS from /usr/bin/time. HSDs are spread over 10 namespaces.",
         "Watch memory: VmRSS of `reconcile --watch -A` once /readyz answers 200 and every HSD has been reconciled (one hsd_desired_replicas series each), 5 s later.",
+        "Proxy: `kubectl hsd proxy` (release binary, --ttl 1h, --max-held 20000) and the floor (a minimal tokio proxy: accept, connect, TCP_NODELAY, copy_bidirectional; this benchmark binary run again as a process of its own) forward to the same loopback upstream (a runtime thread of the benchmark: echo, or a sink that answers the byte count); direct is the client to the upstream without a proxy. Round trips: 64-byte ping-pong on one connection per round; connection rate: connect, 1 byte each way, close, 16 at a time; throughput: one connection sending to the sink; all interleaved in rounds (direct, floor, product). Idle forwarded: connections that each exchanged one byte, kept open, VmRSS after 1 s. Held: connections to the product while its app's only endpoint is not ready, VmRSS once /metrics counts them all. Warm API requests: the product's hsd_proxy_api_requests_total over the round-trip and connection-rate phases, after a first connection wrote the scale-down deadline. Wake (last, alternating): the floor merge-PATCHes the app from 0 to 1 replica and watches its pods until one is Ready; the product's figure runs from a client's connect to the proxy, the app at 0, to the first byte back through the woken app. No EndpointSlice controller runs (loopback pod IPs), so the benchmark writes the slice's TEST-NET endpoint ready when its pod watch sees a Ready pod; that write is in the product's figure only.",
         "Probes: per_second is kubectl_hsd::observe::probe::Prober::probe_all at the default concurrency against one real HTTP server per pod IP (half 200, half 503), median of 5 rounds; pass_per_second is pods probed / --stats seconds of a one-shot pass over the HTTP-mode HSDs; slow_server_extra_ms is how much later the other servers were all answered when the first one never answers (1 s timeout) than in the baseline round just before, median of 3 such pairs.",
     ]);
     if options.runs("probes") {
@@ -850,6 +862,70 @@ fn goals(results: &Value) -> Vec<Goal> {
                 format!("{rss:.1} MB, but not synced within the deadline")
             },
             met: (pods >= 20_000).then_some(rss <= 200.0 && synced),
+        });
+    }
+    let x = &results["proxy"];
+    if let (Some(added), Some(floor)) = (
+        x["round_trip"]["added_p99_us"].as_f64(),
+        x["round_trip"]["floor_p99_us"].as_f64(),
+    ) {
+        goals.push(Goal {
+            name: "proxy: added round trip p99".into(),
+            target: "<= +50 us over the floor".into(),
+            value: format!("{added:+.1} us (floor p99 {floor:.1} us)"),
+            met: Some(added <= 50.0),
+        });
+    }
+    if let (Some(rss), Some(goal)) = (x["held"]["rss_mb"].as_f64(), x["held"]["goal_mb"].as_f64()) {
+        goals.push(Goal {
+            name: format!(
+                "proxy: RSS with {} held connections",
+                x["held"]["connections"]
+            ),
+            target: "<= 50 MB + 32 KiB per connection".into(),
+            value: format!(
+                "{rss:.1} MB ({} KiB each; goal {goal:.1} MB)",
+                x["held"]["per_connection_kib"]
+            ),
+            met: Some(rss <= goal),
+        });
+    }
+    for (figure, name) in [
+        ("connection_rate", "proxy: connection rate"),
+        ("throughput", "proxy: throughput"),
+    ] {
+        if let Some(ratio) = x[figure]["ratio"].as_f64() {
+            goals.push(Goal {
+                name: name.into(),
+                target: ">= 95% of the floor".into(),
+                value: format!("{:.0}% of the floor", ratio * 100.0),
+                met: Some(ratio >= 0.95),
+            });
+        }
+    }
+    if let (Some(product), Some(floor)) = (
+        x["wake"]["product_p99_ms"].as_f64(),
+        x["wake"]["floor_p99_ms"].as_f64(),
+    ) {
+        goals.push(Goal {
+            name: format!("proxy: wake p99 ({} cold starts)", x["wake"]["samples"]),
+            target: "<= 1.5x the floor (scale PATCH, watch until a pod is Ready)".into(),
+            value: format!(
+                "{product:.0} ms, {:.2}x the floor ({floor:.0} ms)",
+                product / floor
+            ),
+            met: Some(product <= 1.5 * floor),
+        });
+    }
+    if let Some(requests) = x["warm_api_requests"]["requests"].as_f64() {
+        goals.push(Goal {
+            name: "proxy: API requests per warm connection".into(),
+            target: "0".into(),
+            value: format!(
+                "{requests} for {} connections",
+                x["warm_api_requests"]["connections"]
+            ),
+            met: Some(requests == 0.0),
         });
     }
     let p = &results["probes"];

@@ -86,7 +86,7 @@ impl Product {
         })
     }
 
-    fn command(&self, program: &Path) -> tokio::process::Command {
+    pub fn command(&self, program: &Path) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(program);
         command
             .env("KUBECONFIG", &self.kubeconfig)

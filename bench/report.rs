@@ -166,6 +166,80 @@ fn tables(results: &Value, goals: &[Goal]) -> Vec<(String, Vec<String>, Vec<Vec<
             ],
         ));
     }
+    let x = &results["proxy"];
+    if x.is_object() {
+        let r = &x["round_trip"];
+        let c = &x["connection_rate"];
+        let t = &x["throughput"];
+        let i = &x["idle_forwarded"];
+        let row = |label: &str, who: &str| -> Vec<String> {
+            vec![
+                label.to_string(),
+                fmt(&r[format!("{who}_p50_us")]),
+                fmt(&r[format!("{who}_p99_us")]),
+                fmt(&c[format!("{who}_per_second")]),
+                fmt(&t[format!("{who}_mib_s")]),
+                if who == "direct" {
+                    "".into()
+                } else {
+                    format!(
+                        "{} ({} KiB each)",
+                        fmt(&i[who]["rss_mb"]),
+                        fmt(&i[who]["per_connection_kib"])
+                    )
+                },
+            ]
+        };
+        out.push((
+            format!(
+                "Proxy: kubectl hsd proxy vs a minimal tokio proxy ({} round trips of {} bytes, {} connections, {} idle connections)",
+                fmt(&r["samples"]),
+                fmt(&r["bytes"]),
+                fmt(&c["connections"]),
+                fmt(&i["connections"])
+            ),
+            [
+                "",
+                "round trip p50 us",
+                "round trip p99 us",
+                "connections/s",
+                "throughput MiB/s",
+                "VmRSS MB with idle connections",
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec![
+                row("direct (no proxy)", "direct"),
+                row("floor (copy_bidirectional)", "floor"),
+                row("kubectl hsd proxy", "product"),
+            ],
+        ));
+        let h = &x["held"];
+        let w = &x["warm_api_requests"];
+        out.push((
+            "Proxy: held connections and the warm path".into(),
+            [
+                "held connections",
+                "VmRSS before MB",
+                "VmRSS MB",
+                "KiB per held connection",
+                "goal MB",
+                "warm connections",
+                "API requests",
+            ]
+            .map(String::from)
+            .to_vec(),
+            vec![vec![
+                fmt(&h["connections"]),
+                fmt(&h["rss_before_mb"]),
+                fmt(&h["rss_mb"]),
+                fmt(&h["per_connection_kib"]),
+                fmt(&h["goal_mb"]),
+                fmt(&w["connections"]),
+                fmt(&w["requests"]),
+            ]],
+        ));
+    }
     out.push((
         "Goals".into(),
         ["goal", "target", "measured", ""]

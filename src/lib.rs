@@ -8,6 +8,7 @@
 //! - [`once`] drives the pipeline once over a scope (the CronJob, `kubectl hsd reconcile`);
 //!   [`watch`] drives it from caches, leader-elected (`reconcile --watch`);
 //! - [`manifests`] renders everything the tool installs; [`cli`] has one file per subcommand.
+//! - [`proxy`] is `kubectl hsd proxy`, the wake-on-connect TCP proxy: a room of its own.
 
 pub mod api;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod notice;
 pub mod observe;
 pub mod once;
 pub mod plan;
+pub mod proxy;
 pub mod watch;
 
 pub use error::{Error, Result};

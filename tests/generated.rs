@@ -390,3 +390,117 @@ fn the_pod_policy_covers_hsd_and_hsj_workers_alike() {
         assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
     }
 }
+
+/// `kubectl hsd proxy --zpa-manifest` for the ZPA README's example (`myapp`, port 80).
+fn proxy_manifest(extra: &[&str]) -> Vec<serde_json::Value> {
+    use clap::Parser;
+    let mut args = vec![
+        "kubectl-hsd",
+        "proxy",
+        "--zpa-manifest",
+        "-n",
+        "apps",
+        "--address",
+        ":80",
+        "--deployment",
+        "myapp",
+        "--target",
+        "myapp:80",
+    ];
+    args.extend(extra);
+    let cli = kubectl_hsd::cli::Cli::try_parse_from(args).unwrap();
+    let kubectl_hsd::cli::Command::Proxy(proxy) = cli.command else {
+        panic!("a proxy command")
+    };
+    let config = proxy.config().unwrap();
+    kubectl_hsd::proxy::manifest::render(&proxy, &config, "apps").unwrap()
+}
+
+#[test]
+fn the_zpa_example_manifest_is_up_to_date() {
+    check(
+        "examples/proxy-zpa.yaml",
+        &format!(
+            "# `kubectl hsd proxy --zpa-manifest -n apps --address :80 --deployment myapp --target myapp:80`:\n\
+             # the objects that replace the Zero Pod Autoscaler example of ZPA's README.\n{}",
+            kubectl_hsd::manifests::to_yaml_documents(&proxy_manifest(&[]))
+        ),
+    );
+}
+
+#[test]
+fn the_proxy_manifest_is_least_privilege_non_root_and_its_args_parse() {
+    use clap::Parser;
+    let documents = proxy_manifest(&["--ttl", "30m", "--allow-dial-cidr", "10.0.0.0/8"]);
+    let kinds: Vec<&str> = documents
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount",
+            "Role",
+            "RoleBinding",
+            "Deployment",
+            "Service"
+        ]
+    );
+    let role = &documents[1];
+    for rule in role["rules"].as_array().unwrap() {
+        let resources: Vec<&str> = rule["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        let verbs: Vec<&str> = rule["verbs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        match resources.as_slice() {
+            ["deployments"] => {
+                assert_eq!(verbs, ["get", "list", "watch", "patch"]);
+                assert_eq!(rule["resourceNames"], serde_json::json!(["myapp"]));
+            }
+            ["endpointslices"] => assert_eq!(verbs, ["list", "watch"]),
+            ["endpoints"] => {
+                assert_eq!(verbs, ["list", "watch"]);
+                assert_eq!(rule["resourceNames"], serde_json::json!(["myapp"]));
+            }
+            other => panic!("unexpected rule for {other:?}"),
+        }
+    }
+    let deployment = &documents[3];
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let container = &pod["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    // The container's arguments are a valid command line with the given flags.
+    let mut args: Vec<String> = vec!["kubectl-hsd".into()];
+    args.extend(
+        container["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string()),
+    );
+    let cli = kubectl_hsd::cli::Cli::try_parse_from(&args).unwrap();
+    assert_eq!(cli.global.namespace.as_deref(), Some("apps"));
+    let kubectl_hsd::cli::Command::Proxy(proxy) = cli.command else {
+        panic!("a proxy command")
+    };
+    assert_eq!(proxy.ttl, std::time::Duration::from_secs(1800));
+    assert_eq!(proxy.address, ":80");
+    assert_eq!(proxy.allow_dial_cidr.len(), 1);
+    assert!(!proxy.zpa_manifest);
+    // The Service sends clients to the proxy's port.
+    let service = &documents[4];
+    assert_eq!(service["spec"]["ports"][0]["port"], 80);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], "proxy");
+}

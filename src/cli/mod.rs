@@ -19,6 +19,7 @@ pub mod jsonpath;
 pub(crate) mod mark;
 pub mod output;
 mod probe;
+mod proxy;
 mod reconcile;
 mod rollout;
 mod uninstall;
@@ -220,6 +221,9 @@ pub enum Command {
         #[command(subcommand)]
         command: RolloutCommand,
     },
+    /// Wake-on-connect TCP proxy: scale a Deployment to zero when idle, back up on a connection
+    /// (Zero Pod Autoscaler compatible).
+    Proxy(crate::proxy::ProxyArgs),
     /// Print a shell completion script (bash, zsh, fish, powershell, elvish). It completes
     /// subcommands, flags, HotStandbyDeployment names, pods and namespaces from the cluster.
     Completion {
@@ -527,5 +531,6 @@ pub async fn run(cli: Cli) -> crate::Result<i32> {
         Command::Probe(args) => probe::probe(&global, &args.pod).await,
         Command::Reconcile(args) => reconcile::reconcile(&global, args).await,
         Command::Rollout { command } => rollout::rollout(&global, command).await,
+        Command::Proxy(args) => proxy::proxy(&global, args).await,
     }
 }

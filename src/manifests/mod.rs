@@ -12,6 +12,7 @@ pub use operator::{
     METRICS_PORT, cronjob_active_deadline_seconds, default_resources, metrics_service_name,
     operator,
 };
+pub(crate) use operator::{container_security_context, downward_api_env, pod_security_context};
 pub use policy::{hsj_pod_policy_name, pod_policy, pod_policy_name};
 pub use rbac::{aggregated_roles, lease_rules, reconcile_rules, user_role_name};
 

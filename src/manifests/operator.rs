@@ -167,7 +167,7 @@ fn scope_args<S: AsRef<str>>(options: &OperatorOptions, args: &[S]) -> Value {
     json!(all)
 }
 
-fn pod_security_context() -> Value {
+pub(crate) fn pod_security_context() -> Value {
     json!({
         "runAsNonRoot": true,
         "runAsUser": RUN_AS,
@@ -176,7 +176,7 @@ fn pod_security_context() -> Value {
     })
 }
 
-fn container_security_context() -> Value {
+pub(crate) fn container_security_context() -> Value {
     json!({
         "allowPrivilegeEscalation": false,
         "readOnlyRootFilesystem": true,
@@ -228,7 +228,7 @@ fn cronjob(options: &OperatorOptions) -> Value {
     })
 }
 
-fn downward_api_env() -> Value {
+pub(crate) fn downward_api_env() -> Value {
     json!([
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},

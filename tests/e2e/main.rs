@@ -12,6 +12,7 @@ mod drain;
 mod hsj;
 mod http_probe;
 mod install_paths;
+mod proxy;
 mod security;
 mod sharding;
 mod watch;

@@ -15,7 +15,7 @@ use crate::common::{TestNs, ensure_crd, hsd_ok, is_ready, kubeconfig, wait_for};
 use crate::core::{create_hsd, example, replicas};
 
 /// A kubeconfig for the test cluster that authenticates with `token`.
-pub(crate) fn token_kubeconfig(ns: &TestNs, name: &str, token: &str) -> PathBuf {
+pub fn token_kubeconfig(ns: &TestNs, name: &str, token: &str) -> PathBuf {
     let admin: serde_json::Value =
         serde_saphyr::from_str(&std::fs::read_to_string(kubeconfig()).unwrap()).unwrap();
     let cluster = &admin["clusters"][0]["cluster"];
@@ -31,11 +31,7 @@ pub(crate) fn token_kubeconfig(ns: &TestNs, name: &str, token: &str) -> PathBuf 
     path
 }
 
-pub(crate) async fn token_for(
-    ns: &TestNs,
-    service_account: &str,
-    bound_pod: Option<&Pod>,
-) -> String {
+pub async fn token_for(ns: &TestNs, service_account: &str, bound_pod: Option<&Pod>) -> String {
     let accounts: Api<ServiceAccount> = ns.api();
     let request = TokenRequest {
         spec: TokenRequestSpec {

@@ -1,7 +1,8 @@
 //! Faults survived, against the real local control plane: the API server and etcd stopped and
 //! restarted under a watcher and under one-shot passes, a reconciler killed mid-pass, another
-//! writer changing the Deployment, an HSD deleted during a pass. Each asserts the final state,
-//! that no busy pod was deleted, and that nothing crashed.
+//! writer changing the Deployment, an HSD deleted during a pass, proxy connections held across an
+//! API server restart. Each asserts the final state, that no busy pod was deleted, and that
+//! nothing crashed.
 //!
 //! A test binary of its own: these tests stop the API server, so they run one at a time, after
 //! (never beside) the other integration tests.
@@ -9,6 +10,7 @@
 #[path = "../e2e/common/mod.rs"]
 mod common;
 mod failover;
+mod proxy;
 
 use std::path::PathBuf;
 use std::process::Command;
