@@ -6,6 +6,7 @@
 //! (the scale-down delay), [`protect`] (deletion costs and what holds a scale-down) and
 //! [`step`] (how far one scale-down may go). `execute` carries the plan out.
 
+pub mod active_standby;
 pub mod conditions;
 pub mod count;
 pub mod drain;
