@@ -62,16 +62,22 @@ pub async fn explain(global: &GlobalArgs, name: &str) -> Result<i32> {
 
 fn render(namespace: &str, name: &str, d: &plan::Decision, paused: bool) -> String {
     let mut text = String::new();
-    let busy = d.busy_by_annotation + d.busy_by_probe + d.busy_by_invalid_annotation;
+    let busy =
+        d.busy_by_annotation + d.busy_by_probe + d.busy_by_invalid_annotation + d.busy_as_master;
     let _ = writeln!(
         text,
         "{namespace}/{name}: {} replicas{}",
         d.replicas,
         if paused { " (paused)" } else { "" }
     );
+    let masters = if d.busy_as_master > 0 {
+        format!(", {} as an active-standby master", d.busy_as_master)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         text,
-        "  busy         {busy} ({} by annotation, {} by HTTP probe, {} by an unreadable annotation)",
+        "  busy         {busy} ({} by annotation, {} by HTTP probe, {} by an unreadable annotation{masters})",
         d.busy_by_annotation, d.busy_by_probe, d.busy_by_invalid_annotation
     );
     let _ = writeln!(

@@ -364,6 +364,7 @@ pub fn pod_facts(pod: &LeanPod, annotation_key: &str) -> ObservedPod {
         phase: PodPhase::parse(status.and_then(|s| s.phase.as_deref())),
         terminating: pod.metadata.deletion_timestamp.is_some(),
         busy_annotation: pod.annotations().get(annotation_key).cloned(),
+        designated_active: crate::plan::active_standby::is_designated(pod.labels()),
         probe: None,
         scheduled: pod.spec.node_name.as_deref().is_some_and(|n| !n.is_empty()),
         deletion_cost: pod

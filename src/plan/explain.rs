@@ -15,6 +15,8 @@ pub struct Decision {
     pub busy_by_probe: i32,
     /// Busy pods whose annotation value is not an accepted spelling (counted as busy).
     pub busy_by_invalid_annotation: i32,
+    /// Busy as the master of an active-standby Service.
+    pub busy_as_master: i32,
     pub unknown: i32,
     pub idle: i32,
     pub starting: i32,
@@ -55,8 +57,10 @@ pub struct Decision {
 
 pub fn explain_steps(decision: &Decision, paused: bool, action: &DeploymentAction) -> Vec<String> {
     let mut why = Vec::new();
-    let busy =
-        decision.busy_by_annotation + decision.busy_by_probe + decision.busy_by_invalid_annotation;
+    let busy = decision.busy_by_annotation
+        + decision.busy_by_probe
+        + decision.busy_by_invalid_annotation
+        + decision.busy_as_master;
     let target = match decision.idle_target_from_percent {
         Some(percent) => format!(
             "idle target {} = max(idleTarget {}, {percent} from idlePercent)",

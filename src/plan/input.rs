@@ -83,6 +83,9 @@ pub struct ObservedPod {
     pub terminating: bool,
     /// The value of the HSD's busy annotation, if the pod has it.
     pub busy_annotation: Option<String>,
+    /// The master of an active-standby Service (it carries `qoqo.dev/pod-designation: active`):
+    /// busy, whatever its annotation or probe says.
+    pub designated_active: bool,
     /// The HTTP probe's fresh answer (http mode, running pods with an IP only).
     pub probe: Option<ProbeOutcome>,
     /// Bound to a node (`spec.nodeName`).

@@ -5,6 +5,9 @@
 //! tests: [`count`] (each pod's state), [`target`] (the formula and its bounds), [`stabilize`]
 //! (the scale-down delay), [`protect`] (deletion costs and what holds a scale-down) and
 //! [`step`] (how far one scale-down may go). `execute` carries the plan out.
+//!
+//! [`active_standby`] is the plan of the other kind, active-standby Services, one namespace at a
+//! time. The two meet in [`count`]: the master of an active-standby Service is busy for its HSD.
 
 pub mod active_standby;
 pub mod conditions;
@@ -161,6 +164,7 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
         busy_by_annotation: counted.busy_by_annotation,
         busy_by_probe: counted.busy_by_probe,
         busy_by_invalid_annotation: counted.busy_by_invalid_annotation,
+        busy_as_master: counted.busy_as_master,
         unknown: counted.counts.unknown,
         idle: counted.counts.idle,
         starting: counted.counts.starting,
