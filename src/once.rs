@@ -1,5 +1,7 @@
 //! One reconcile pass: observe -> plan -> execute (which writes the status last). The one-shot
-//! `reconcile` command and `reconcile --watch` both drive [`reconcile_hsd`].
+//! `reconcile` command and `reconcile --watch` both drive [`reconcile_hsd`]. After the HSDs, a
+//! pass does the same for active-standby Services, one namespace at a time
+//! ([`reconcile_services`]); a master that fails is replaced by the next pass.
 
 use std::time::{Duration, Instant};
 
@@ -7,9 +9,11 @@ use futures::{StreamExt, stream};
 use kube::Client;
 
 use crate::error::{Error, Result};
+use crate::execute::active_standby::NamespaceWritten;
 use crate::execute::{self, Written};
 use crate::observe::probe::{ProbeResult, Prober};
 use crate::observe::{self, Scope};
+use crate::plan::active_standby::NamespacePlan;
 use crate::plan::{self, ObservedHsd, Plan};
 
 /// HSDs executed at once in a pass.
@@ -71,11 +75,22 @@ impl HsdOutcome {
     }
 }
 
+/// What happened to one namespace's active-standby Services in a pass.
+#[derive(Debug)]
+pub struct ServiceOutcome {
+    pub plan: NamespacePlan,
+    pub result: Result<NamespaceWritten>,
+}
+
 /// The outcome of a pass.
 #[derive(Debug, Default)]
 pub struct PassReport {
     pub outcomes: Vec<HsdOutcome>,
     pub probes: Vec<ProbeResult>,
+    /// One per namespace with an active-standby Service (or a label to clean up).
+    pub services: Vec<ServiceOutcome>,
+    /// Why the Services could not be read, if they could not (the HSDs were reconciled).
+    pub services_error: Option<Error>,
     pub elapsed: Duration,
 }
 
@@ -90,8 +105,68 @@ impl PassReport {
             .iter()
             .filter_map(|o| o.result.as_ref().ok())
             .map(Written::count)
-            .sum()
+            .sum::<usize>()
+            + self
+                .services
+                .iter()
+                .filter_map(|o| o.result.as_ref().ok())
+                .map(|w| w.writes + w.events)
+                .sum::<usize>()
     }
+
+    /// The namespaces whose active-standby writes failed.
+    pub fn service_failures(&self) -> impl Iterator<Item = (&ServiceOutcome, &Error)> {
+        self.services
+            .iter()
+            .filter_map(|o| o.result.as_ref().err().map(|e| (o, e)))
+    }
+
+    /// Whether anything failed.
+    pub fn failed(&self) -> bool {
+        self.failures().next().is_some()
+            || self.service_failures().next().is_some()
+            || self.services_error.is_some()
+    }
+}
+
+/// Plans and (unless `dry_run`) carries out the active-standby Services of each namespace. A
+/// namespace's failure never stops the others.
+pub async fn reconcile_services(
+    client: &Client,
+    namespaces: Vec<crate::plan::active_standby::ObservedNamespace>,
+    dry_run: bool,
+    deadline: tokio::time::Instant,
+) -> Vec<ServiceOutcome> {
+    stream::iter(namespaces)
+        .map(|observed| async move {
+            let plan = crate::plan::active_standby::plan(&observed, jiff::Timestamp::now());
+            let result = if dry_run || !plan.writes() && plan.services.iter().all(|s| s.events.is_empty()) {
+                Ok(NamespaceWritten::default())
+            } else {
+                match tokio::time::timeout_at(
+                    deadline,
+                    crate::execute::active_standby::execute(client, &plan),
+                )
+                .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(Error::Timeout(
+                        deadline.saturating_duration_since(tokio::time::Instant::now()),
+                        format!(
+                            "the active-standby writes of namespace {} (the pass deadline passed; the next pass retries)",
+                            plan.namespace
+                        ),
+                    )),
+                }
+            };
+            if let Err(error) = &result {
+                tracing::warn!(namespace = %plan.namespace, %error, "active-standby reconcile failed");
+            }
+            ServiceOutcome { plan, result }
+        })
+        .buffer_unordered(EXECUTE_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
 }
 
 /// Plans and executes one HSD.
@@ -130,6 +205,7 @@ pub async fn run_pass(client: &Client, scope: &Scope, options: &PassOptions) -> 
     let started = Instant::now();
     let (probe_deadline, deadline) = options.deadlines(started);
     let snapshot = observe::read_snapshot(client, scope).await?;
+    let hsd_objects = snapshot.hsds.clone();
     let work: Vec<(
         ObservedHsd,
         Vec<(usize, crate::observe::probe::ProbeTarget)>,
@@ -216,9 +292,20 @@ pub async fn run_pass(client: &Client, scope: &Scope, options: &PassOptions) -> 
         probes.extend(hsd_probes);
     }
     outcomes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    let (mut services, services_error) =
+        match observe::services::read_scope(client, scope, &hsd_objects).await {
+            Ok(namespaces) => (
+                reconcile_services(client, namespaces, options.dry_run, deadline).await,
+                None,
+            ),
+            Err(error) => (Vec::new(), Some(error)),
+        };
+    services.sort_by(|a, b| a.plan.namespace.cmp(&b.plan.namespace));
     Ok(PassReport {
         outcomes,
         probes,
+        services,
+        services_error,
         elapsed: started.elapsed(),
     })
 }

@@ -47,6 +47,15 @@ pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> 
     for (outcome, error) in report.failures() {
         eprintln!("error: {}/{}: {error}", outcome.namespace, outcome.name);
     }
+    for (outcome, error) in report.service_failures() {
+        eprintln!(
+            "error: active-standby Services of namespace {}: {error}",
+            outcome.plan.namespace
+        );
+    }
+    if let Some(error) = &report.services_error {
+        eprintln!("error: active-standby Services: {error}");
+    }
     match global.output {
         Some(OutputFormat::Json) => {
             print!("{}", output::to_json(&report_json(&report, args.dry_run)))
@@ -58,9 +67,25 @@ pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> 
             for outcome in &report.outcomes {
                 println!("hotstandbydeployment.apps.paia.tech/{}", outcome.name);
             }
+            for outcome in &report.services {
+                for service in &outcome.plan.services {
+                    println!("service/{}", service.name);
+                }
+            }
         }
-        _ if report.outcomes.is_empty() => eprintln!("No HotStandbyDeployments found in scope."),
-        _ => print!("{}", summary_table(&report, args.dry_run)),
+        _ => {
+            if report.outcomes.is_empty() {
+                eprintln!("No HotStandbyDeployments found in scope.");
+            } else {
+                print!("{}", summary_table(&report, args.dry_run));
+            }
+            if report.services.iter().any(|o| !o.plan.services.is_empty()) {
+                if !report.outcomes.is_empty() {
+                    println!();
+                }
+                print!("{}", services_table(&report, args.dry_run));
+            }
+        }
     }
     if args.stats {
         eprintln!(
@@ -73,11 +98,7 @@ pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> 
             report.elapsed.as_secs_f64()
         );
     }
-    Ok(if report.failures().next().is_some() {
-        1
-    } else {
-        0
-    })
+    Ok(if report.failed() { 1 } else { 0 })
 }
 
 /// How long a watcher may take to stop after SIGTERM/SIGINT, whatever state the API server is in.
@@ -173,6 +194,47 @@ fn summary_table(report: &PassReport, dry_run: bool) -> String {
     )
 }
 
+/// What a pass did to a Service, in a word or three.
+fn service_action(
+    outcome: &crate::once::ServiceOutcome,
+    service: &crate::plan::active_standby::ServicePlan,
+    dry_run: bool,
+) -> String {
+    let action = &service.decision.action;
+    if outcome.result.is_err() {
+        return "failed".into();
+    }
+    let quiet = action == "keep" || action == "nothing";
+    match (dry_run, quiet) {
+        (_, true) if service.write.is_some() => "record".into(),
+        (_, true) => "unchanged".into(),
+        (true, false) => format!("would {action}"),
+        (false, false) => action.clone(),
+    }
+}
+
+fn services_table(report: &PassReport, dry_run: bool) -> String {
+    let rows = report
+        .services
+        .iter()
+        .flat_map(|o| {
+            o.plan.services.iter().map(move |s| {
+                vec![
+                    o.plan.namespace.clone(),
+                    s.name.clone(),
+                    s.decision.master.clone().unwrap_or_else(|| "<none>".into()),
+                    s.decision.candidates.to_string(),
+                    service_action(o, s, dry_run),
+                ]
+            })
+        })
+        .collect();
+    table(
+        &["NAMESPACE", "SERVICE", "MASTER", "CANDIDATES", "ACTION"],
+        rows,
+    )
+}
+
 fn report_json(report: &PassReport, dry_run: bool) -> serde_json::Value {
     json!({
         "dryRun": dry_run,
@@ -191,5 +253,15 @@ fn report_json(report: &PassReport, dry_run: bool) -> serde_json::Value {
             "events": o.plan.events.iter().map(|e| json!({"reason": e.reason, "note": e.note})).collect::<Vec<_>>(),
             "error": o.result.as_ref().err().map(|e| e.to_string()),
         })).collect::<Vec<_>>(),
+        "services": report.services.iter().flat_map(|o| o.plan.services.iter().map(move |s| json!({
+            "namespace": o.plan.namespace,
+            "name": s.name,
+            "master": s.decision.master,
+            "candidates": s.decision.candidates,
+            "action": service_action(o, s, dry_run),
+            "events": s.events.iter().map(|e| json!({"reason": e.reason, "note": e.note})).collect::<Vec<_>>(),
+            "error": o.result.as_ref().err().map(|e| e.to_string()),
+        }))).collect::<Vec<_>>(),
+        "servicesError": report.services_error.as_ref().map(|e| e.to_string()),
     })
 }

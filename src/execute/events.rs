@@ -1,4 +1,4 @@
-//! Events on the HSD (`events.k8s.io/v1`), best effort.
+//! Events on the HSD and on active-standby Services (`events.k8s.io/v1`), best effort.
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
@@ -19,12 +19,36 @@ use crate::plan::{EventType, ObservedHsd, PlannedEvent};
 /// a second `ScaledUp` would show "from 3 to 5" while the Deployment went from 5 to 7. Every
 /// number this tool publishes must be the one it acted on, so each event is its own object.
 pub async fn publish(client: &Client, hsd: &ObservedHsd, event: &PlannedEvent) -> Result<()> {
+    publish_about(
+        client,
+        &hsd.namespace,
+        ObjectReference {
+            api_version: Some(HotStandbyDeployment::api_version(&()).to_string()),
+            kind: Some(HotStandbyDeployment::kind(&()).to_string()),
+            name: Some(hsd.name.clone()),
+            namespace: Some(hsd.namespace.clone()),
+            uid: Some(hsd.uid.clone()),
+            ..Default::default()
+        },
+        event,
+    )
+    .await
+}
+
+/// Creates one `events.k8s.io/v1` Event about any object of `namespace` (see [`publish`]).
+pub async fn publish_about(
+    client: &Client,
+    namespace: &str,
+    regarding: ObjectReference,
+    event: &PlannedEvent,
+) -> Result<()> {
     let now = jiff::Timestamp::now();
-    let api: Api<Event> = Api::namespaced(client.clone(), &hsd.namespace);
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let object = regarding.name.clone().unwrap_or_default();
     let body = Event {
         metadata: ObjectMeta {
-            name: Some(format!("{}.{:x}", hsd.name, now.as_nanosecond())),
-            namespace: Some(hsd.namespace.clone()),
+            name: Some(format!("{object}.{:x}", now.as_nanosecond())),
+            namespace: Some(namespace.to_string()),
             ..Default::default()
         },
         event_time: Some(MicroTime(now)),
@@ -40,26 +64,16 @@ pub async fn publish(client: &Client, hsd: &ObservedHsd, event: &PlannedEvent) -
         ),
         reporting_controller: Some(REPORTING_CONTROLLER.to_string()),
         reporting_instance: Some(reporting_instance()),
-        regarding: Some(ObjectReference {
-            api_version: Some(HotStandbyDeployment::api_version(&()).to_string()),
-            kind: Some(HotStandbyDeployment::kind(&()).to_string()),
-            name: Some(hsd.name.clone()),
-            namespace: Some(hsd.namespace.clone()),
-            uid: Some(hsd.uid.clone()),
-            ..Default::default()
-        }),
+        regarding: Some(regarding),
         ..Default::default()
     };
     api.create(&PostParams::default(), &body)
         .await
         .map_err(kube_error(
-            format!(
-                "recording event {} on {}/{}",
-                event.reason, hsd.namespace, hsd.name
-            ),
+            format!("recording event {} on {namespace}/{object}", event.reason),
             "create",
             "events.events.k8s.io",
-            Some(&hsd.namespace),
+            Some(namespace),
         ))?;
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 pub mod index;
 pub mod probe;
+pub mod services;
 
 pub use index::Index;
 

@@ -279,6 +279,7 @@ pub struct ServiceDecision {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServicePlan {
     pub name: String,
+    pub uid: String,
     pub resource_version: String,
     pub role: Role,
     pub decision: ServiceDecision,
@@ -584,6 +585,7 @@ pub fn plan(observed: &ObservedNamespace, now: Timestamp) -> NamespacePlan {
             a,
             ServicePlan {
                 name: service.name.clone(),
+                uid: service.uid.clone(),
                 resource_version: service.resource_version.clone(),
                 role: Role::Active,
                 decision,
@@ -640,6 +642,7 @@ pub fn plan(observed: &ObservedNamespace, now: Timestamp) -> NamespacePlan {
         let remove_key = record.selector_added && selector_has_key;
         plans.push(ServicePlan {
             name: service.name.clone(),
+            uid: service.uid.clone(),
             resource_version: service.resource_version.clone(),
             role: Role::Cleanup,
             decision: ServiceDecision {
@@ -1176,6 +1179,7 @@ fn invalid_plan(
     }
     ServicePlan {
         name: service.name.clone(),
+        uid: service.uid.clone(),
         resource_version: service.resource_version.clone(),
         role: Role::Invalid,
         decision: ServiceDecision {
