@@ -13,14 +13,19 @@ pub fn reconcile_rules(mode: OperatorMode) -> Value {
     let write_deployments = [read, &["get", "create", "patch"]].concat();
     // delete: the pods a scale-down drained (with a precondition on what was read).
     let patch_pods = [read, &["patch", "delete"]].concat();
+    // Active-standby Services: read (and, for a watcher, watch) them, and merge-patch the
+    // record and the selector key. No get, create, update or delete.
+    let patch_services = [read, &["patch"]].concat();
     json!([
         {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments"], "verbs": read},
         {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments/status"], "verbs": ["patch"]},
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": write_deployments},
         // list, patch: children made before labels were injected gain them without a rollout.
         {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list", "patch"]},
-        // patch: the deletion cost that keeps busy pods out of a scale-down.
+        // patch: the deletion cost that keeps busy pods out of a scale-down, and the label of
+        // an active-standby master.
         {"apiGroups": [""], "resources": ["pods"], "verbs": patch_pods},
+        {"apiGroups": [""], "resources": ["services"], "verbs": patch_services},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
     ])
 }
