@@ -18,6 +18,7 @@ mod mark;
 pub mod output;
 mod reconcile;
 mod rollout;
+mod services;
 mod uninstall;
 
 pub use output::OutputFormat;
@@ -107,15 +108,20 @@ pub enum Command {
     Crd,
     /// Create a HotStandbyDeployment.
     Create(CreateArgs),
-    /// List HotStandbyDeployments.
+    /// List HotStandbyDeployments, or active-standby Services (`get svc`, `get services`).
     Get {
-        /// Only this one.
-        name: Option<String>,
+        /// `NAME` (an HSD), or a type (`hsd`, `svc`) and a `NAME`, or `svc/NAME`.
+        #[arg(value_name = "TYPE|NAME", num_args = 0..=2)]
+        args: Vec<String>,
     },
     /// Show a HotStandbyDeployment, its Deployment, each pod's state, conditions and events.
     Describe { name: String },
-    /// Explain the replica count a pass would choose for a HotStandbyDeployment, step by step.
-    Explain { name: String },
+    /// Explain the replica count a pass would choose for a HotStandbyDeployment, step by step,
+    /// or (`svc/NAME`) the master a pass would choose for an active-standby Service.
+    Explain {
+        /// `NAME` (an HSD) or `svc/NAME`.
+        name: String,
+    },
     /// Mark pods busy (inside a pod with no argument: POD_NAME/POD_NAMESPACE).
     MarkBusy(MarkArgs),
     /// Mark pods idle.
@@ -277,6 +283,49 @@ pub struct ReconcileArgs {
     pub deadline: std::time::Duration,
 }
 
+/// What `get` lists.
+#[derive(Debug, PartialEq, Eq)]
+enum Target {
+    Hsd(Option<String>),
+    Service(Option<String>),
+}
+
+fn is_hsd_type(word: &str) -> bool {
+    matches!(
+        word.to_ascii_lowercase().as_str(),
+        "hsd"
+            | "hsds"
+            | "hotstandbydeployment"
+            | "hotstandbydeployments"
+            | "hotstandbydeployments.apps.paia.tech"
+    )
+}
+
+/// `get`, `get NAME` (an HSD, as before), `get TYPE`, `get TYPE NAME`, `get TYPE/NAME`.
+fn parse_get(args: &[String]) -> Result<Target, String> {
+    let typed = |kind: &str, name: Option<String>| {
+        if services::is_service_type(kind) {
+            Ok(Target::Service(name))
+        } else if is_hsd_type(kind) {
+            Ok(Target::Hsd(name))
+        } else {
+            Err(format!(
+                "the server doesn't have a resource type {kind:?} here: use hsd or svc"
+            ))
+        }
+    };
+    match args {
+        [] => Ok(Target::Hsd(None)),
+        [one] => match one.split_once('/') {
+            Some((kind, name)) => typed(kind, Some(name.to_string())),
+            None if services::is_service_type(one) || is_hsd_type(one) => typed(one, None),
+            None => Ok(Target::Hsd(Some(one.clone()))),
+        },
+        [kind, name] => typed(kind, Some(name.clone())),
+        _ => Err("get takes at most a type and a name".into()),
+    }
+}
+
 /// Runs a parsed command. Returns the process exit code.
 pub async fn run(cli: Cli) -> crate::Result<i32> {
     let global = cli.global;
@@ -298,12 +347,60 @@ pub async fn run(cli: Cli) -> crate::Result<i32> {
         Command::Install(args) => install::install(&global, args).await,
         Command::Uninstall(args) => uninstall::uninstall(&global, args).await,
         Command::Create(args) => create::create(&global, args).await,
-        Command::Get { name } => get::get(&global, name).await,
+        Command::Get { args } => match parse_get(&args) {
+            Ok(Target::Hsd(name)) => get::get(&global, name).await,
+            Ok(Target::Service(name)) => services::get(&global, name.as_deref()).await,
+            Err(message) => {
+                eprintln!("error: {message}");
+                Ok(2)
+            }
+        },
         Command::Describe { name } => describe::describe(&global, &name).await,
-        Command::Explain { name } => explain::explain(&global, &name).await,
+        Command::Explain { name } => match name.split_once('/') {
+            Some((kind, service)) if services::is_service_type(kind) => {
+                services::explain(&global, service).await
+            }
+            Some((kind, hsd)) if is_hsd_type(kind) => explain::explain(&global, hsd).await,
+            Some((kind, _)) => {
+                eprintln!(
+                    "error: explain takes NAME (a HotStandbyDeployment), hsd/NAME or svc/NAME, not {kind:?}"
+                );
+                Ok(2)
+            }
+            None => explain::explain(&global, &name).await,
+        },
         Command::MarkBusy(args) => mark::mark(&global, args, true).await,
         Command::MarkIdle(args) => mark::mark(&global, args, false).await,
         Command::Reconcile(args) => reconcile::reconcile(&global, args).await,
         Command::Rollout { command } => rollout::rollout(&global, command).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_reads_types_and_names_like_kubectl() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let cases: Vec<(Vec<String>, Result<Target, ()>)> = vec![
+            (args(&[]), Ok(Target::Hsd(None))),
+            (args(&["game-ws"]), Ok(Target::Hsd(Some("game-ws".into())))),
+            (args(&["svc"]), Ok(Target::Service(None))),
+            (args(&["services"]), Ok(Target::Service(None))),
+            (args(&["svc", "db"]), Ok(Target::Service(Some("db".into())))),
+            (args(&["svc/db"]), Ok(Target::Service(Some("db".into())))),
+            (args(&["hsd"]), Ok(Target::Hsd(None))),
+            (args(&["hsd", "svc"]), Ok(Target::Hsd(Some("svc".into())))),
+            (
+                args(&["hsd/game-ws"]),
+                Ok(Target::Hsd(Some("game-ws".into()))),
+            ),
+            (args(&["pods", "x"]), Err(())),
+            (args(&["pod/x"]), Err(())),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_get(&input).map_err(|_| ()), want, "{input:?}");
+        }
     }
 }
