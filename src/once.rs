@@ -206,6 +206,10 @@ pub async fn run_pass(client: &Client, scope: &Scope, options: &PassOptions) -> 
     let (probe_deadline, deadline) = options.deadlines(started);
     let snapshot = observe::read_snapshot(client, scope).await?;
     let hsd_objects = snapshot.hsds.clone();
+    // Services first: an active-standby Service over an HSD's pods keeps its master's place.
+    let services = observe::services::list_services(client, scope).await;
+    let no_services = Vec::new();
+    let listed = services.as_ref().unwrap_or(&no_services);
     let work: Vec<(
         ObservedHsd,
         Vec<(usize, crate::observe::probe::ProbeTarget)>,
@@ -213,7 +217,8 @@ pub async fn run_pass(client: &Client, scope: &Scope, options: &PassOptions) -> 
         .hsds
         .iter()
         .map(|object| {
-            let (hsd, pods) = observe::observe_hsd(object, &snapshot.index, |_| None);
+            let (mut hsd, pods) = observe::observe_hsd(object, &snapshot.index, |_| None);
+            hsd.master_slot = observe::services::master_slot(&hsd, listed);
             let targets = match &hsd.spec {
                 Ok(spec) => observe::probe_targets(spec, &pods),
                 Err(_) => Vec::new(),
@@ -292,14 +297,17 @@ pub async fn run_pass(client: &Client, scope: &Scope, options: &PassOptions) -> 
         probes.extend(hsd_probes);
     }
     outcomes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    let (mut services, services_error) =
-        match observe::services::read_scope(client, scope, &hsd_objects).await {
-            Ok(namespaces) => (
-                reconcile_services(client, namespaces, options.dry_run, deadline).await,
-                None,
-            ),
-            Err(error) => (Vec::new(), Some(error)),
-        };
+    let read = match services {
+        Ok(services) => observe::services::read_scope(client, scope, services, &hsd_objects).await,
+        Err(error) => Err(error),
+    };
+    let (mut services, services_error) = match read {
+        Ok(namespaces) => (
+            reconcile_services(client, namespaces, options.dry_run, deadline).await,
+            None,
+        ),
+        Err(error) => (Vec::new(), Some(error)),
+    };
     services.sort_by(|a, b| a.plan.namespace.cmp(&b.plan.namespace));
     Ok(PassReport {
         outcomes,

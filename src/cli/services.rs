@@ -36,7 +36,8 @@ async fn planned(client: &Client, scope: &Scope) -> Result<Vec<NamespacePlan>> {
             .map(|l| l.items)
             .unwrap_or_default()
     };
-    let namespaces = crate::observe::services::read_scope(client, scope, &hsds).await?;
+    let services = crate::observe::services::list_services(client, scope).await?;
+    let namespaces = crate::observe::services::read_scope(client, scope, services, &hsds).await?;
     let now = jiff::Timestamp::now();
     Ok(namespaces
         .iter()

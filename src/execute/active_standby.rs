@@ -192,7 +192,7 @@ async fn write(
             .await
             .map_err(|error| match &error {
                 kube::Error::Api(status) if status.code == 404 || status.code == 409 => {
-                    Error::Kube {
+                    Error::Stale {
                         action: format!(
                             "labelling pod {ns}/{} as the master of {}: it changed since it was read; the next pass decides again",
                             label.pod.name,
@@ -252,7 +252,7 @@ async fn compare_and_swap(
         .patch(&service.name, &params(), &Patch::Merge(body))
         .await
         .map_err(|error| match &error {
-            kube::Error::Api(status) if status.code == 409 => Error::Kube {
+            kube::Error::Api(status) if status.code == 409 => Error::Stale {
                 action: format!(
                     "writing the active-standby record of Service {ns}/{} (compare-and-swap: it changed since it was read; the next pass decides again)",
                     service.name

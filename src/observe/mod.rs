@@ -303,6 +303,7 @@ pub fn hsd_facts(object: &DynamicObject) -> ObservedHsd {
         deployment: None,
         pods: Vec::new(),
         probes_cut_short: 0,
+        master_slot: false,
     }
 }
 

@@ -168,20 +168,61 @@ pub fn observe_namespace<'a>(
     }
 }
 
-/// Everything a one-shot pass reads for active-standby in a scope: the Services (one paginated
-/// list), the pods of each namespace with a Service of interest (one list per such namespace),
-/// and the labelled pods of the whole scope (one list). Returns one namespace per namespace
-/// that has a Service of interest or a labelled pod.
+/// Whether an active-standby Service selects every pod of the HSD (its selector is part of the
+/// HSD's pod template labels): then one of the HSD's pods is that Service's master at all times.
+pub fn master_slot<'a>(
+    hsd: &crate::plan::ObservedHsd,
+    services: impl IntoIterator<Item = &'a LeanService>,
+) -> bool {
+    let Ok(spec) = &hsd.spec else {
+        return false;
+    };
+    let template = crate::plan::template_labels(&crate::plan::child_template(
+        &hsd.namespace,
+        &hsd.name,
+        spec,
+    ));
+    services.into_iter().any(|service| {
+        if !is_enabled(service) || service.namespace().as_deref() != Some(hsd.namespace.as_str()) {
+            return false;
+        }
+        let Some(selector) = &service.spec.selector else {
+            return false;
+        };
+        let mut selector = selector.clone();
+        if selector
+            .remove(DESIGNATION_LABEL)
+            .is_some_and(|v| v != crate::api::active_standby::ACTIVE)
+        {
+            return false;
+        }
+        crate::plan::selector_matches(&selector, &template)
+    })
+}
+
+/// The Services of a scope (one paginated list).
+pub async fn list_services(client: &Client, scope: &Scope) -> Result<Vec<LeanService>> {
+    list_lean::<LeanServiceSpec, NotUsed>(client, scope, &service_resource(), "")
+        .await
+        .map_err(kube_error(
+            "listing Services",
+            "list",
+            "services",
+            scope.namespace(),
+        ))
+}
+
+/// Everything a one-shot pass reads for active-standby in a scope, besides the Services
+/// (listed once, see [`list_services`]): the pods of each namespace with a Service of interest
+/// (one list per such namespace), and the labelled pods of the whole scope (one list). Returns
+/// one namespace per namespace that has a Service of interest or a labelled pod.
 pub async fn read_scope(
     client: &Client,
     scope: &Scope,
+    services: Vec<LeanService>,
     hsds: &[DynamicObject],
 ) -> Result<Vec<ObservedNamespace>> {
     let scope_ns = scope.namespace();
-    let services: Vec<LeanService> =
-        list_lean::<LeanServiceSpec, NotUsed>(client, scope, &service_resource(), "")
-            .await
-            .map_err(kube_error("listing Services", "list", "services", scope_ns))?;
     let labelled: Vec<LeanPod> =
         list_lean::<LeanPodSpec, LeanPodStatus>(client, scope, &pod_resource(), DESIGNATION_LABEL)
             .await

@@ -523,6 +523,30 @@ mod tests {
     }
 
     #[test]
+    fn a_failover_never_reads_as_a_scale_down() {
+        // An active-standby Service selects every pod; the old master is gone and the new one
+        // not labelled yet: its place is kept, so 4 replicas stay 4.
+        let mut hsd = observed(spec(3, 0, None), Some(4), idle_pods(4));
+        hsd.master_slot = true;
+        let planned = plan(&hsd, now());
+        assert_eq!(planned.deployment, DeploymentAction::Keep);
+        assert_eq!(planned.decision.as_ref().unwrap().master_reserved, 1);
+        assert_eq!(
+            planned.status.busy_count, 0,
+            "no pod is busy: the status says so"
+        );
+        // Once labelled, the master is the busy pod, and nothing more is kept.
+        hsd.pods[2].designated_active = true;
+        let planned = plan(&hsd, now());
+        assert_eq!(planned.decision.as_ref().unwrap().master_reserved, 0);
+        assert_eq!(planned.deployment, DeploymentAction::Keep);
+        // Without the Service, the same gap is a scale-down.
+        hsd.master_slot = false;
+        hsd.pods[2].designated_active = false;
+        assert_eq!(plan(&hsd, now()).scale, Some((4, 3)));
+    }
+
+    #[test]
     fn terminating_and_finished_pods_do_not_count() {
         let mut terminating = pod("t", true, Some("true"));
         terminating.terminating = true;

@@ -113,6 +113,7 @@ pub fn observed(
         }),
         pods,
         probes_cut_short: 0,
+        master_slot: false,
     }
 }
 

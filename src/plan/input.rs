@@ -21,6 +21,11 @@ pub struct ObservedHsd {
     /// Pods whose probe did not run before the HSD's probe deadline (they count as unknown,
     /// and the HSD keeps its replicas).
     pub probes_cut_short: usize,
+    /// An active-standby Service selects every pod of this HSD, so one of them is its master
+    /// at all times: while none carries the label (during a failover, between the old master's
+    /// fence and the new one's label) one busy pod is still counted, so that a failover never
+    /// reads as a scale-down.
+    pub master_slot: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -145,9 +145,14 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
     let counted = count(&observed.pods, spec, &current_template, now);
     report_pods(observed, spec, &counted, &mut conditions, &mut events);
 
-    // 2. Target.
-    let recommendation = recommend(&counted.counts, spec);
-    let (idle_target_in_force, from_percent) = idle_target(&counted.counts, spec);
+    // 2. Target. A master slot with no labelled pod (a failover under way) counts as busy.
+    let master_reserved = i32::from(observed.master_slot && counted.busy_as_master == 0);
+    let target_counts = Counts {
+        busy: counted.counts.busy + master_reserved,
+        ..counted.counts
+    };
+    let recommendation = recommend(&target_counts, spec);
+    let (idle_target_in_force, from_percent) = idle_target(&target_counts, spec);
     report_limit(&recommendation, &mut conditions, &mut events);
 
     // 3. Stabilize.
@@ -165,6 +170,7 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
         busy_by_probe: counted.busy_by_probe,
         busy_by_invalid_annotation: counted.busy_by_invalid_annotation,
         busy_as_master: counted.busy_as_master,
+        master_reserved,
         unknown: counted.counts.unknown,
         idle: counted.counts.idle,
         starting: counted.counts.starting,
@@ -204,7 +210,7 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
             explain::scale_message(
                 from,
                 to,
-                &counted.counts,
+                &target_counts,
                 idle_target_in_force,
                 &recommendation,
                 &decision,

@@ -140,6 +140,9 @@ async fn run_kinds(
 ) {
     // Active-standby Services are not sharded: their controller runs beside shard 0 only, under
     // that shard's Lease (the group's plain name) and fence, so one replica elects at a time.
+    // Its Service cache tells shard 0's HSD controller which HSDs hold a master's place; other
+    // shards see an empty cache (a master is still busy there by its label).
+    let services = services::ServiceCache::default();
     if shard.index == 0 {
         tokio::join!(
             hsd::run(
@@ -147,12 +150,13 @@ async fn run_kinds(
                 options.clone(),
                 shard,
                 metrics.clone(),
-                stop.clone()
+                stop.clone(),
+                services.clone(),
             ),
-            services::run(client, options, metrics, stop),
+            services::run(client, options, metrics, stop, services),
         );
     } else {
-        hsd::run(client, options, shard, metrics, stop).await;
+        hsd::run(client, options, shard, metrics, stop, services).await;
     }
 }
 

@@ -48,6 +48,11 @@ const NOT_READY_RETRY: Duration = Duration::from_millis(200);
 
 type PodMap = HashMap<String, Arc<LeanPod>>;
 
+/// The Services of interest (active-standby, or with a record), by namespace then name: filled
+/// by this controller, read by the HSD controller too (a Service over an HSD's pods keeps its
+/// master's place there).
+pub(super) type ServiceCache = Arc<RwLock<HashMap<String, HashMap<String, Arc<LeanService>>>>>;
+
 /// The pods of one namespace with an active-standby Service.
 struct NamespacePods {
     synced: bool,
@@ -64,7 +69,7 @@ struct OwnWrites {
 
 struct Caches {
     /// Services of interest, by namespace then name.
-    services: RwLock<HashMap<String, HashMap<String, Arc<LeanService>>>>,
+    services: ServiceCache,
     services_synced: AtomicBool,
     /// Pods labelled as masters, by namespace then name.
     labelled: RwLock<HashMap<String, PodMap>>,
@@ -91,12 +96,14 @@ pub(super) async fn run(
     options: WatchOptions,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
+    services: ServiceCache,
 ) {
     let scope = options.scope.clone();
     let (trigger, mut triggers) = mpsc::unbounded_channel::<String>();
     let hsd_writer = Writer::new(crate::observe::hsd_resource());
+    services.write().expect("services lock").clear();
     let caches = Arc::new(Caches {
-        services: RwLock::default(),
+        services,
         services_synced: AtomicBool::new(false),
         labelled: RwLock::default(),
         labelled_synced: AtomicBool::new(false),
