@@ -139,6 +139,9 @@ pub fn pod_facts(pod: &LeanPod, busy: &BusyRules) -> PodFacts {
             .and_then(|s| s.pod_ip.as_deref())
             .is_some_and(|ip| !ip.is_empty()),
         deleting: pod.metadata.deletion_timestamp.is_some(),
+        draining: pod
+            .annotations()
+            .contains_key(crate::labels::DRAINING_ANNOTATION),
         busy: busy.of(pod),
         mark: pod.annotations().get(POD_MARK_ANNOTATION).cloned(),
     }

@@ -67,6 +67,8 @@ pub struct PodFacts {
     pub ready_since: Option<Timestamp>,
     pub has_ip: bool,
     pub deleting: bool,
+    /// Chosen by an HSD's scale-down (`paia.tech/draining`): it is about to go.
+    pub draining: bool,
     pub busy: Busyness,
     /// The pod's `paia.tech/active-standby` annotation.
     pub mark: Option<String>,
@@ -92,6 +94,8 @@ impl PodFacts {
     pub fn ineligible(&self) -> Option<Ineligible> {
         if self.deleting {
             Some(Ineligible::Deleted)
+        } else if self.draining {
+            Some(Ineligible::Draining)
         } else if !self.ready {
             Some(Ineligible::NotReady)
         } else if !self.has_ip {
@@ -134,6 +138,8 @@ pub enum Ineligible {
     Gone,
     /// Being deleted (deletionTimestamp set).
     Deleted,
+    /// Drained by its HSD's scale-down (about to be deleted).
+    Draining,
     NotReady,
     NoIp,
     /// The Service's selector no longer selects it.
@@ -145,6 +151,7 @@ impl Ineligible {
         match self {
             Self::Gone => "is gone",
             Self::Deleted => "is being deleted",
+            Self::Draining => "is draining (its HSD scales it down)",
             Self::NotReady => "is not Ready",
             Self::NoIp => "has no pod IP",
             Self::Unselected => "is no longer selected",
@@ -170,6 +177,7 @@ impl TransitionReason {
             Self::Elected => "elected",
             Self::Master(Ineligible::Gone) => "gone",
             Self::Master(Ineligible::Deleted) => "deleted",
+            Self::Master(Ineligible::Draining) => "draining",
             Self::Master(Ineligible::NotReady) => "not_ready",
             Self::Master(Ineligible::NoIp) => "no_ip",
             Self::Master(Ineligible::Unselected) => "unselected",

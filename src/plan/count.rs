@@ -494,7 +494,7 @@ mod tests {
         // 3 idle pods, one of them the master of an active-standby Service; idleTarget 2.
         let mut pods = idle_pods(3);
         pods[1].designated_active = true;
-        let counted = count(&pods, &spec(2, 0, None), now());
+        let counted = count(&pods, &spec(2, 0, None), "rs-1", now());
         assert_eq!((counted.counts.busy, counted.counts.idle), (1, 2));
         assert_eq!(counted.busy_as_master, 1);
         assert_eq!(counted.busy_by_annotation, 0);

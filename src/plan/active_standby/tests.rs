@@ -37,6 +37,7 @@ fn pod(name: &str, ready_minutes: i64) -> PodFacts {
         ready_since: Some(at(ready_minutes)),
         has_ip: true,
         deleting: false,
+        draining: false,
         busy: Busyness::Idle,
         mark: None,
     }
@@ -126,6 +127,14 @@ fn eligibility_table() {
                 ..pod("a", 1)
             },
             Some(Ineligible::NotReady),
+        ),
+        (
+            "drained by its HSD's scale-down, still Ready",
+            PodFacts {
+                draining: true,
+                ..pod("a", 1)
+            },
+            Some(Ineligible::Draining),
         ),
         (
             "no pod IP",
@@ -287,6 +296,18 @@ fn failover_table() {
             ],
             TransitionReason::Master(Ineligible::Deleted),
             "a is being deleted",
+        ),
+        (
+            "the master was drained by its HSD's scale-down",
+            vec![
+                PodFacts {
+                    draining: true,
+                    ..master(pod("a", 30), "db")
+                },
+                pod("b", 10),
+            ],
+            TransitionReason::Master(Ineligible::Draining),
+            "a is draining",
         ),
         (
             "the master is not ready",
@@ -917,6 +938,7 @@ fn build(
                     ready_since: Some(at(i64::from(*minutes))),
                     has_ip: *ip,
                     deleting: *deleting,
+                    draining: false,
                     busy: [Busyness::Idle, Busyness::Unknown, Busyness::Busy][*busy as usize],
                     mark: labelled.then(|| format!("{MASTER_MARK_PREFIX}s0 (epoch 1)")),
                 }
