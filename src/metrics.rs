@@ -140,7 +140,7 @@ impl Metrics {
         );
         registry.register(
             "active_standby_failovers",
-            "Changes of master of an active-standby Service after its first election, by reason (deleted, not_ready, no_ip, gone, unselected, conflict)",
+            "Changes of master of an active-standby Service after its first election, by reason (deleted, draining, not_ready, no_ip, gone, unselected, conflict)",
             failovers.clone(),
         );
         registry.register(

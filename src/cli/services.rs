@@ -257,7 +257,7 @@ fn render(namespace: &str, service: &ServicePlan) -> String {
     let eligible = d.pods.iter().filter(|p| p.ineligible.is_none()).count();
     let _ = writeln!(
         text,
-        "  pods         {} selected, {eligible} eligible (Ready, with a pod IP, not being deleted)",
+        "  pods         {} selected, {eligible} eligible (Ready, with a pod IP, not being deleted or drained)",
         d.pods.len()
     );
     let rows: Vec<Vec<String>> = d
