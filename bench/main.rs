@@ -15,6 +15,7 @@
 //! Results: a table on stdout, bench/results/latest.{json,md}. See bench/README.md.
 
 mod cluster;
+mod failover;
 mod populate;
 mod probes;
 mod product;
@@ -44,7 +45,7 @@ const USAGE: &str =
   --probe-pods      pods with an HTTP server for the probe measurement
   --kubeconfig      use this running cluster instead of starting one (it must be empty)
   --keep-cluster    leave the benchmark's cluster running at the end
-  --only LIST       run only these measurements: reaction,pass,watch,probes
+  --only LIST       run only these measurements: reaction,pass,watch,probes,failover
   --out             results directory (default bench/results)";
 
 #[derive(Clone, Debug)]
@@ -59,7 +60,7 @@ struct Options {
     kubeconfig: Option<PathBuf>,
     keep_cluster: bool,
     out: PathBuf,
-    /// Measurements to run (all when empty): reaction, pass, watch, probes.
+    /// Measurements to run (all when empty): reaction, pass, watch, probes, failover.
     only: Vec<String>,
 }
 
@@ -125,11 +126,9 @@ fn parse_options(args: &[String]) -> Res<Options> {
             "--only" => {
                 let value = iter.next().ok_or("--only needs a list")?;
                 options.only = value.split(',').map(|s| s.trim().to_string()).collect();
-                if let Some(bad) = options
-                    .only
-                    .iter()
-                    .find(|o| !["reaction", "pass", "watch", "probes"].contains(&o.as_str()))
-                {
+                if let Some(bad) = options.only.iter().find(|o| {
+                    !["reaction", "pass", "watch", "probes", "failover"].contains(&o.as_str())
+                }) {
                     return Err(format!("--only: unknown measurement {bad}"));
                 }
             }
@@ -356,6 +355,10 @@ async fn benchmark(options: &Options, cluster: &Cluster, results: &mut Value) ->
     ]);
     if options.runs("probes") {
         results["probes"] = probes(options, &client, &product, &tracker).await?;
+    }
+    if options.runs("failover") {
+        let count = if options.quick { 30 } else { 100 };
+        results["failover"] = failover::measure(&client, &product, count).await?;
     }
     Ok(())
 }
@@ -775,6 +778,15 @@ fn goals(results: &Value) -> Vec<Goal> {
             target: "<= 3x floor p99".into(),
             value: format!("{:.2}x ({p99:.1} / {floor:.1} ms)", p99 / floor),
             met: Some(p99 <= 3.0 * floor),
+        });
+    }
+    let f = &results["failover"];
+    if let (Some(p99), Some(floor)) = (f["p99_ms"].as_f64(), f["floor_p99_ms"].as_f64()) {
+        goals.push(Goal {
+            name: "active-standby failover p99 vs floor".into(),
+            target: "<= 2x floor p99".into(),
+            value: format!("{:.2}x ({p99:.1} / {floor:.1} ms)", p99 / floor),
+            met: Some(p99 <= 2.0 * floor),
         });
     }
     let passes = results["pass"].as_array().cloned().unwrap_or_default();

@@ -166,6 +166,24 @@ fn tables(results: &Value, goals: &[Goal]) -> Vec<(String, Vec<String>, Vec<Vec<
             ],
         ));
     }
+    let f = &results["failover"];
+    if f.is_object() {
+        let row = |label: &str, prefix: &str| -> Vec<String> {
+            let mut row = vec![label.to_string()];
+            for key in ["p50_ms", "p99_ms", "max_ms"] {
+                row.push(fmt(&f[format!("{prefix}{key}")]));
+            }
+            row
+        };
+        out.push((
+            format!(
+                "Active-standby failover (master deleted -> new master alone in the EndpointSlice, {} each)",
+                fmt(&f["failovers"])
+            ),
+            ["", "p50 ms", "p99 ms", "max ms"].map(String::from).to_vec(),
+            vec![row("kubectl-hsd", ""), row("floor", "floor_")],
+        ));
+    }
     out.push((
         "Goals".into(),
         ["goal", "target", "measured", ""]
