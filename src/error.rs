@@ -34,6 +34,15 @@ pub enum Error {
     #[error("{what} not found")]
     NotFound { what: String },
 
+    /// A write whose precondition failed: the object changed since it was read. Retried at
+    /// once from a fresh view.
+    #[error("{action}: {source}")]
+    Stale {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+
     #[error("timed out after {} waiting for {}", humantime::format_duration(*.0), .1)]
     Timeout(Duration, String),
 
@@ -61,6 +70,7 @@ impl Error {
             Error::Config(_) => "config",
             Error::Invalid(_) => "invalid",
             Error::NotFound { .. } => "not_found",
+            Error::Stale { .. } => "conflict",
             Error::Timeout(..) => "timeout",
             Error::Io(_) => "io",
             Error::Serialize { .. } => "serialize",

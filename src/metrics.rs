@@ -48,6 +48,9 @@ pub struct Metrics {
     cached_pods: Family<Labels, Gauge>,
     events_failed: Counter,
     writes: Family<Labels, Counter>,
+    failovers: Family<Labels, Counter>,
+    failover_duration: Histogram,
+    service_errors: Family<Labels, Counter>,
     ready: AtomicBool,
     /// What `/healthz` asks: `Err(why)` makes it answer 503.
     liveness: std::sync::OnceLock<LivenessCheck>,
@@ -81,6 +84,10 @@ impl Metrics {
         let shards_led = Gauge::default();
         let cached_pods = Family::<Labels, Gauge>::default();
         let writes = Family::<Labels, Counter>::default();
+        let failovers = Family::<Labels, Counter>::default();
+        // 10 ms to about 40 s.
+        let failover_duration = Histogram::new(exponential_buckets(0.01, 2.0, 13));
+        let service_errors = Family::<Labels, Counter>::default();
         registry.register(
             "pods",
             "Pods of a HotStandbyDeployment by state (busy, idle, starting, unknown)",
@@ -152,6 +159,21 @@ impl Metrics {
             "1 while this process holds the lease and reconciles",
             leader.clone(),
         );
+        registry.register(
+            "active_standby_failovers",
+            "Changes of master of an active-standby Service after its first election, by reason (deleted, draining, not_ready, no_ip, gone, unselected, conflict)",
+            failovers.clone(),
+        );
+        registry.register(
+            "active_standby_failover_seconds",
+            "From when this process first saw a master unfit to the new master's label acknowledged",
+            failover_duration.clone(),
+        );
+        registry.register(
+            "active_standby_reconcile_errors",
+            "Failed active-standby reconciles of a namespace, by reason",
+            service_errors.clone(),
+        );
         Self {
             registry,
             hsd_pods,
@@ -169,6 +191,9 @@ impl Metrics {
             cached_pods,
             events_failed,
             writes,
+            failovers,
+            failover_duration,
+            service_errors,
             ready: AtomicBool::new(false),
             liveness: std::sync::OnceLock::new(),
             known: Default::default(),
@@ -327,6 +352,28 @@ impl Metrics {
         let result = if sent { "sent" } else { "refused" };
         self.writes
             .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    /// A change of master of an active-standby Service (not its first election).
+    pub fn failover(&self, namespace: &str, service: &str, reason: &str) {
+        self.failovers
+            .get_or_create(&vec![
+                ("namespace", namespace.to_string()),
+                ("service", service.to_string()),
+                ("reason", reason.to_string()),
+            ])
+            .inc();
+    }
+
+    /// How long a failover took, from the unfit master first seen to the new one labelled.
+    pub fn failover_took(&self, duration: Duration) {
+        self.failover_duration.observe(duration.as_secs_f64());
+    }
+
+    pub fn service_error(&self, reason: &'static str) {
+        self.service_errors
+            .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
     }
 

@@ -1,6 +1,8 @@
 //! One reconcile pass: observe -> plan -> execute (which writes the status last), for each kind:
 //! HotStandbyDeployments and HotStandbyJobs, side by side. The one-shot `reconcile` command and
-//! `reconcile --watch` both drive [`reconcile_hsd`] and [`reconcile_hsj`].
+//! `reconcile --watch` both drive [`reconcile_hsd`] and [`reconcile_hsj`]. After the HSDs, a
+//! pass does the same for active-standby Services, one namespace at a time
+//! ([`reconcile_services`]); a master that fails is replaced by the next pass.
 
 use std::time::{Duration, Instant};
 
@@ -8,10 +10,12 @@ use futures::{StreamExt, stream};
 use kube::Client;
 
 use crate::error::{Error, Result};
+use crate::execute::active_standby::NamespaceWritten;
 use crate::execute::hsj::HsjWritten;
 use crate::execute::{self, Written};
 use crate::observe::probe::{ProbeResult, Prober};
 use crate::observe::{self, Scope};
+use crate::plan::active_standby::NamespacePlan;
 use crate::plan::hsj::{HsjPlan, ObservedHsj};
 use crate::plan::{self, ObservedHsd, Plan};
 
@@ -119,6 +123,13 @@ impl HsjOutcome {
     }
 }
 
+/// What happened to one namespace's active-standby Services in a pass.
+#[derive(Debug)]
+pub struct ServiceOutcome {
+    pub plan: NamespacePlan,
+    pub result: Result<NamespaceWritten>,
+}
+
 /// The outcome of a pass.
 #[derive(Debug, Default)]
 pub struct PassReport {
@@ -127,6 +138,10 @@ pub struct PassReport {
     /// Why the HotStandbyJobs of the scope could not be read (the HSDs were still reconciled).
     pub hsj_error: Option<Error>,
     pub probes: Vec<ProbeResult>,
+    /// One per namespace with an active-standby Service (or a label to clean up).
+    pub services: Vec<ServiceOutcome>,
+    /// Why the Services could not be read, if they could not (the HSDs were reconciled).
+    pub services_error: Option<Error>,
     pub elapsed: Duration,
 }
 
@@ -141,11 +156,13 @@ impl PassReport {
             .iter()
             .filter_map(|o| o.result.as_ref().err().map(|e| (o, e)))
     }
-    /// Whether anything failed (an HSD, an HSJ, or reading the HSJs).
+    /// Whether anything failed (an HSD, an HSJ, reading the HSJs, or active-standby Services).
     pub fn failed(&self) -> bool {
         self.failures().next().is_some()
             || self.hsj_failures().next().is_some()
             || self.hsj_error.is_some()
+            || self.service_failures().next().is_some()
+            || self.services_error.is_some()
     }
     pub fn writes(&self) -> usize {
         self.outcomes
@@ -159,7 +176,60 @@ impl PassReport {
                 .filter_map(|o| o.result.as_ref().ok())
                 .map(HsjWritten::count)
                 .sum::<usize>()
+            + self
+                .services
+                .iter()
+                .filter_map(|o| o.result.as_ref().ok())
+                .map(|w| w.writes + w.events)
+                .sum::<usize>()
     }
+
+    /// The namespaces whose active-standby writes failed.
+    pub fn service_failures(&self) -> impl Iterator<Item = (&ServiceOutcome, &Error)> {
+        self.services
+            .iter()
+            .filter_map(|o| o.result.as_ref().err().map(|e| (o, e)))
+    }
+}
+
+/// Plans and (unless `dry_run`) carries out the active-standby Services of each namespace. A
+/// namespace's failure never stops the others.
+pub async fn reconcile_services(
+    client: &Client,
+    namespaces: Vec<crate::plan::active_standby::ObservedNamespace>,
+    dry_run: bool,
+    deadline: tokio::time::Instant,
+) -> Vec<ServiceOutcome> {
+    stream::iter(namespaces)
+        .map(|observed| async move {
+            let plan = crate::plan::active_standby::plan(&observed, jiff::Timestamp::now());
+            let result = if dry_run || !plan.writes() && plan.services.iter().all(|s| s.events.is_empty()) {
+                Ok(NamespaceWritten::default())
+            } else {
+                match tokio::time::timeout_at(
+                    deadline,
+                    crate::execute::active_standby::execute(client, &plan),
+                )
+                .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(Error::Timeout(
+                        deadline.saturating_duration_since(tokio::time::Instant::now()),
+                        format!(
+                            "the active-standby writes of namespace {} (the pass deadline passed; the next pass retries)",
+                            plan.namespace
+                        ),
+                    )),
+                }
+            };
+            if let Err(error) = &result {
+                tracing::warn!(namespace = %plan.namespace, %error, "active-standby reconcile failed");
+            }
+            ServiceOutcome { plan, result }
+        })
+        .buffer_unordered(EXECUTE_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
 }
 
 /// Plans and executes one HSD.
@@ -212,7 +282,12 @@ pub async fn run_pass(client: &Client, scope: &Scope, options: &PassOptions) -> 
         run_hsd_pass(client, scope, options, &prober, probe_deadline, deadline),
         run_hsj_pass(client, scope, options, &prober, probe_deadline, deadline),
     );
-    let (outcomes, mut probes) = hsds?;
+    let HsdPass {
+        outcomes,
+        mut probes,
+        services,
+        services_error,
+    } = hsds?;
     let (hsj_outcomes, hsj_probes, hsj_error) = hsjs;
     probes.extend(hsj_probes);
     if let Some(error) = &hsj_error {
@@ -223,8 +298,18 @@ pub async fn run_pass(client: &Client, scope: &Scope, options: &PassOptions) -> 
         hsj_outcomes,
         hsj_error,
         probes,
+        services,
+        services_error,
         elapsed: started.elapsed(),
     })
+}
+
+/// The HSD side of a pass, and the active-standby Services read beside it.
+struct HsdPass {
+    outcomes: Vec<HsdOutcome>,
+    probes: Vec<ProbeResult>,
+    services: Vec<ServiceOutcome>,
+    services_error: Option<Error>,
 }
 
 /// The HSD side of a pass: its outcomes and probes, or the error of reading the scope.
@@ -235,13 +320,19 @@ async fn run_hsd_pass(
     prober: &Prober,
     probe_deadline: tokio::time::Instant,
     deadline: tokio::time::Instant,
-) -> Result<(Vec<HsdOutcome>, Vec<ProbeResult>)> {
+) -> Result<HsdPass> {
     let snapshot = observe::read_snapshot(client, scope).await?;
+    let hsd_objects = snapshot.hsds.clone();
+    // Services first: an active-standby Service over an HSD's pods keeps its master's place.
+    let services = observe::services::list_services(client, scope).await;
+    let no_services = Vec::new();
+    let listed = services.as_ref().unwrap_or(&no_services);
     let work: Vec<(ObservedHsd, Vec<(usize, crate::observe::probe::Target)>)> = snapshot
         .hsds
         .iter()
         .map(|object| {
-            let (hsd, pods) = observe::observe_hsd(object, &snapshot.index, |_| None);
+            let (mut hsd, pods) = observe::observe_hsd(object, &snapshot.index, |_| None);
+            hsd.master_slot = observe::services::master_slot(&hsd, listed);
             let targets = match &hsd.spec {
                 Ok(spec) => observe::probe_targets(spec, &pods),
                 Err(_) => Vec::new(),
@@ -314,7 +405,24 @@ async fn run_hsd_pass(
         probes.extend(hsd_probes);
     }
     outcomes.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-    Ok((outcomes, probes))
+    let read = match services {
+        Ok(services) => observe::services::read_scope(client, scope, services, &hsd_objects).await,
+        Err(error) => Err(error),
+    };
+    let (mut services, services_error) = match read {
+        Ok(namespaces) => (
+            reconcile_services(client, namespaces, options.dry_run, deadline).await,
+            None,
+        ),
+        Err(error) => (Vec::new(), Some(error)),
+    };
+    services.sort_by(|a, b| a.plan.namespace.cmp(&b.plan.namespace));
+    Ok(HsdPass {
+        outcomes,
+        probes,
+        services,
+        services_error,
+    })
 }
 
 /// The HSJ side of a pass: each HSJ probed with its own budget, planned, its victims confirmed

@@ -2,7 +2,9 @@
 //! Each kind's identity (group, version, kind, plural) comes from its `#[derive(CustomResource)]`
 //! alone: use `Resource::kind(&())`, `CustomResourceExt::crd_name()` and friends, never a copy of
 //! the strings.
+//! [`active_standby`] is the contract on core Services and pods that active-standby uses.
 
+pub mod active_standby;
 pub mod hsd;
 pub mod hsj;
 pub mod probe;

@@ -82,8 +82,8 @@ fn kind_and_name(args: &CreateArgs) -> Result<(Kind, String)> {
     match args.names.as_slice() {
         [name] => Ok((Kind::Hsd, name.clone())),
         [kind, name] => match Kind::named_by(kind) {
-            Some(kind) => Ok((kind, name.clone())),
-            None => Err(Error::Invalid(format!(
+            Some(kind @ (Kind::Hsd | Kind::Hsj)) => Ok((kind, name.clone())),
+            _ => Err(Error::Invalid(format!(
                 "create takes NAME or KIND NAME (hsd NAME, hsj NAME), not {kind:?}"
             ))),
         },
@@ -223,14 +223,14 @@ pub async fn create(global: &GlobalArgs, args: CreateArgs) -> Result<i32> {
     let (kind, name) = kind_and_name(&args)?;
     let (resource, singular): (ApiResource, &str) = match kind {
         Kind::Hsd => (crate::observe::hsd_resource(), HSD_KIND),
-        Kind::Hsj => (
+        Kind::Hsj | Kind::Service => (
             crate::observe::jobs::hsj_resource(),
             "hotstandbyjob.apps.paia.tech",
         ),
     };
     let manifest_for = |namespace: &str| match kind {
         Kind::Hsd => hsd_manifest(&args, &name, namespace),
-        Kind::Hsj => hsj_manifest(&args, &name, namespace),
+        Kind::Hsj | Kind::Service => hsj_manifest(&args, &name, namespace),
     };
     let dry_run = args.writes.dry_run;
     let format = global.output.clone().unwrap_or(OutputFormat::Table);
@@ -268,7 +268,7 @@ pub async fn create(global: &GlobalArgs, args: CreateArgs) -> Result<i32> {
         .map_err(|e| match &e {
             kube::Error::Api(status) if is_unknown_type(status) => match kind {
                 Kind::Hsd => Error::CrdMissing,
-                Kind::Hsj => Error::Invalid(
+                Kind::Hsj | Kind::Service => Error::Invalid(
                     "the HotStandbyJob CRD is not installed: run `kubectl hsd install`".into(),
                 ),
             },

@@ -29,6 +29,9 @@ pub async fn describe(global: &GlobalArgs, name: &str) -> Result<i32> {
         });
     };
     let (mut observed, pods) = observe::observe_hsd(object, &snapshot.index, |_| None);
+    if let Ok(services) = observe::services::list_services(&client, &scope).await {
+        observed.master_slot = observe::services::master_slot(&observed, &services);
+    }
     observe::confirm_missing_child(&client, &mut observed).await?;
     let hsd = &observed;
     let status = hsd.status.clone().unwrap_or_default();

@@ -28,6 +28,10 @@ pub async fn explain(global: &GlobalArgs, name: &str) -> Result<i32> {
         });
     };
     let (mut observed, pods) = observe::observe_hsd(object, &snapshot.index, |_| None);
+    // Best effort: without the right to list Services, no master's place is kept.
+    if let Ok(services) = observe::services::list_services(&client, &scope).await {
+        observed.master_slot = observe::services::master_slot(&observed, &services);
+    }
     if let Ok(spec) = observed.spec.clone() {
         let targets = observe::probe_targets(&spec, &pods);
         let deadline = tokio::time::Instant::now() + crate::once::DEFAULT_PASS_DEADLINE;
@@ -75,16 +79,28 @@ pub async fn explain(global: &GlobalArgs, name: &str) -> Result<i32> {
 
 fn render(namespace: &str, name: &str, d: &plan::Decision, paused: bool, exec: bool) -> String {
     let mut text = String::new();
-    let busy = d.busy_by_annotation + d.busy_by_probe + d.busy_by_invalid_annotation;
+    let busy = d.busy_by_annotation
+        + d.busy_by_probe
+        + d.busy_by_invalid_annotation
+        + d.busy_as_master
+        + d.master_reserved;
     let _ = writeln!(
         text,
         "{namespace}/{name}: {} replicas{}",
         d.replicas,
         if paused { " (paused)" } else { "" }
     );
+    let masters = if d.busy_as_master + d.master_reserved > 0 {
+        format!(
+            ", {} as an active-standby master",
+            d.busy_as_master + d.master_reserved
+        )
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         text,
-        "  busy         {busy} ({} by annotation, {} by {} probe, {} by an unreadable annotation)",
+        "  busy         {busy} ({} by annotation, {} by {} probe, {} by an unreadable annotation{masters})",
         d.busy_by_annotation,
         d.busy_by_probe,
         if exec { "exec" } else { "HTTP" },

@@ -22,6 +22,7 @@ mod probe;
 mod proxy;
 mod reconcile;
 mod rollout;
+mod services;
 mod uninstall;
 
 pub use output::OutputFormat;
@@ -188,11 +189,12 @@ pub enum Command {
     Crd,
     /// Create a HotStandbyDeployment (`create NAME`) or a HotStandbyJob (`create hsj NAME`).
     Create(CreateArgs),
-    /// List HotStandbyDeployments (`get hsj` lists HotStandbyJobs; `get hsj/NAME` shows one).
+    /// List HotStandbyDeployments (`get hsj` lists HotStandbyJobs, `get svc` active-standby
+    /// Services; `get hsj/NAME` or `get hsj NAME` shows one).
     Get {
-        /// NAME (a HotStandbyDeployment), hsj/NAME, or a kind (hsd, hsj) to list.
-        #[arg(add = complete::hsd_names())]
-        name: Option<String>,
+        /// `NAME` (an HSD), a type (`hsd`, `hsj`, `svc`) and a `NAME`, or `TYPE/NAME`.
+        #[arg(value_name = "TYPE|NAME", num_args = 0..=2, add = complete::hsd_names())]
+        args: Vec<String>,
     },
     /// Show a HotStandbyDeployment (or hsj/NAME): labels, annotations, spec, its children, each
     /// pod's state, conditions and events.
@@ -202,9 +204,9 @@ pub enum Command {
         name: String,
     },
     /// Explain the count a pass would choose for a HotStandbyDeployment (or hsj/NAME), step by
-    /// step.
+    /// step, or (`svc/NAME`) the master a pass would choose for an active-standby Service.
     Explain {
-        /// NAME (a HotStandbyDeployment) or hsj/NAME.
+        /// NAME (a HotStandbyDeployment), hsj/NAME or svc/NAME.
         #[arg(add = complete::hsd_names())]
         name: String,
     },
@@ -422,6 +424,8 @@ pub struct ReconcileArgs {
 pub enum Kind {
     Hsd,
     Hsj,
+    /// An active-standby Service (`svc`, `service`, `services`).
+    Service,
 }
 
 impl Kind {
@@ -440,10 +444,14 @@ impl Kind {
         match self {
             Kind::Hsd => of::<crate::api::HotStandbyDeployment>(),
             Kind::Hsj => of::<crate::api::HotStandbyJob>(),
+            Kind::Service => Vec::new(),
         }
     }
 
     fn named_by(word: &str) -> Option<Kind> {
+        if services::is_service_type(word) {
+            return Some(Kind::Service);
+        }
         let word = word.to_ascii_lowercase();
         [Kind::Hsd, Kind::Hsj]
             .into_iter()
@@ -457,7 +465,7 @@ pub fn parse_object_ref(arg: &str, kind_alone: bool) -> crate::Result<(Kind, Opt
     if let Some((kind, name)) = arg.split_once('/') {
         let kind = Kind::named_by(kind).ok_or_else(|| {
             crate::Error::Invalid(format!(
-                "unknown kind {kind:?} in {arg:?}: use hsd/NAME or hsj/NAME"
+                "unknown kind {kind:?} in {arg:?}: use hsd/NAME, hsj/NAME or svc/NAME"
             ))
         })?;
         if name.is_empty() {
@@ -473,6 +481,23 @@ pub fn parse_object_ref(arg: &str, kind_alone: bool) -> crate::Result<(Kind, Opt
         return Ok((kind, None));
     }
     Ok((Kind::Hsd, Some(arg.to_string())))
+}
+
+/// `get`'s arguments: none (HSDs), `NAME`, `TYPE`, `TYPE/NAME` or `TYPE NAME`.
+fn parse_get(args: &[String]) -> crate::Result<(Kind, Option<String>)> {
+    match args {
+        [] => Ok((Kind::Hsd, None)),
+        [one] => parse_object_ref(one, true),
+        [kind, name] => match Kind::named_by(kind) {
+            Some(kind) => Ok((kind, Some(name.clone()))),
+            None => Err(crate::Error::Invalid(format!(
+                "the server doesn't have a resource type {kind:?} here: use hsd, hsj or svc"
+            ))),
+        },
+        _ => Err(crate::Error::Invalid(
+            "get takes at most a type and a name".into(),
+        )),
+    }
 }
 
 /// Runs a parsed command. Returns the process exit code.
@@ -506,24 +531,24 @@ pub async fn run(cli: Cli) -> crate::Result<i32> {
         Command::Install(args) => install::install(&global, args).await,
         Command::Uninstall(args) => uninstall::uninstall(&global, args).await,
         Command::Create(args) => create::create(&global, args).await,
-        Command::Get { name } => {
-            let (kind, name) = match name {
-                Some(arg) => parse_object_ref(&arg, true)?,
-                None => (Kind::Hsd, None),
-            };
-            match kind {
-                Kind::Hsd => get::get(&global, name).await,
-                Kind::Hsj => get::get_hsj(&global, name).await,
-            }
-        }
+        Command::Get { args } => match parse_get(&args)? {
+            (Kind::Hsd, name) => get::get(&global, name).await,
+            (Kind::Hsj, name) => get::get_hsj(&global, name).await,
+            (Kind::Service, name) => services::get(&global, name.as_deref()).await,
+        },
         Command::Describe { name } => match parse_object_ref(&name, false)? {
             (Kind::Hsd, Some(name)) => describe::describe(&global, &name).await,
             (Kind::Hsj, Some(name)) => describe::describe_hsj(&global, &name).await,
+            (Kind::Service, _) => Err(crate::Error::Invalid(
+                "describe takes an HSD or hsj/NAME; for a Service: kubectl hsd explain svc/NAME"
+                    .into(),
+            )),
             (_, None) => Err(crate::Error::Invalid("describe needs a name".into())),
         },
         Command::Explain { name } => match parse_object_ref(&name, false)? {
             (Kind::Hsd, Some(name)) => explain::explain(&global, &name).await,
             (Kind::Hsj, Some(name)) => explain::explain_hsj(&global, &name).await,
+            (Kind::Service, Some(name)) => services::explain(&global, &name).await,
             (_, None) => Err(crate::Error::Invalid("explain needs a name".into())),
         },
         Command::MarkBusy(args) => mark::mark(&global, args, true).await,
@@ -532,5 +557,36 @@ pub async fn run(cli: Cli) -> crate::Result<i32> {
         Command::Reconcile(args) => reconcile::reconcile(&global, args).await,
         Command::Rollout { command } => rollout::rollout(&global, command).await,
         Command::Proxy(args) => proxy::proxy(&global, args).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_reads_types_and_names_like_kubectl() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let name = |n: &str| Some(n.to_string());
+        type Parsed = Result<(Kind, Option<String>), ()>;
+        let cases: Vec<(Vec<String>, Parsed)> = vec![
+            (args(&[]), Ok((Kind::Hsd, None))),
+            (args(&["game-ws"]), Ok((Kind::Hsd, name("game-ws")))),
+            (args(&["svc"]), Ok((Kind::Service, None))),
+            (args(&["services"]), Ok((Kind::Service, None))),
+            (args(&["svc", "db"]), Ok((Kind::Service, name("db")))),
+            (args(&["svc/db"]), Ok((Kind::Service, name("db")))),
+            (args(&["hsd"]), Ok((Kind::Hsd, None))),
+            (args(&["hsd", "svc"]), Ok((Kind::Hsd, name("svc")))),
+            (args(&["hsd/game-ws"]), Ok((Kind::Hsd, name("game-ws")))),
+            (args(&["hsj"]), Ok((Kind::Hsj, None))),
+            (args(&["hsj", "runner"]), Ok((Kind::Hsj, name("runner")))),
+            (args(&["hsj/runner"]), Ok((Kind::Hsj, name("runner")))),
+            (args(&["pods", "x"]), Err(())),
+            (args(&["pod/x"]), Err(())),
+        ];
+        for (input, want) in cases {
+            assert_eq!(parse_get(&input).map_err(|_| ()), want, "{input:?}");
+        }
     }
 }

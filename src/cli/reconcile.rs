@@ -87,6 +87,15 @@ pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> 
     if let Some(error) = &report.hsj_error {
         crate::notice_error!("HotStandbyJobs: {error}");
     }
+    for (outcome, error) in report.service_failures() {
+        crate::notice_error!(
+            "active-standby Services of namespace {}: {error}",
+            outcome.plan.namespace
+        );
+    }
+    if let Some(error) = &report.services_error {
+        crate::notice_error!("active-standby Services: {error}");
+    }
     let format = global.output.clone().unwrap_or(OutputFormat::Table);
     let value = report_json(&report, dry_run);
     let printed = match &format {
@@ -97,15 +106,27 @@ pub async fn reconcile(global: &GlobalArgs, args: ReconcileArgs) -> Result<i32> 
             for outcome in &report.hsj_outcomes {
                 println!("hotstandbyjob.apps.paia.tech/{}", outcome.name);
             }
+            for outcome in &report.services {
+                for service in &outcome.plan.services {
+                    println!("service/{}", service.name);
+                }
+            }
             true
         }
         other => output::print_generic(other, &value, "hotstandbydeployment.apps.paia.tech")?,
     };
     if !printed {
-        if report.outcomes.is_empty() && report.hsj_outcomes.is_empty() {
+        let any_services = report.services.iter().any(|o| !o.plan.services.is_empty());
+        if report.outcomes.is_empty() && report.hsj_outcomes.is_empty() && !any_services {
             crate::notice!("No HotStandbyDeployments found in scope.");
-        } else {
+        } else if !report.outcomes.is_empty() || !report.hsj_outcomes.is_empty() {
             print!("{}", summary_table(&report, dry_run));
+        }
+        if any_services {
+            if !report.outcomes.is_empty() || !report.hsj_outcomes.is_empty() {
+                println!();
+            }
+            print!("{}", services_table(&report, dry_run));
         }
     }
     if args.stats {
@@ -334,6 +355,47 @@ fn summary_table(report: &PassReport, dry_run: DryRun) -> String {
     )
 }
 
+/// What a pass did to a Service, in a word or three.
+fn service_action(
+    outcome: &crate::once::ServiceOutcome,
+    service: &crate::plan::active_standby::ServicePlan,
+    dry_run: DryRun,
+) -> String {
+    let action = &service.decision.action;
+    if outcome.result.is_err() {
+        return "failed".into();
+    }
+    let quiet = action == "keep" || action == "nothing";
+    match (dry_run == DryRun::Client, quiet) {
+        (_, true) if service.write.is_some() => "record".into(),
+        (_, true) => "unchanged".into(),
+        (true, false) => format!("would {action}"),
+        (false, false) => action.clone(),
+    }
+}
+
+fn services_table(report: &PassReport, dry_run: DryRun) -> String {
+    let rows = report
+        .services
+        .iter()
+        .flat_map(|o| {
+            o.plan.services.iter().map(move |s| {
+                vec![
+                    o.plan.namespace.clone(),
+                    s.name.clone(),
+                    s.decision.master.clone().unwrap_or_else(|| "<none>".into()),
+                    s.decision.candidates.to_string(),
+                    service_action(o, s, dry_run),
+                ]
+            })
+        })
+        .collect();
+    table(
+        &["NAMESPACE", "SERVICE", "MASTER", "CANDIDATES", "ACTION"],
+        rows,
+    )
+}
+
 fn report_json(report: &PassReport, dry_run: DryRun) -> serde_json::Value {
     let mut value = hsd_report_json(report, dry_run);
     if !report.hsj_outcomes.is_empty() || report.hsj_error.is_some() {
@@ -378,5 +440,15 @@ fn hsd_report_json(report: &PassReport, dry_run: DryRun) -> serde_json::Value {
             "events": o.plan.events.iter().map(|e| json!({"reason": e.reason, "note": e.note})).collect::<Vec<_>>(),
             "error": o.result.as_ref().err().map(|e| e.to_string()),
         })).collect::<Vec<_>>(),
+        "services": report.services.iter().flat_map(|o| o.plan.services.iter().map(move |s| json!({
+            "namespace": o.plan.namespace,
+            "name": s.name,
+            "master": s.decision.master,
+            "candidates": s.decision.candidates,
+            "action": service_action(o, s, dry_run),
+            "events": s.events.iter().map(|e| json!({"reason": e.reason, "note": e.note})).collect::<Vec<_>>(),
+            "error": o.result.as_ref().err().map(|e| e.to_string()),
+        }))).collect::<Vec<_>>(),
+        "servicesError": report.services_error.as_ref().map(|e| e.to_string()),
     })
 }

@@ -1,4 +1,4 @@
-//! Events on the HSD (`events.k8s.io/v1`), best effort.
+//! Events on the HSD and on active-standby Services (`events.k8s.io/v1`), best effort.
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
@@ -47,11 +47,12 @@ pub async fn publish_about(
 ) -> Result<()> {
     let now = jiff::Timestamp::now();
     let hsd = regarding;
-    let api: Api<Event> = Api::namespaced(client.clone(), &hsd.namespace);
+    let (namespace, object) = (&hsd.namespace, &hsd.name);
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
     let body = Event {
         metadata: ObjectMeta {
-            name: Some(format!("{}.{:x}", hsd.name, now.as_nanosecond())),
-            namespace: Some(hsd.namespace.clone()),
+            name: Some(format!("{object}.{:x}", now.as_nanosecond())),
+            namespace: Some(namespace.to_string()),
             ..Default::default()
         },
         event_time: Some(MicroTime(now)),
@@ -80,13 +81,10 @@ pub async fn publish_about(
     api.create(&PostParams::default(), &body)
         .await
         .map_err(kube_error(
-            format!(
-                "recording event {} on {}/{}",
-                event.reason, hsd.namespace, hsd.name
-            ),
+            format!("recording event {} on {namespace}/{object}", event.reason),
             "create",
             "events.events.k8s.io",
-            Some(&hsd.namespace),
+            Some(namespace),
         ))?;
     Ok(())
 }

@@ -13,6 +13,7 @@ use crate::error::{Result, kube_error};
 use crate::observe::{
     APPLIED_REPLICAS_ANNOTATION, TEMPLATE_HASH_ANNOTATION, deployment_resource, hsd_resource,
 };
+pub mod active_standby;
 mod events;
 mod fates;
 pub mod hsj;

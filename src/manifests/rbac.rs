@@ -17,6 +17,9 @@ pub fn reconcile_rules(mode: OperatorMode) -> Value {
     // get: a Job name already taken is read to tell whether it is one of ours; create and
     // delete: HotStandbyJobs make and retire their Jobs (deletions carry preconditions).
     let write_jobs = [read, &["get", "create", "delete"]].concat();
+    // Active-standby Services: read (and, for a watcher, watch) them, and merge-patch the
+    // record and the selector key. No get, create, update or delete.
+    let patch_services = [read, &["patch"]].concat();
     json!([
         {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments", "hotstandbyjobs"], "verbs": read},
         {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments/status", "hotstandbyjobs/status"], "verbs": ["patch"]},
@@ -26,9 +29,11 @@ pub fn reconcile_rules(mode: OperatorMode) -> Value {
         {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": write_deployments},
         // list, patch: children made before labels were injected gain them without a rollout.
         {"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list", "patch"]},
-        // patch: the deletion cost that keeps busy pods out of a scale-down. get: a HotStandbyJob
-        // reads a worker's pod again right before deleting its Job.
+        // patch: the deletion cost that keeps busy pods out of a scale-down, and the label of
+        // an active-standby master. get: a HotStandbyJob reads a worker's pod again right
+        // before deleting its Job.
         {"apiGroups": [""], "resources": ["pods"], "verbs": patch_pods},
+        {"apiGroups": [""], "resources": ["services"], "verbs": patch_services},
         {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
     ])
 }

@@ -7,6 +7,7 @@ pub mod exec;
 pub mod index;
 pub mod jobs;
 pub mod probe;
+pub mod services;
 
 pub use index::Index;
 
@@ -313,6 +314,7 @@ pub fn hsd_facts(object: &DynamicObject) -> ObservedHsd {
         deployment: None,
         pods: Vec::new(),
         probes_cut_short: 0,
+        master_slot: false,
     }
 }
 
@@ -378,6 +380,7 @@ pub fn pod_facts(pod: &LeanPod, annotation_key: &str) -> ObservedPod {
         phase: PodPhase::parse(status.and_then(|s| s.phase.as_deref())),
         terminating: pod.metadata.deletion_timestamp.is_some(),
         busy_annotation: pod.annotations().get(annotation_key).cloned(),
+        designated_active: crate::plan::active_standby::is_designated(pod.labels()),
         probe: None,
         scheduled: pod.spec.node_name.as_deref().is_some_and(|n| !n.is_empty()),
         deletion_cost: pod

@@ -64,11 +64,16 @@ pub fn is_counted(pod: &ObservedPod) -> bool {
 }
 
 /// Classifies one counted pod. A Pending pod runs nothing, so it is never busy (a template
-/// that carries the busy annotation must not make every new pod count as busy). In HTTP mode
-/// a running pod without a fresh answer is unknown: protected, and never idle.
+/// that carries the busy annotation must not make every new pod count as busy). The master of
+/// an active-standby Service is busy, in either mode: it holds the high deletion cost and is
+/// never a scale-down victim. In HTTP mode a running pod without a fresh answer is unknown:
+/// protected, and never idle.
 pub fn classify(pod: &ObservedPod, mode: ProbeMode, success_is_busy: bool) -> PodState {
     if pod.phase == PodPhase::Pending {
         return PodState::Starting;
+    }
+    if pod.designated_active {
+        return PodState::Busy;
     }
     let idle_or_starting = if pod.ready {
         PodState::Idle
@@ -147,6 +152,8 @@ pub struct Counted<'a> {
     pub busy_by_annotation: i32,
     pub busy_by_probe: i32,
     pub busy_by_invalid_annotation: i32,
+    /// Busy as the master of an active-standby Service.
+    pub busy_as_master: i32,
     pub terminating: i32,
     /// Pods the scheduler reports unschedulable (they count as starting).
     pub unschedulable: i32,
@@ -205,7 +212,9 @@ pub fn count<'a>(
                 .probe_failures
                 .push(format!("{}: {reason}", pod.name));
         }
-        if state == PodState::Busy {
+        if state == PodState::Busy && pod.designated_active {
+            counted.busy_as_master += 1;
+        } else if state == PodState::Busy {
             let annotation = parse_busy_annotation(pod.busy_annotation.as_deref());
             match (mode, annotation) {
                 (ProbeMode::Annotation, BusyAnnotation::Invalid) => {
@@ -426,10 +435,114 @@ mod tests {
                 true,
                 PodState::Idle,
             ),
+            (
+                "an active-standby master marked idle is busy",
+                master(pod("a", true, Some("false"))),
+                ProbeMode::Annotation,
+                true,
+                PodState::Busy,
+            ),
+            (
+                "an active-standby master without the annotation is busy",
+                master(pod("a", true, None)),
+                ProbeMode::Annotation,
+                true,
+                PodState::Busy,
+            ),
+            (
+                "an active-standby master that is not ready is still busy",
+                master(pod("a", false, None)),
+                ProbeMode::Annotation,
+                true,
+                PodState::Busy,
+            ),
+            (
+                "an active-standby master answering idle over HTTP is busy",
+                master(probed("a", ProbeOutcome::Failure(503))),
+                ProbeMode::Http,
+                true,
+                PodState::Busy,
+            ),
+            (
+                "an active-standby master without an HTTP answer is busy, not unknown",
+                master(pod("a", true, None)),
+                ProbeMode::Http,
+                true,
+                PodState::Busy,
+            ),
+            (
+                "a pending pod with the master label runs nothing: starting",
+                master(pending(pod("a", false, None))),
+                ProbeMode::Annotation,
+                true,
+                PodState::Starting,
+            ),
         ];
         for (name, pod, mode, success_is_busy, expected) in cases {
             assert_eq!(classify(&pod, mode, success_is_busy), expected, "{name}");
         }
+    }
+
+    fn master(mut pod: ObservedPod) -> ObservedPod {
+        pod.designated_active = true;
+        pod
+    }
+
+    #[test]
+    fn a_master_is_counted_busy_as_master_and_keeps_its_replica_and_high_cost() {
+        // 3 idle pods, one of them the master of an active-standby Service; idleTarget 2.
+        let mut pods = idle_pods(3);
+        pods[1].designated_active = true;
+        let counted = count(&pods, &spec(2, 0, None), "rs-1", now());
+        assert_eq!((counted.counts.busy, counted.counts.idle), (1, 2));
+        assert_eq!(counted.busy_as_master, 1);
+        assert_eq!(counted.busy_by_annotation, 0);
+        // 1 busy + idle target 2 = 3: nothing is scaled away, and the master gets the cost.
+        let plan = plan_for(spec(2, 0, None), Some(3), pods.clone());
+        assert_eq!(plan.deployment, DeploymentAction::Keep);
+        assert_eq!(
+            costs_of(&plan),
+            vec![("idle-1".to_string(), BUSY_DELETION_COST)]
+        );
+        assert_eq!(plan.decision.as_ref().unwrap().busy_as_master, 1);
+        // With the cost read back and one replica too many, the drop never reaches the master:
+        // the ReplicaSet's ranking puts the two cost-0 pods first.
+        pods[1].deletion_cost = Some(BUSY_DELETION_COST);
+        pods.push(pod("idle-3", true, None));
+        let plan = plan_for(spec(2, 0, None), Some(4), pods.clone());
+        assert_eq!(plan.scale, Some((4, 3)));
+        let costs: BTreeMap<String, i32> = costs_of(&plan).into_iter().collect();
+        let victims = replicaset_victims(&pods, &costs, 1);
+        assert!(victims.iter().all(|p| !p.designated_active), "{victims:?}");
+        // Deposed (label gone), it is an idle pod again: its cost drops in a pass that keeps
+        // the replicas.
+        pods[1].designated_active = false;
+        let plan = plan_for(spec(3, 0, None), Some(3), pods[..3].to_vec());
+        assert_eq!(costs_of(&plan), vec![("idle-1".to_string(), 0)]);
+    }
+
+    #[test]
+    fn a_failover_never_reads_as_a_scale_down() {
+        // An active-standby Service selects every pod; the old master is gone and the new one
+        // not labelled yet: its place is kept, so 4 replicas stay 4.
+        let mut hsd = observed(spec(3, 0, None), Some(4), idle_pods(4));
+        hsd.master_slot = true;
+        let planned = plan(&hsd, now());
+        assert_eq!(planned.deployment, DeploymentAction::Keep);
+        assert_eq!(planned.decision.as_ref().unwrap().master_reserved, 1);
+        assert_eq!(
+            planned.status.busy_count, 0,
+            "no pod is busy: the status says so"
+        );
+        // Once labelled, the master is the busy pod, and nothing more is kept.
+        hsd.pods[2].designated_active = true;
+        let planned = plan(&hsd, now());
+        assert_eq!(planned.decision.as_ref().unwrap().master_reserved, 0);
+        assert_eq!(planned.deployment, DeploymentAction::Keep);
+        // Without the Service, the same gap is a scale-down.
+        hsd.master_slot = false;
+        hsd.pods[2].designated_active = false;
+        assert_eq!(plan(&hsd, now()).scale, Some((4, 3)));
     }
 
     #[test]

@@ -15,6 +15,11 @@ pub struct Decision {
     pub busy_by_probe: i32,
     /// Busy pods whose annotation value is not an accepted spelling (counted as busy).
     pub busy_by_invalid_annotation: i32,
+    /// Busy as the master of an active-standby Service.
+    pub busy_as_master: i32,
+    /// 1 when an active-standby Service selects this HSD's pods and none carries the master
+    /// label right now (a failover): the master's place is kept.
+    pub master_reserved: i32,
     pub unknown: i32,
     pub idle: i32,
     pub starting: i32,
@@ -55,8 +60,11 @@ pub struct Decision {
 
 pub fn explain_steps(decision: &Decision, paused: bool, action: &DeploymentAction) -> Vec<String> {
     let mut why = Vec::new();
-    let busy =
-        decision.busy_by_annotation + decision.busy_by_probe + decision.busy_by_invalid_annotation;
+    let busy = decision.busy_by_annotation
+        + decision.busy_by_probe
+        + decision.busy_by_invalid_annotation
+        + decision.busy_as_master
+        + decision.master_reserved;
     let target = match decision.idle_target_from_percent {
         Some(percent) => format!(
             "idle target {} = max(idleTarget {}, {percent} from idlePercent)",
@@ -64,6 +72,11 @@ pub fn explain_steps(decision: &Decision, paused: bool, action: &DeploymentActio
         ),
         None => format!("idle target {}", decision.idle_target),
     };
+    if decision.master_reserved > 0 {
+        why.push(
+            "1 busy is the place of an active-standby master: a Service selects these pods and none carries the label right now (a failover), so it is kept".to_string(),
+        );
+    }
     match decision.unknown_capped_at {
         Some(existing) => why.push(format!(
             "{busy} busy + {} unknown + {target}, with what unknown pods add capped at the {existing} pods that exist = {}",

@@ -52,6 +52,7 @@ pub fn pod(name: &str, ready: bool, busy: Option<&str>) -> ObservedPod {
         phase: PodPhase::Running,
         terminating: false,
         busy_annotation: busy.map(String::from),
+        designated_active: false,
         probe: None,
         scheduled: true,
         deletion_cost: None,
@@ -113,6 +114,7 @@ pub fn observed(
         }),
         pods,
         probes_cut_short: 0,
+        master_slot: false,
     }
 }
 

@@ -21,6 +21,11 @@ pub struct ObservedHsd {
     /// Pods whose probe did not run before the HSD's probe deadline (they count as unknown,
     /// and the HSD keeps its replicas).
     pub probes_cut_short: usize,
+    /// An active-standby Service selects every pod of this HSD, so one of them is its master
+    /// at all times: while none carries the label (during a failover, between the old master's
+    /// fence and the new one's label) one busy pod is still counted, so that a failover never
+    /// reads as a scale-down.
+    pub master_slot: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,6 +90,9 @@ pub struct ObservedPod {
     pub terminating: bool,
     /// The value of the HSD's busy annotation, if the pod has it.
     pub busy_annotation: Option<String>,
+    /// The master of an active-standby Service (it carries `qoqo.dev/pod-designation: active`):
+    /// busy, whatever its annotation or probe says.
+    pub designated_active: bool,
     /// The probe's fresh answer (http and exec modes, running pods only).
     pub probe: Option<ProbeOutcome>,
     /// Bound to a node (`spec.nodeName`).

@@ -5,7 +5,11 @@
 //! tests: [`count`] (each pod's state), [`target`] (the formula and its bounds), [`stabilize`]
 //! (the scale-down delay), [`protect`] (deletion costs and what holds a scale-down) and
 //! [`step`] (how far one scale-down may go). `execute` carries the plan out.
+//!
+//! [`active_standby`] is the plan of the other kind, active-standby Services, one namespace at a
+//! time. The two meet in [`count`]: the master of an active-standby Service is busy for its HSD.
 
+pub mod active_standby;
 pub mod conditions;
 pub mod count;
 pub mod drain;
@@ -145,9 +149,14 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
     let counted = count(&observed.pods, spec, &current_template, now);
     report_pods(observed, spec, &counted, &mut conditions, &mut events);
 
-    // 2. Target.
-    let recommendation = recommend(&counted.counts, spec);
-    let (idle_target_in_force, from_percent) = idle_target(&counted.counts, spec);
+    // 2. Target. A master slot with no labelled pod (a failover under way) counts as busy.
+    let master_reserved = i32::from(observed.master_slot && counted.busy_as_master == 0);
+    let target_counts = Counts {
+        busy: counted.counts.busy + master_reserved,
+        ..counted.counts
+    };
+    let recommendation = recommend(&target_counts, spec);
+    let (idle_target_in_force, from_percent) = idle_target(&target_counts, spec);
     report_limit(&recommendation, &mut conditions, &mut events);
 
     // 3. Stabilize.
@@ -164,6 +173,8 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
         busy_by_annotation: counted.busy_by_annotation,
         busy_by_probe: counted.busy_by_probe,
         busy_by_invalid_annotation: counted.busy_by_invalid_annotation,
+        busy_as_master: counted.busy_as_master,
+        master_reserved,
         unknown: counted.counts.unknown,
         idle: counted.counts.idle,
         starting: counted.counts.starting,
@@ -203,7 +214,7 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
             explain::scale_message(
                 from,
                 to,
-                &counted.counts,
+                &target_counts,
                 idle_target_in_force,
                 &recommendation,
                 &decision,

@@ -45,6 +45,8 @@ struct Context {
     failures: Mutex<HashMap<(String, String), u32>>,
     metrics: Arc<Metrics>,
     resync: Duration,
+    /// The active-standby controller's Services (see `services::ServiceCache`).
+    services: super::services::ServiceCache,
 }
 
 pub(super) async fn run(
@@ -53,6 +55,7 @@ pub(super) async fn run(
     shard: Shard,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
+    services: super::services::ServiceCache,
 ) {
     let scope = &options.scope;
     let pod_resource = observe::pod_resource();
@@ -143,6 +146,7 @@ pub(super) async fn run(
         failures: Mutex::new(HashMap::new()),
         metrics: metrics.clone(),
         resync: options.resync,
+        services,
     });
 
     let hsd_resource_for_map = hsd_resource.clone();
@@ -215,6 +219,12 @@ async fn observe_hsd(
         let index = context.index.read().expect("index lock");
         observe::observe_hsd(object, &index, |pod| {
             context.probes.answers.fresh(&pod.uid()?, lifetime?)
+        })
+    };
+    hsd.master_slot = {
+        let services = context.services.read().expect("services lock");
+        services.get(&hsd.namespace).is_some_and(|services| {
+            observe::services::master_slot(&hsd, services.values().map(|s| s.as_ref()))
         })
     };
     let cached_deployment_version = {

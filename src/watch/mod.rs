@@ -3,13 +3,15 @@
 //! is reconciled as soon as one of its pods, its Deployment or its spec changes, when an HTTP
 //! probe's answer changes, and on a periodic resync. Only the holder of a Lease reconciles, and
 //! only from a complete view: nothing is decided until all three caches are synced (at start,
-//! after every lease acquisition and after every relist).
+//! after every lease acquisition and after every relist). Beside the HSD controller ([`hsd`])
+//! runs the active-standby Service controller ([`services`]), under the same Lease and fence.
 
 mod cache;
 mod hsd;
 mod hsj;
 mod lease;
 mod probes;
+mod services;
 pub mod shards;
 
 use std::net::SocketAddr;
@@ -138,16 +140,43 @@ async fn run_kinds(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    tokio::join!(
-        hsd::run(
-            client.clone(),
-            options.clone(),
-            shard,
-            metrics.clone(),
-            stop.clone()
-        ),
-        hsj::run(client, options, shard, metrics, stop),
-    );
+    // Active-standby Services are not sharded: their controller runs beside shard 0 only, under
+    // that shard's Lease (the group's plain name) and fence, so one replica elects at a time.
+    // Its Service cache tells shard 0's HSD controller which HSDs hold a master's place; other
+    // shards see an empty cache (a master is still busy there by its label).
+    let services = services::ServiceCache::default();
+    if shard.index == 0 {
+        tokio::join!(
+            hsd::run(
+                client.clone(),
+                options.clone(),
+                shard,
+                metrics.clone(),
+                stop.clone(),
+                services.clone(),
+            ),
+            hsj::run(
+                client.clone(),
+                options.clone(),
+                shard,
+                metrics.clone(),
+                stop.clone()
+            ),
+            services::run(client, options, metrics, stop, services),
+        );
+    } else {
+        tokio::join!(
+            hsd::run(
+                client.clone(),
+                options.clone(),
+                shard,
+                metrics.clone(),
+                stop.clone(),
+                services,
+            ),
+            hsj::run(client, options, shard, metrics, stop),
+        );
+    }
 }
 
 /// Whether the cached object (at `cached`) is older than our write (at `written`).

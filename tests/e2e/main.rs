@@ -1,6 +1,7 @@
 //! Integration tests against the real local control plane (see `hack/cluster.sh`): one test
 //! binary, so that all tests share one cluster; each test works in its own namespace.
 
+mod active_standby;
 mod bad_input;
 mod busy_safe;
 mod busy_safety;

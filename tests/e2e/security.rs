@@ -483,3 +483,48 @@ async fn only_the_reconciler_may_exec_into_workers_and_retire_their_jobs() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_namespace_scoped_watcher_runs_active_standby_with_exactly_its_verbs() {
+    use crate::common::active_standby::*;
+    ensure_crd();
+    let ns = TestNs::new("least-privilege-as").await;
+    hsd_ok(&[
+        "install",
+        "--operator",
+        "deployment",
+        "--namespace-scoped",
+        "-n",
+        &ns.name,
+        "--image",
+        "registry.invalid/kubectl-hsd:test",
+    ]);
+    let labels = json!({"app": "db"});
+    create_deployment(&ns, &data_deployment("db", 2, &labels)).await;
+    create_service(&ns, &annotated_service("db", &labels, true)).await;
+    ready_pods(&ns, "app=db", 2).await;
+
+    let token = token_for(&ns, "kubectl-hsd", None).await;
+    let config = token_kubeconfig(&ns, "watcher", &token);
+    let config = config.to_string_lossy().into_owned();
+    let watcher = crate::common::Watcher::start_with_env(
+        &ns.name,
+        "least-privilege",
+        &[],
+        &[
+            ("KUBECONFIG", config.as_str()),
+            ("POD_NAMESPACE", ns.name.as_str()),
+        ],
+    );
+    let master = wait_master(&ns, "db").await;
+    wait_endpoint(&ns, "db", &master).await;
+    let pods: Api<Pod> = ns.api();
+    pods.delete(&master, &Default::default()).await.unwrap();
+    let next = wait_new_master(&ns, "db", &master).await;
+    wait_endpoint(&ns, "db", &next).await;
+    let log = watcher.log();
+    assert!(
+        !log.contains("permission denied") && !log.to_lowercase().contains("forbidden"),
+        "{log}"
+    );
+}

@@ -1,12 +1,13 @@
 //! Faults survived, against the real local control plane: the API server and etcd stopped and
 //! restarted under a watcher and under one-shot passes, a reconciler killed mid-pass, another
 //! writer changing the Deployment, an HSD deleted during a pass, proxy connections held across an
-//! API server restart. Each asserts the final state, that no busy pod was deleted, and that
-//! nothing crashed.
+//! API server restart; and the active-standby invariant over 200 failovers. Each asserts the final
+//! state, that no busy pod was deleted, and that nothing crashed.
 //!
 //! A test binary of its own: these tests stop the API server, so they run one at a time, after
 //! (never beside) the other integration tests.
 
+mod active_standby;
 #[path = "../e2e/common/mod.rs"]
 mod common;
 mod failover;

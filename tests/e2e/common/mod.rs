@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod active_standby;
 pub mod http_server;
 pub mod proxy;
 
