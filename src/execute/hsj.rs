@@ -104,9 +104,9 @@ enum JobDeleted {
 
 /// Deletes one Job in two compare-and-swaps: its live worker pod is first marked draining on
 /// the uid and resourceVersion it was read at (a pod marked busy since is kept; after the mark,
-/// `mark-busy` and the pod policy refuse it), then the Job goes on its own uid and
-/// resourceVersion. A Job whose precondition fails gets its worker back (the draining mark
-/// removed), since it stays.
+/// `mark-busy` and the pod policy refuse it), then the Job goes on its own uid (and, when it has
+/// no worker to drain, its resourceVersion). A Job whose precondition fails gets its worker back
+/// (the draining mark removed), since it stays.
 async fn delete_job(
     jobs: &Api<DynamicObject>,
     pods: &Api<DynamicObject>,
@@ -135,10 +135,19 @@ async fn delete_job(
             Err(error) => return Err(("pods", "patch", error)),
         }
     }
+    // With its worker drained (by this pass or an earlier one), the worker can no longer take
+    // work, so the Job's own resourceVersion need not hold: the Job controller moves it with
+    // every status write (under load, between this pass's read and this delete). The uid keeps a
+    // Job replaced under the same name safe. A Job with no worker yet keeps the full swap.
+    let worker_drained = drained.is_some() || deletion.pod_draining;
     let delete = DeleteParams {
         preconditions: Some(Preconditions {
             uid: Some(deletion.uid.clone()),
-            resource_version: deletion.resource_version.clone(),
+            resource_version: if worker_drained {
+                None
+            } else {
+                deletion.resource_version.clone()
+            },
         }),
         propagation_policy: Some(kube::api::PropagationPolicy::Background),
         ..DeleteParams::default()

@@ -326,7 +326,19 @@ async fn a_rollout_keeps_busy_pods_until_their_work_ends_and_ends_on_the_new_tem
     .await;
     let get = ns.hsd_ok(&["get", "-o", "wide"]);
     eprintln!("{get}");
-    // `rollout status` waits for them, and says so.
+    // `rollout status` waits for them, and says so: once the Deployment's own rollout is over
+    // (it reports that first), the retired pods are what it waits for.
+    wait_for(
+        "rollout status to name the old busy pods",
+        TIMEOUT,
+        || async {
+            let output = ns.hsd(&["rollout", "status", "game-ws", "--watch=false"]);
+            String::from_utf8_lossy(&output.stdout)
+                .contains("2 old busy pod(s) still working")
+                .then_some(())
+        },
+    )
+    .await;
     let output = ns.hsd(&["rollout", "status", "game-ws", "--timeout", "2s"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
