@@ -6,15 +6,17 @@
 //!   Deployments and the pods that carry the HSD label, the three lists at once, each page parsed
 //!   into lean structs that keep only what a pass reads. Its own code, not the product's
 //!   `observe::list_lean`, so that it does not move when the product does.
-//! - [`reflector_sync`]: kube's own `reflector(watcher(..))` on the same three label-filtered
+//! - [`reflector_process`]: kube's own `reflector(watcher(..))` on the same three label-filtered
 //!   resources, until all three deliver `InitDone`; pods and Deployments into the same lean
-//!   object types as the product (every reflector of these objects parses the same JSON).
+//!   object types as the product (every reflector of these objects parses the same JSON). It
+//!   runs as a process of its own, so that its memory can be read beside the watcher's.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, store::Writer};
@@ -221,58 +223,138 @@ pub fn list(kubeconfig: &Path) -> Res<(Listed, Duration)> {
     })
 }
 
-/// kube's reflector on the three resources a watcher reads (pods and Deployments filtered by the
-/// HSD label, all HSDs), until each has delivered `InitDone`; returns what the stores hold and
-/// the time.
-pub fn reflector_sync(kubeconfig: &Path) -> Res<(Listed, Duration)> {
-    on_own_runtime(kubeconfig, |client| async move {
-        let owned = watcher::Config::default().labels(HSD_LABEL);
-        let pods = Writer::<LeanPod>::new(pod_resource());
-        let pods_read = pods.as_reader();
-        let pod_events = reflector::reflector(
-            pods,
-            watcher::watcher(
-                Api::all_with(client.clone(), &pod_resource()),
-                owned.clone(),
-            ),
-        )
-        .default_backoff()
-        .boxed();
-        let deployments = Writer::<LeanDeployment>::new(deployment_resource());
-        let deployments_read = deployments.as_reader();
-        let deployment_events = reflector::reflector(
-            deployments,
-            watcher::watcher(Api::all_with(client.clone(), &deployment_resource()), owned),
-        )
-        .default_backoff()
-        .boxed();
-        let hsds = Writer::<DynamicObject>::new(hsd_resource());
-        let hsds_read = hsds.as_reader();
-        let hsd_events = reflector::reflector(
-            hsds,
-            watcher::watcher(
-                Api::all_with(client.clone(), &hsd_resource()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .boxed();
-        tokio::try_join!(
-            until_init_done(pod_events),
-            until_init_done(deployment_events),
-            until_init_done(hsd_events),
-        )?;
-        Ok(Listed {
-            hsds: hsds_read.state().len(),
-            deployments: deployments_read.state().len(),
-            pods: pods_read.state().len(),
-        })
+/// The three reflectors, after each delivered `InitDone`: what the stores hold, and the streams
+/// (the stores live as long as they are polled or held).
+async fn reflect(client: Client) -> Res<(Listed, Vec<BoxStream<'static, ()>>)> {
+    let owned = watcher::Config::default().labels(HSD_LABEL);
+    let pods = Writer::<LeanPod>::new(pod_resource());
+    let pods_read = pods.as_reader();
+    let mut pod_events = reflector::reflector(
+        pods,
+        watcher::watcher(
+            Api::all_with(client.clone(), &pod_resource()),
+            owned.clone(),
+        ),
+    )
+    .default_backoff()
+    .boxed();
+    let deployments = Writer::<LeanDeployment>::new(deployment_resource());
+    let deployments_read = deployments.as_reader();
+    let mut deployment_events = reflector::reflector(
+        deployments,
+        watcher::watcher(Api::all_with(client.clone(), &deployment_resource()), owned),
+    )
+    .default_backoff()
+    .boxed();
+    let hsds = Writer::<DynamicObject>::new(hsd_resource());
+    let hsds_read = hsds.as_reader();
+    let mut hsd_events = reflector::reflector(
+        hsds,
+        watcher::watcher(
+            Api::all_with(client.clone(), &hsd_resource()),
+            watcher::Config::default(),
+        ),
+    )
+    .default_backoff()
+    .boxed();
+    tokio::try_join!(
+        until_init_done(&mut pod_events),
+        until_init_done(&mut deployment_events),
+        until_init_done(&mut hsd_events),
+    )?;
+    let listed = Listed {
+        hsds: hsds_read.state().len(),
+        deployments: deployments_read.state().len(),
+        pods: pods_read.state().len(),
+    };
+    let streams = vec![
+        pod_events.map(|_| ()).boxed(),
+        deployment_events.map(|_| ()).boxed(),
+        hsd_events.map(|_| ()).boxed(),
+    ];
+    Ok((listed, streams))
+}
+
+/// The argument that makes this binary the reflector floor process (see [`reflector_process`]).
+pub const PROCESS_FLAG: &str = "--floor-reflector";
+
+/// The reflector floor as a process of its own, so that its memory is its own: this binary with
+/// [`PROCESS_FLAG`]. Returns what its stores hold, the time from spawning it to its "synced"
+/// line (process start, client, the three first lists), and its VmRSS and VmHWM in kB read
+/// `hold` later, while it keeps watching.
+pub fn reflector_process(kubeconfig: &Path, hold: Duration) -> Res<(Listed, Duration, u64, u64)> {
+    use std::io::BufRead;
+    let exe = std::env::current_exe().ctx("the benchmark's own path")?;
+    let started = Instant::now();
+    let mut child = std::process::Command::new(exe)
+        .arg(PROCESS_FLAG)
+        .arg(kubeconfig)
+        .env("HSD_BENCH_RUN", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .ctx("spawning the reflector floor")?;
+    let result = (|| -> Res<(Listed, Duration, u64, u64)> {
+        let stdout = child.stdout.take().ok_or("the floor's stdout")?;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .ctx("reading the reflector floor")?;
+        let synced = started.elapsed();
+        let counts: Vec<usize> = line
+            .strip_prefix("synced ")
+            .map(|rest| {
+                rest.split_whitespace()
+                    .filter_map(|v| v.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let [hsds, deployments, pods] = counts[..] else {
+            return Err(format!("the reflector floor said {line:?}"));
+        };
+        std::thread::sleep(hold);
+        let (rss, hwm) = crate::product::proc_memory_kb(child.id())?;
+        Ok((
+            Listed {
+                hsds,
+                deployments,
+                pods,
+            },
+            synced,
+            rss,
+            hwm,
+        ))
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// The reflector floor process's main: syncs, prints "synced HSDS DEPLOYMENTS PODS", and keeps
+/// watching until it is killed.
+pub fn reflector_process_main(kubeconfig: &Path) -> Res<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .ctx("floor runtime")?;
+    runtime.block_on(async move {
+        let client = client(kubeconfig).await?;
+        let (listed, streams) = reflect(client).await?;
+        println!(
+            "synced {} {} {}",
+            listed.hsds, listed.deployments, listed.pods
+        );
+        futures::stream::select_all(streams)
+            .for_each(|_| async {})
+            .await;
+        Ok(())
     })
 }
 
 /// Reads a watch stream until its first list is complete.
 async fn until_init_done<K>(
-    mut events: futures::stream::BoxStream<'static, Result<Event<K>, watcher::Error>>,
+    events: &mut BoxStream<'static, Result<Event<K>, watcher::Error>>,
 ) -> Res<()> {
     let deadline = Instant::now() + Duration::from_secs(600);
     while let Some(event) = events.next().await {
