@@ -653,6 +653,16 @@ fn goals(results: &Value) -> Vec<Goal> {
 
     // Reaction.
     let r = &results["reaction"];
+    if let (Some(up), Some(floor_up)) = (r["up_p99_ms"].as_f64(), r["floor_up_p99_ms"].as_f64()) {
+        // A busy flip's scale-up: the reaction #12 is about. A scale-down drains a pod first
+        // (#13), which the floor's bare PATCH does not.
+        goals.push(Goal {
+            name: "busy flip to scale-up, p99 vs floor".into(),
+            target: "<= 1.3x the floor's p99".into(),
+            value: format!("{:.2}x ({up:.1} / {floor_up:.1} ms)", up / floor_up),
+            met: Some(up <= 1.3 * floor_up),
+        });
+    }
     if let (Some(p99), Some(floor)) = (r["p99_ms"].as_f64(), r["floor_p99_ms"].as_f64()) {
         goals.push(Goal {
             name: "reaction p99 vs floor".into(),

@@ -62,6 +62,7 @@ fn reaction_rows(r: &Value, label: &str) -> Vec<Vec<String>> {
             "p99_ms",
             "max_ms",
             "up_p50_ms",
+            "up_p99_ms",
             "down_p50_ms",
             "pod_watch_p50_ms",
             "pod_watch_p99_ms",
@@ -75,7 +76,7 @@ fn reaction_rows(r: &Value, label: &str) -> Vec<Vec<String>> {
         fmt(&r["ratio_p50"]),
         fmt(&r["ratio_p99"]),
     ];
-    ratio.extend(std::iter::repeat_n(String::new(), 5));
+    ratio.extend(std::iter::repeat_n(String::new(), 6));
     vec![
         row("kubectl-hsd --watch", ""),
         row("floor", "floor_"),
@@ -145,6 +146,7 @@ fn tables(results: &Value, goals: &[Goal]) -> Vec<Table3> {
         "p99 ms",
         "max ms",
         "busy p50",
+        "busy p99",
         "idle p50",
         "pod watch p50",
         "pod watch p99",
