@@ -407,7 +407,7 @@ async fn benchmark(options: &Options, cluster: &Cluster, results: &mut Value) ->
     let repo = repo_root();
     let work = repo.join("target/bench-work");
     std::fs::create_dir_all(&work).ctx(format!("creating {}", work.display()))?;
-    let product = Product::new(&repo, &cluster.kubeconfig, &work)?;
+    let product = Product::new(&cluster.kubeconfig, &work)?;
     let client = cluster.client().await?;
     let version = client
         .apiserver_version()

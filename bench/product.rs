@@ -63,14 +63,15 @@ pub struct PassRun {
 }
 
 impl Product {
-    pub fn new(repo: &Path, kubeconfig: &Path, work_dir: &Path) -> Res<Self> {
+    pub fn new(kubeconfig: &Path, work_dir: &Path) -> Res<Self> {
         // HSD_BENCH_BINARY: another build of the same binary, e.g. one with symbols to profile.
         let binary = std::env::var_os("HSD_BENCH_BINARY")
             .map(PathBuf::from)
-            .unwrap_or_else(|| repo.join("target/release/kubectl-hsd"));
+            // The binary `cargo bench` built beside this benchmark: target/release/kubectl-hsd.
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kubectl-hsd")));
         if !binary.is_file() {
             return Err(format!(
-                "{} is missing: run `cargo build --release` (hack/bench.sh does)",
+                "{} is missing: run hack/bench.sh (`cargo bench` builds it)",
                 binary.display()
             ));
         }

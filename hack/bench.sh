@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # hack/bench.sh - the kubectl-hsd benchmark, end to end.
 #
-# Builds what it needs (cargo build --release, hack/cluster.sh build), starts its own local
+# Builds what it needs (cargo bench --no-run, hack/cluster.sh build), starts its own local
 # control plane in target/bench-cluster (never the dev or test cluster), fills it with
 # HotStandbyDeployments of 20 pods, measures the release binary beside floors measured in the same
 # run, prints tables and writes bench/results/<date>-<quick|full>.{json,md}. The cluster is
@@ -57,8 +57,11 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-log "cargo build --release"
-cargo build --release --locked
+# No separate `cargo build --release`: `cargo bench` builds the measured binary
+# (target/release/kubectl-hsd) itself, and with the dev-dependencies' features (tokio "full"),
+# so a plain release build first would compile everything twice.
+log "cargo bench --no-run (the release binary and the benchmark)"
+cargo bench --locked --bench hsd --no-run
 log "hack/cluster.sh build k8s"
 hack/cluster.sh build k8s # the control plane only, no helm
 
