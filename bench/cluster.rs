@@ -16,22 +16,43 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
     /// Component flags this run added (reported with the results).
     pub tuning: Vec<String>,
+    /// The pod IP range of a cluster this process started.
+    pub pod_cidr: Option<String>,
 }
 
 /// Controller-manager and scheduler client limits. The defaults (20 and 50 QPS) make the
 /// population of 20,000 pods take most of an hour; the product's numbers do not depend on them.
 pub const CONTROLLER_QPS: u32 = 300;
+/// etcd's space quota: the default 2 GiB fills up while 100,000 pods are created and made ready
+/// (every pod is written several times between two compactions).
+pub const ETCD_QUOTA_BYTES: u64 = 8 << 30;
+
+/// The benchmark's own pod IP range (the probe servers bind on pod IPs, which must not be those
+/// of another cluster on this machine; hack/cluster.sh derives 127.10-89.x.x from the dir): a
+/// /16, or a /15 when more pods than a /16 holds are planned. `HSD_POD_CIDR` overrides it.
+pub fn pod_cidr(most_pods: usize) -> String {
+    if let Ok(cidr) = std::env::var("HSD_POD_CIDR") {
+        return cidr;
+    }
+    if most_pods > 60_000 {
+        "127.90.0.0/15".into()
+    } else {
+        "127.91.0.0/16".into()
+    }
+}
 
 impl Cluster {
-    /// Starts a fresh cluster in `dir` (whatever was there is torn down first). Unless `keep`,
-    /// the cluster script's watchdog stops it if this process dies without cleaning up.
-    pub fn up(repo: &Path, dir: &Path, keep: bool) -> Res<Self> {
+    /// Starts a fresh cluster in `dir` (whatever was there is torn down first), with room for
+    /// `most_pods` pods. Unless `keep`, the cluster script's watchdog stops it if this process
+    /// dies without cleaning up.
+    pub fn up(repo: &Path, dir: &Path, keep: bool, most_pods: usize) -> Res<Self> {
         let script = repo.join("hack/cluster.sh");
         let mut cluster = Self {
             repo: repo.to_path_buf(),
             dir: Some(dir.to_path_buf()),
             kubeconfig: PathBuf::new(),
             tuning: Vec::new(),
+            pod_cidr: Some(pod_cidr(most_pods)),
         };
         cluster.script(&["down"], false)?;
         say(format!("starting the control plane in {}", dir.display()));
@@ -55,7 +76,7 @@ impl Cluster {
             .last()
             .ok_or("hack/cluster.sh up printed no kubeconfig path")?;
         cluster.kubeconfig = PathBuf::from(path.trim());
-        cluster.raise_client_limits()?;
+        cluster.tune()?;
         Ok(cluster)
     }
 
@@ -66,6 +87,7 @@ impl Cluster {
             dir: None,
             kubeconfig: kubeconfig.to_path_buf(),
             tuning: Vec::new(),
+            pod_cidr: None,
         }
     }
 
@@ -74,12 +96,9 @@ impl Cluster {
         command.args(args).stdin(Stdio::null());
         if let Some(dir) = &self.dir {
             command.env("HSD_CLUSTER_DIR", dir);
-            // A pod range of its own: the servers of the probe benchmark bind on pod IPs, which
-            // must not be those of another cluster on this machine (hack/cluster.sh derives
-            // 127.10-89.x.x from the dir).
-            if std::env::var_os("HSD_POD_CIDR").is_none() {
-                command.env("HSD_POD_CIDR", "127.91.0.0/16");
-            }
+        }
+        if let Some(cidr) = &self.pod_cidr {
+            command.env("HSD_POD_CIDR", cidr);
         }
         command
     }
@@ -104,15 +123,19 @@ impl Cluster {
         Ok(())
     }
 
-    /// Raises the controller-manager's and scheduler's API client limits by adding flags to
-    /// their recorded args in this run's cluster dir (hack/cluster.sh has no variable for them)
-    /// and restarting them. Nothing else about the cluster changes.
-    fn raise_client_limits(&mut self) -> Res<()> {
+    /// Adds flags to components' recorded args in this run's cluster dir (hack/cluster.sh has no
+    /// variable for them) and restarts them: the controller-manager's and scheduler's API client
+    /// limits, and etcd's space quota. Nothing else about the cluster changes.
+    fn tune(&mut self) -> Res<()> {
         let Some(dir) = self.dir.clone() else {
             return Ok(());
         };
         let qps = CONTROLLER_QPS;
         for (component, flags) in [
+            (
+                "etcd",
+                vec![format!("--quota-backend-bytes={ETCD_QUOTA_BYTES}")],
+            ),
             (
                 "controller-manager",
                 vec![
@@ -141,7 +164,7 @@ impl Cluster {
             std::fs::write(&path, args).ctx(format!("writing {}", path.display()))?;
             self.script(&["restart", component], true)?;
         }
-        say(format!("raised client limits: {}", self.tuning.join(", ")));
+        say(format!("tuned: {}", self.tuning.join(", ")));
         Ok(())
     }
 

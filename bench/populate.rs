@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt, stream};
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DynamicObject, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, watcher::Event};
 use kube::{Client, ResourceExt};
@@ -18,6 +18,8 @@ use kubectl_hsd::observe::{LeanPod, hsd_resource, pod_resource};
 
 use crate::util::{Context, Progress, Res, say};
 
+/// The busy annotation of the benchmark's annotation-mode HSDs.
+pub const BUSY_ANNOTATION: &str = "paia.tech/busy";
 /// Pods per HotStandbyDeployment (idleTarget with no busy pod).
 pub const PODS_PER_HSD: usize = 20;
 /// The label every benchmark pod carries; its value says which set the pod belongs to.
@@ -136,6 +138,80 @@ pub async fn create_hsds(
     }
     progress.finish(done);
     Ok(())
+}
+
+/// The label of the other pods: pods that no HSD made (no HSD label), in the HSDs' namespaces.
+pub const OTHER_LABEL: &str = "hsd-bench-other";
+
+/// Creates `count` other pods, spread over the layout's namespaces (32 at a time): never
+/// scheduled (a scheduler name that no scheduler serves), so that they cost the control plane
+/// only their place in its store, as in tests/faults/failover.rs. They carry neither the HSD
+/// label nor the tracker's label.
+pub async fn create_other_pods(client: &Client, layout: &Layout, count: usize) -> Res<()> {
+    let have = count_other_pods(client).await?;
+    let mut progress = Progress::new("other pods", count as u64);
+    let created = stream::iter(have..count)
+        .map(|i| async move {
+            let namespace = layout.namespace(i);
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {
+                    "name": format!("other-{i:06}"),
+                    "labels": {OTHER_LABEL: "true", "app": "other", "team": format!("t{}", i % 50)},
+                },
+                "spec": {
+                    "schedulerName": "hsd-bench-nobody",
+                    "containers": [{"name": "c", "image": "bench.invalid/other:1"}],
+                },
+            }))
+            .ctx("other pod manifest")?;
+            let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+            match api.create(&PostParams::default(), &pod).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+                Err(e) => Err(format!("creating other pod {namespace}/other-{i:06}: {e}")),
+            }
+        })
+        .buffer_unordered(32);
+    futures::pin_mut!(created);
+    let mut done = have as u64;
+    while let Some(result) = created.next().await {
+        result?;
+        done += 1;
+        progress.set(done);
+    }
+    progress.finish(done);
+    Ok(())
+}
+
+/// Other pods that exist (one list call of one item: the server counts the rest).
+pub async fn count_other_pods(client: &Client) -> Res<usize> {
+    let api: Api<Pod> = Api::all(client.clone());
+    let page = api
+        .list_metadata(&ListParams::default().labels(OTHER_LABEL).limit(1))
+        .await
+        .ctx("counting the other pods")?;
+    Ok(page.items.len() + page.metadata.remaining_item_count.unwrap_or(0).max(0) as usize)
+}
+
+/// Deletes every other pod (one delete-collection call per namespace; unscheduled pods go at
+/// once) and waits until they are gone.
+pub async fn delete_other_pods(client: &Client, layout: &Layout) -> Res<()> {
+    for i in 0..layout.namespaces {
+        let api: Api<Pod> = Api::namespaced(client.clone(), &layout.namespace(i));
+        api.delete_collection(
+            &DeleteParams::default().grace_period(0),
+            &ListParams::default().labels(OTHER_LABEL),
+        )
+        .await
+        .ctx("deleting the other pods")?;
+    }
+    crate::util::wait_for(
+        "the other pods to go",
+        Duration::from_secs(300),
+        Duration::from_millis(500),
+        || async { Ok((count_other_pods(client).await? == 0).then_some(())) },
+    )
+    .await
 }
 
 /// What the tracker keeps of a pod.
@@ -386,8 +462,18 @@ fn info(pod: &LeanPod) -> PodInfo {
         terminating: pod.metadata.deletion_timestamp.is_some(),
         busy: pod
             .annotations()
-            .get("paia.tech/busy")
+            .get(BUSY_ANNOTATION)
             .is_some_and(|v| v == "true"),
         ip: status.and_then(|s| s.pod_ip.clone()),
     }
+}
+
+/// Sets a pod's busy annotation (merge PATCH).
+pub async fn set_busy(client: &Client, namespace: &str, pod: &str, busy: bool) -> Res<()> {
+    let api: Api<LeanPod> = Api::namespaced_with(client.clone(), namespace, &pod_resource());
+    let patch = json!({"metadata": {"annotations": {BUSY_ANNOTATION: if busy { "true" } else { "false" }}}});
+    api.patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .ctx(format!("patching pod {namespace}/{pod}"))?;
+    Ok(())
 }

@@ -12,7 +12,11 @@ use tokio::net::TcpListener;
 
 use kubectl_hsd::observe::probe::{DEFAULT_CONCURRENCY, ProbeTarget, Prober};
 
-use crate::util::{Context, Res};
+use serde_json::{Value, json};
+
+use crate::Bench;
+use crate::populate::{PODS_PER_HSD, PROBE_NAMESPACE};
+use crate::util::{Context, Res, round, say};
 
 pub const ANSWER_OK: u8 = 0;
 pub const ANSWER_UNAVAILABLE: u8 = 1;
@@ -234,4 +238,65 @@ pub async fn measure(servers: &Servers, rounds: usize) -> Res<ProbeNumbers> {
     numbers.slow_server_extra_ms = crate::util::median(&extra).max(0.0);
     numbers.slow_server_extra_samples_ms = extra;
     Ok(numbers)
+}
+
+/// The probe measurement: HTTP-mode HSDs of 20 pods in their own namespace, one server per pod
+/// IP, probed by the library and by a one-shot pass of the binary.
+pub async fn run(bench: &Bench<'_>, probe_pods: usize) -> Res<Value> {
+    let (client, product, tracker) = (&bench.client, &bench.product, &bench.tracker);
+    let hsds = probe_pods.div_ceil(PODS_PER_HSD);
+    let pods = hsds * PODS_PER_HSD;
+    say(format!(
+        "HTTP probes: {pods} pods ({hsds} HTTP-mode HSDs in {PROBE_NAMESPACE})"
+    ));
+    crate::populate::create_namespaces(client, &[PROBE_NAMESPACE.to_string()]).await?;
+    let manifests = (0..hsds)
+        .map(|i| crate::populate::http_hsd(PROBE_NAMESPACE, &format!("p{i:03}")))
+        .collect();
+    crate::populate::create_hsds(client, manifests, "HTTP-mode HSDs").await?;
+    let scope = ["-n", PROBE_NAMESPACE];
+    let mut args = vec!["reconcile"];
+    args.extend(scope);
+    product.run(&args, Duration::from_secs(300)).await?;
+    let timeout = Duration::from_secs(120) + Duration::from_millis(100) * pods as u32;
+    tracker
+        .wait_ready("p", pods, timeout, "HTTP-mode pods ready")
+        .await?;
+    let ips: Vec<IpAddr> = tracker
+        .pods_of_set("p")
+        .iter()
+        .map(|p| {
+            p.ip.as_deref()
+                .and_then(|ip| ip.parse().ok())
+                .ok_or_else(|| format!("pod {}/{} has no IP", p.namespace, p.name))
+        })
+        .collect::<Res<_>>()?;
+    let servers = Servers::start(&ips, crate::populate::PROBE_PORT).await?;
+    let numbers = measure(&servers, 5).await?;
+    say(format!(
+        "probes: {:.0}/s over {} servers; one silent server: others done {:.1} ms later, round {:.2}s",
+        numbers.per_second, numbers.pods, numbers.slow_server_extra_ms, numbers.slow_round_seconds
+    ));
+    // The same servers through a one-shot pass of the binary.
+    product.run(&args, Duration::from_secs(300)).await?;
+    let run = product
+        .measured_pass(&scope, Duration::from_secs(300))
+        .await?;
+    drop(servers);
+    let pass_per_second = run.stats.probed as f64 / run.stats.seconds;
+    Ok(json!({
+        "pods": numbers.pods,
+        "per_second": round(numbers.per_second, 0),
+        "slow_server_extra_ms": round(numbers.slow_server_extra_ms, 1),
+        "method": "kubectl_hsd::observe::probe::Prober::probe_all",
+        "concurrency": numbers.concurrency,
+        "round_seconds": numbers.seconds.iter().map(|s| round(*s, 4)).collect::<Vec<_>>(),
+        "slow_round_seconds": round(numbers.slow_round_seconds, 3),
+        "slow_server_extra_samples_ms": numbers.slow_server_extra_samples_ms.iter().map(|v| round(*v, 1)).collect::<Vec<_>>(),
+        "timeout_seconds": numbers.timeout_seconds,
+        "pass_per_second": round(pass_per_second, 0),
+        "pass_probed": run.stats.probed,
+        "pass_seconds": round(run.stats.seconds, 3),
+        "pass_writes": run.stats.writes,
+    }))
 }

@@ -63,14 +63,15 @@ pub struct PassRun {
 }
 
 impl Product {
-    pub fn new(repo: &Path, kubeconfig: &Path, work_dir: &Path) -> Res<Self> {
+    pub fn new(kubeconfig: &Path, work_dir: &Path) -> Res<Self> {
         // HSD_BENCH_BINARY: another build of the same binary, e.g. one with symbols to profile.
         let binary = std::env::var_os("HSD_BENCH_BINARY")
             .map(PathBuf::from)
-            .unwrap_or_else(|| repo.join("target/release/kubectl-hsd"));
+            // The binary `cargo bench` built beside this benchmark: target/release/kubectl-hsd.
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_kubectl-hsd")));
         if !binary.is_file() {
             return Err(format!(
-                "{} is missing: run `cargo build --release` (hack/bench.sh does)",
+                "{} is missing: run hack/bench.sh (`cargo bench` builds it)",
                 binary.display()
             ));
         }
@@ -183,10 +184,19 @@ impl Product {
         })
     }
 
-    /// Starts `reconcile --watch -A` and waits until it serves /metrics.
+    /// Starts `reconcile --watch -A --leader-elect=false` (one watcher, alone) and waits until it
+    /// serves /metrics.
     pub async fn start_watcher(&self, name: &str) -> Res<Watcher> {
+        self.start_watcher_with(name, &["--leader-elect=false"])
+            .await
+    }
+
+    /// Starts `reconcile --watch -A` with `extra` arguments and waits until it serves /metrics.
+    /// The watcher's `spawned` is taken just before the process is spawned.
+    pub async fn start_watcher_with(&self, name: &str, extra: &[&str]) -> Res<Watcher> {
         let log = self.work_dir.join(format!("watch-{name}.log"));
         let file = std::fs::File::create(&log).ctx(format!("creating {}", log.display()))?;
+        let spawned = Instant::now();
         let child = self
             .command(&self.binary)
             .args([
@@ -195,18 +205,25 @@ impl Product {
                 "-A",
                 "--metrics-addr",
                 "127.0.0.1:0",
-                "--leader-elect=false",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
             .ctx("spawning kubectl-hsd reconcile --watch")?;
         let pid = child.id().ok_or("the watcher exited at once")?;
+        let identity = extra
+            .iter()
+            .position(|a| *a == "--identity")
+            .and_then(|i| extra.get(i + 1))
+            .map(|s| s.to_string());
         let mut watcher = Watcher {
             child,
             pid,
             addr: String::new(),
             log,
+            spawned,
+            identity,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -241,6 +258,10 @@ pub struct Watcher {
     pub pid: u32,
     pub addr: String,
     log: PathBuf,
+    /// Just before the process was spawned.
+    pub spawned: Instant,
+    /// Its `--identity`, if it was given one.
+    pub identity: Option<String>,
 }
 
 impl Watcher {
@@ -266,10 +287,13 @@ impl Watcher {
     /// HSDs the watcher has reconciled at least once: one `hsd_desired_replicas` series each.
     pub async fn reconciled_hsds(&self) -> Res<usize> {
         let (_, text) = self.get("/metrics").await?;
-        Ok(text
-            .lines()
-            .filter(|l| l.starts_with("hsd_desired_replicas{"))
-            .count())
+        Ok(count_series(&text, "hsd_desired_replicas"))
+    }
+
+    /// The sum of a metric's samples (all its series), 0 when it has none.
+    pub async fn metric_sum(&self, name: &str) -> Res<f64> {
+        let (_, text) = self.get("/metrics").await?;
+        Ok(metric_sum(&text, name))
     }
 
     /// (VmRSS, VmHWM) in kB from /proc.
@@ -293,6 +317,11 @@ impl Watcher {
         }
     }
 
+    /// SIGKILL, at once (a crash: no lease is released).
+    pub async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+
     /// SIGTERM, then SIGKILL after 10 s.
     pub async fn stop(mut self) {
         let _ = std::process::Command::new("kill")
@@ -305,6 +334,54 @@ impl Watcher {
             let _ = self.child.kill().await;
         }
     }
+}
+
+/// Waits until the watcher answers /readyz and has reconciled `hsds` HSDs; returns the seconds
+/// that took.
+pub async fn wait_all_decided(watcher: &mut Watcher, hsds: usize, timeout: Duration) -> Res<f64> {
+    let started = Instant::now();
+    let mut progress = crate::util::Progress::new("watcher reconciled HSDs", hsds as u64);
+    loop {
+        watcher.alive()?;
+        let ready = matches!(watcher.get("/readyz").await, Ok((200, _)));
+        let reconciled = if ready {
+            watcher.reconciled_hsds().await?
+        } else {
+            0
+        };
+        progress.set(reconciled as u64);
+        if ready && reconciled >= hsds {
+            progress.finish(reconciled as u64);
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        if started.elapsed() > timeout {
+            progress.finish(reconciled as u64);
+            return Err(format!(
+                "the watcher reconciled {reconciled} of {hsds} HSDs within {timeout:?} (ready: {ready}):\n{}",
+                tail(&watcher.log_text(), 10)
+            ));
+        }
+        // /metrics has a handful of series per HSD: poll it gently on big sets.
+        let every = if hsds > 100 { 1000 } else { 200 };
+        tokio::time::sleep(Duration::from_millis(every)).await;
+    }
+}
+
+/// Series of a metric in the text exposition format.
+pub fn count_series(text: &str, name: &str) -> usize {
+    let prefix = format!("{name}{{");
+    text.lines().filter(|l| l.starts_with(&prefix)).count()
+}
+
+/// The sum of a metric's samples (with or without labels) in the text exposition format.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
 }
 
 pub fn proc_memory_kb(pid: u32) -> Res<(u64, u64)> {

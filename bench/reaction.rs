@@ -1,10 +1,10 @@
 //! Reaction latency: from a pod's busy-annotation PATCH being acknowledged to this benchmark's
 //! own watch seeing the child Deployment's `spec.replicas` change; for the product's watcher
-//! and for the floor (a minimal kube-rs client that watches pods and PATCHes a Deployment).
+//! (one alone, or a sharded pair) and for the floor (a minimal kube-rs client that watches the
+//! same pods and PATCHes a Deployment), taking turns in blocks.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
@@ -12,159 +12,205 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
-use serde_json::json;
-use tokio::sync::mpsc;
+use serde_json::{Value, json};
 
-use kubectl_hsd::observe::{LeanDeployment, LeanPod, deployment_resource, pod_resource};
+use kubectl_hsd::labels::HSD_LABEL;
+use kubectl_hsd::observe::{LeanPod, deployment_resource, pod_resource};
 
-use crate::populate::{Layout, PODS_PER_HSD, PodTracker};
-use crate::util::{Context, Progress, Res, say};
+use crate::Bench;
+use crate::deployments::DeploymentWatch;
+use crate::populate::{BUSY_ANNOTATION, Layout, PODS_PER_HSD, set_busy};
+use crate::product::{Watcher, wait_all_decided};
+use crate::shards::Pair;
+use crate::util::{Context, Progress, Res, load_average, percentile, round, say};
 
-const BUSY: &str = "paia.tech/busy";
-
-/// A change of a Deployment's `spec.replicas`, stamped when the watch event arrived.
-#[derive(Debug)]
-struct ReplicaChange {
-    namespace: String,
-    name: String,
-    replicas: i32,
-    at: Instant,
+/// Who reacts to the flips.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contender {
+    /// One `reconcile --watch -A --leader-elect=false`.
+    Single,
+    /// Two replicas of `reconcile --watch -A --shards 2`, each leading one shard.
+    ShardedPair,
 }
 
-/// The benchmark's own watch on the child Deployments.
-pub struct DeploymentWatch {
-    replicas: Arc<Mutex<HashMap<(String, String), i32>>>,
-    changes: mpsc::UnboundedReceiver<ReplicaChange>,
-    task: tokio::task::JoinHandle<()>,
+/// The product's watcher(s) during one block.
+enum Running {
+    Single(Box<Watcher>),
+    Pair(Pair),
 }
 
-impl DeploymentWatch {
-    pub async fn start(client: &Client) -> Res<Self> {
-        let api: Api<LeanDeployment> = Api::all_with(client.clone(), &deployment_resource());
-        let replicas = Arc::new(Mutex::new(HashMap::new()));
-        let (sender, changes) = mpsc::unbounded_channel();
-        let shared = replicas.clone();
-        let (synced_tx, synced_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(async move {
-            let events = watcher::watcher(
-                api,
-                watcher::Config::default().labels(kubectl_hsd::labels::HSD_LABEL),
-            )
-            .default_backoff();
-            futures::pin_mut!(events);
-            let mut synced = Some(synced_tx);
-            loop {
-                let event = match events.try_next().await {
-                    Ok(Some(event)) => event,
-                    Ok(None) => return,
-                    Err(error) => {
-                        say(format!("deployment watch: {error} (retrying)"));
-                        continue;
-                    }
-                };
-                let at = Instant::now();
-                let (deployment, initial) = match event {
-                    Event::Apply(d) => (d, false),
-                    Event::InitApply(d) => (d, true),
-                    Event::InitDone => {
-                        if let Some(tx) = synced.take() {
-                            let _ = tx.send(());
-                        }
-                        continue;
-                    }
-                    Event::Init | Event::Delete(_) => continue,
-                };
-                let key = (
-                    deployment.namespace().unwrap_or_default(),
-                    deployment.name_any(),
-                );
-                let Some(value) = deployment.spec.replicas else {
-                    continue;
-                };
-                let previous = shared
-                    .lock()
-                    .expect("replicas lock")
-                    .insert(key.clone(), value);
-                if !initial && previous != Some(value) {
-                    let _ = sender.send(ReplicaChange {
-                        namespace: key.0,
-                        name: key.1,
-                        replicas: value,
-                        at,
-                    });
-                }
+/// Reaction of the product and of the floor, `events` flips each over the first `hsds` HSDs,
+/// with every HSD of the cluster (`total_hsds`) in the product's caches.
+pub async fn measure(
+    bench: &Bench<'_>,
+    deployments: &mut DeploymentWatch,
+    hsds: usize,
+    total_hsds: usize,
+    events: usize,
+    contender: Contender,
+) -> Res<Value> {
+    say(format!(
+        "reaction latency: flips over {hsds} of {total_hsds} HSDs x 20 pods, {events} flips each for the floor and the product ({contender:?})"
+    ));
+    // Statuses up to date before the watchers start.
+    bench.converge().await?;
+    let load = load_average();
+    // Floor and product take turns in blocks, so that a change in background load (this is a
+    // shared 2-core machine) weighs on both alike.
+    let blocks = if bench.options.quick { 1 } else { 2 };
+    let per_block = events.div_ceil(blocks);
+    let mut floor_samples = Samples::default();
+    let mut samples = Samples::default();
+    let mut syncs = Vec::new();
+    let mut memory: HashMap<String, (u64, u64)> = HashMap::new();
+    let mut floor_writes = HashMap::new();
+    let mut product_writes = HashMap::new();
+    let mut watcher_cpu = 0.0;
+    // Which replica led each shard (sharded pair), by identity.
+    let mut leaders: HashMap<u32, String> = HashMap::new();
+    for block in 0..blocks {
+        let events = per_block.min(events - block * per_block);
+        let mut floor = Floor::start(bench.cluster.kubeconfig.clone()).await?;
+        let before = api_write_counters(&bench.client).await?;
+        let series = flip_series(
+            bench,
+            deployments,
+            hsds,
+            events,
+            &format!("floor flips ({}/{blocks})", block + 1),
+        )
+        .await;
+        floor.stop();
+        let after = api_write_counters(&bench.client).await?;
+        add_delta(&mut floor_writes, &before, &after);
+        floor_samples.extend(series?);
+        bench.settle().await?;
+
+        let started = Instant::now();
+        let mut running = match contender {
+            Contender::Single => {
+                let mut watcher = bench.product.start_watcher("reaction").await?;
+                wait_all_decided(&mut watcher, total_hsds, Duration::from_secs(900)).await?;
+                Running::Single(Box::new(watcher))
             }
-        });
-        tokio::time::timeout(Duration::from_secs(120), synced_rx)
-            .await
-            .map_err(|_| "the deployment watch did not sync within 120s".to_string())?
-            .map_err(|_| "the deployment watch stopped".to_string())?;
-        Ok(Self {
-            replicas,
-            changes,
-            task,
-        })
-    }
-
-    pub fn replicas(&self, namespace: &str, name: &str) -> Option<i32> {
-        self.replicas
-            .lock()
-            .expect("replicas lock")
-            .get(&(namespace.to_string(), name.to_string()))
-            .copied()
-    }
-
-    fn drain(&mut self) {
-        while self.changes.try_recv().is_ok() {}
-    }
-
-    /// Waits for the Deployment to reach `replicas`; returns when the watch saw it.
-    async fn wait_change(
-        &mut self,
-        namespace: &str,
-        name: &str,
-        replicas: i32,
-        timeout: Duration,
-    ) -> Option<Instant> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let change = tokio::time::timeout_at(deadline, self.changes.recv())
-                .await
-                .ok()??;
-            if change.namespace == namespace && change.name == name && change.replicas == replicas {
-                return Some(change.at);
+            Contender::ShardedPair => {
+                Running::Pair(Pair::start(bench, "reaction", total_hsds).await?)
+            }
+        };
+        syncs.push(started.elapsed().as_secs_f64());
+        say(format!(
+            "watcher(s) ready in {:.1}s",
+            started.elapsed().as_secs_f64()
+        ));
+        if let Running::Pair(pair) = &running {
+            leaders = pair.leaders(&bench.client).await?;
+        }
+        bench.settle().await?;
+        let before = api_write_counters(&bench.client).await?;
+        let watchers: Vec<&mut Watcher> = match &mut running {
+            Running::Single(watcher) => vec![watcher],
+            Running::Pair(pair) => pair.watchers.iter_mut().collect(),
+        };
+        let cpu_before: f64 = watchers.iter().filter_map(|w| w.cpu_seconds().ok()).sum();
+        let series = flip_series(
+            bench,
+            deployments,
+            hsds,
+            events,
+            &format!("kubectl-hsd flips ({}/{blocks})", block + 1),
+        )
+        .await;
+        let cpu_after: f64 = watchers.iter().filter_map(|w| w.cpu_seconds().ok()).sum();
+        watcher_cpu += cpu_after - cpu_before;
+        let after = api_write_counters(&bench.client).await?;
+        add_delta(&mut product_writes, &before, &after);
+        let mut alive = Ok(());
+        for (i, watcher) in watchers.into_iter().enumerate() {
+            alive = alive.and(watcher.alive());
+            if let Ok(kb) = watcher.memory_kb() {
+                memory.insert(watcher.identity.clone().unwrap_or(i.to_string()), kb);
             }
         }
+        match running {
+            Running::Single(watcher) => watcher.stop().await,
+            Running::Pair(pair) => pair.stop().await,
+        }
+        samples.extend(series?);
+        alive?;
+        bench.settle().await?;
     }
 
-    /// Waits until each of the first `hsds` Deployments is at `replicas`.
-    pub async fn wait_all(
-        &self,
-        layout: &Layout,
-        hsds: usize,
-        replicas: i32,
-        timeout: Duration,
-    ) -> Res<()> {
-        crate::util::wait_for(
-            &format!("{hsds} Deployments at {replicas} replicas"),
-            timeout,
-            Duration::from_millis(100),
-            || async {
-                Ok((0..hsds)
-                    .all(|h| {
-                        self.replicas(&layout.namespace(h), &Layout::workload(h)) == Some(replicas)
-                    })
-                    .then_some(()))
-            },
-        )
-        .await
+    let p = |s: &[f64], q: f64| round(percentile(s, q), 1);
+    let mut value = json!({
+        "contender": format!("{contender:?}"),
+        "hsds": hsds,
+        "total_hsds": total_hsds,
+        "pods": total_hsds * PODS_PER_HSD,
+        "samples": samples.all.len(),
+        "p50_ms": p(&samples.all, 50.0),
+        "p99_ms": p(&samples.all, 99.0),
+        "max_ms": p(&samples.all, 100.0),
+        "up_p50_ms": p(&samples.up, 50.0),
+        "up_p99_ms": p(&samples.up, 99.0),
+        "down_p50_ms": p(&samples.down, 50.0),
+        "timeouts": samples.timeouts,
+        "floor_samples": floor_samples.all.len(),
+        "floor_p50_ms": p(&floor_samples.all, 50.0),
+        "floor_p99_ms": p(&floor_samples.all, 99.0),
+        "floor_max_ms": p(&floor_samples.all, 100.0),
+        "floor_up_p50_ms": p(&floor_samples.up, 50.0),
+        "floor_up_p99_ms": p(&floor_samples.up, 99.0),
+        "floor_down_p50_ms": p(&floor_samples.down, 50.0),
+        "floor_timeouts": floor_samples.timeouts,
+        "pod_watch_p50_ms": p(&samples.pod_watch, 50.0),
+        "pod_watch_p99_ms": p(&samples.pod_watch, 99.0),
+        "floor_pod_watch_p50_ms": p(&floor_samples.pod_watch, 50.0),
+        "floor_pod_watch_p99_ms": p(&floor_samples.pod_watch, 99.0),
+        "ratio_p50": round(percentile(&samples.all, 50.0) / percentile(&floor_samples.all, 50.0), 2),
+        "ratio_p99": round(percentile(&samples.all, 99.0) / percentile(&floor_samples.all, 99.0), 2),
+        "watcher_ready_seconds": syncs.iter().map(|s| round(*s, 1)).collect::<Vec<_>>(),
+        "blocks": blocks,
+        "watcher_cpu_ms_per_flip": round(watcher_cpu * 1000.0 / samples.all.len().max(1) as f64, 2),
+        "api_writes": {
+            "product": per_flip(&product_writes, samples.all.len()),
+            "floor": per_flip(&floor_writes, floor_samples.all.len()),
+        },
+        "samples_ms": samples.all.iter().map(|v| round(*v, 1)).collect::<Vec<_>>(),
+        "floor_samples_ms": floor_samples.all.iter().map(|v| round(*v, 1)).collect::<Vec<_>>(),
+        "watcher_rss_mb": memory.values().map(|(rss, _)| rss).max().map(|rss| round(*rss as f64 / 1024.0, 1)),
+        "load": load,
+    });
+    if contender == Contender::ShardedPair {
+        // Each replica's own flips: those of the HSDs in the shard it led.
+        let mut replicas = Vec::new();
+        let mut by_leader: Vec<(&u32, &String)> = leaders.iter().collect();
+        by_leader.sort();
+        for (shard, identity) in by_leader {
+            let mine: Vec<f64> = samples
+                .all
+                .iter()
+                .zip(&samples.hsd)
+                .filter(|(_, h)| Pair::shard_of(&bench.layout, **h) == *shard)
+                .map(|(ms, _)| *ms)
+                .collect();
+            let (rss, hwm) = memory.get(identity).copied().unwrap_or_default();
+            replicas.push(json!({
+                "identity": identity,
+                "shard": shard,
+                "samples": mine.len(),
+                "p50_ms": p(&mine, 50.0),
+                "p99_ms": p(&mine, 99.0),
+                "rss_mb": round(rss as f64 / 1024.0, 1),
+                "hwm_mb": round(hwm as f64 / 1024.0, 1),
+            }));
+        }
+        value["replicas"] = json!(replicas);
     }
-}
-
-impl Drop for DeploymentWatch {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    say(format!(
+        "reaction: p50 {} ms, p99 {} ms; floor p50 {} ms, p99 {} ms",
+        value["p50_ms"], value["p99_ms"], value["floor_p50_ms"], value["floor_p99_ms"]
+    ));
+    Ok(value)
 }
 
 /// The latencies of one series of flips.
@@ -179,6 +225,8 @@ pub struct Samples {
     /// PATCH acknowledged -> the benchmark's own pod watch delivered the flip, ms: the part of
     /// the latency that is the API server's watch delivery, common to every controller.
     pub pod_watch: Vec<f64>,
+    /// The HSD (index in the layout) of each of `all`.
+    pub hsd: Vec<usize>,
     pub timeouts: usize,
 }
 
@@ -188,31 +236,22 @@ impl Samples {
         self.up.extend(other.up);
         self.down.extend(other.down);
         self.pod_watch.extend(other.pod_watch);
+        self.hsd.extend(other.hsd);
         self.timeouts += other.timeouts;
     }
-}
-
-async fn set_busy(client: &Client, namespace: &str, pod: &str, busy: bool) -> Res<()> {
-    let api: Api<LeanPod> = Api::namespaced_with(client.clone(), namespace, &pod_resource());
-    let patch = json!({"metadata": {"annotations": {BUSY: if busy { "true" } else { "false" }}}});
-    api.patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .ctx(format!("patching pod {namespace}/{pod}"))?;
-    Ok(())
 }
 
 /// Alternates busy/idle flips over the first `hsds` HSDs (one pod busy, the same pod idle
 /// again, then the next HSD), one at a time, each waited for: every flip changes that HSD's
 /// replicas by one (20 <-> 21).
-pub async fn flip_series(
-    client: &Client,
-    tracker: &PodTracker,
+async fn flip_series(
+    bench: &Bench<'_>,
     deployments: &mut DeploymentWatch,
-    layout: &Layout,
     hsds: usize,
     events: usize,
     what: &str,
 ) -> Res<Samples> {
+    let (client, tracker, layout) = (&bench.client, &bench.tracker, &bench.layout);
     let idle = PODS_PER_HSD as i32;
     deployments
         .wait_all(layout, hsds, idle, Duration::from_secs(120))
@@ -249,6 +288,7 @@ pub async fn flip_series(
             Some(seen) => {
                 let ms = seen.saturating_duration_since(acknowledged).as_secs_f64() * 1000.0;
                 samples.all.push(ms);
+                samples.hsd.push(h);
                 if let Some(pod_seen) = tracker.busy_seen(&namespace, &pod, busy) {
                     samples.pod_watch.push(
                         pod_seen
@@ -289,7 +329,8 @@ pub async fn flip_series(
     Ok(samples)
 }
 
-/// The floor: the least any controller can do. One watch on all pods; on each event that
+/// The floor: the least any controller can do. One watch on the pods that carry the HSD label
+/// (the product's watcher watches the same); on each event that
 /// changes an HSD's busy count, one merge PATCH of `spec.replicas` (idleTarget + busy). It runs
 /// on its own thread and runtime, like a separate process.
 pub struct Floor {
@@ -356,7 +397,8 @@ impl Drop for Floor {
 
 async fn floor_loop(client: Client, ready: tokio::sync::oneshot::Sender<()>) -> Res<()> {
     let pods: Api<LeanPod> = Api::all_with(client.clone(), &pod_resource());
-    let events = watcher::watcher(pods, watcher::Config::default()).default_backoff();
+    let events =
+        watcher::watcher(pods, watcher::Config::default().labels(HSD_LABEL)).default_backoff();
     futures::pin_mut!(events);
     let mut busy: HashMap<(String, String), HashSet<String>> = HashMap::new();
     let mut applied: HashMap<(String, String), i32> = HashMap::new();
@@ -392,7 +434,10 @@ async fn floor_loop(client: Client, ready: tokio::sync::oneshot::Sender<()>) -> 
         let key = (pod.namespace().unwrap_or_default(), app);
         let is_busy = live
             && pod.metadata.deletion_timestamp.is_none()
-            && pod.annotations().get(BUSY).is_some_and(|v| v == "true");
+            && pod
+                .annotations()
+                .get(BUSY_ANNOTATION)
+                .is_some_and(|v| v == "true");
         let set = busy.entry(key.clone()).or_default();
         if is_busy {
             set.insert(pod.name_any());

@@ -1,4 +1,4 @@
-//! The results: a table on stdout, `latest.json` and `latest.md` (plus `quick.*` or `full.*`).
+//! The results: tables on stdout, and one `<date>-<quick|full>.{json,md}` per run.
 
 use std::path::Path;
 
@@ -35,107 +35,202 @@ fn mark(met: Option<bool>) -> &'static str {
     }
 }
 
+type Table3 = (String, Vec<String>, Vec<Vec<String>>);
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// One row per entry of `list`, one cell per key.
+fn rows(list: &Value, keys: &[&str]) -> Vec<Vec<String>> {
+    list.as_array()
+        .map(|entries| {
+            entries
+                .iter()
+                .map(|e| keys.iter().map(|k| fmt(&e[*k])).collect())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A reaction measurement: the product, the floor and their ratio.
+fn reaction_rows(r: &Value, label: &str) -> Vec<Vec<String>> {
+    let row = |who: &str, prefix: &str| -> Vec<String> {
+        let mut row = vec![format!("{label}: {who}")];
+        for key in [
+            "p50_ms",
+            "p99_ms",
+            "max_ms",
+            "up_p50_ms",
+            "up_p99_ms",
+            "down_p50_ms",
+            "pod_watch_p50_ms",
+            "pod_watch_p99_ms",
+        ] {
+            row.push(fmt(&r[format!("{prefix}{key}")]));
+        }
+        row
+    };
+    let mut ratio = vec![
+        format!("{label}: ratio"),
+        fmt(&r["ratio_p50"]),
+        fmt(&r["ratio_p99"]),
+    ];
+    ratio.extend(std::iter::repeat_n(String::new(), 6));
+    vec![
+        row("kubectl-hsd --watch", ""),
+        row("floor", "floor_"),
+        ratio,
+    ]
+}
+
 /// The tables, as (title, header, rows).
-fn tables(results: &Value, goals: &[Goal]) -> Vec<(String, Vec<String>, Vec<Vec<String>>)> {
+fn tables(results: &Value, goals: &[Goal]) -> Vec<Table3> {
     let mut out = Vec::new();
+    if results["pass"].is_array() {
+        out.push((
+            "One-shot pass (reconcile -A --stats, nothing to change) and its floor (a bare paginated list)".into(),
+            strings(&[
+                "pods", "HSDs", "wall s", "floor s", "ratio", "pass s", "CPU s", "requests",
+                "no-op writes", "peak RSS MB", "load",
+            ]),
+            rows(
+                &results["pass"],
+                &[
+                    "pods", "hsds", "seconds", "floor_seconds", "ratio", "pass_seconds",
+                    "cpu_seconds", "requests", "noop_writes", "peak_rss_mb", "load",
+                ],
+            ),
+        ));
+    }
+    if results["start"].is_array() {
+        out.push((
+            "Watcher start to first decision, and its floor (kube's reflector on the same objects)"
+                .into(),
+            strings(&[
+                "pods",
+                "HSDs",
+                "first decision s",
+                "floor sync s",
+                "ratio",
+                "5 flipped HSDs decided s",
+                "all HSDs decided s",
+                "VmRSS MB",
+                "VmHWM MB",
+                "floor VmRSS MB",
+                "CPU s",
+                "load",
+            ]),
+            rows(
+                &results["start"],
+                &[
+                    "pods",
+                    "hsds",
+                    "first_decision_s",
+                    "floor_sync_s",
+                    "ratio",
+                    "last_flipped_s",
+                    "all_decided_s",
+                    "rss_mb",
+                    "hwm_mb",
+                    "floor_rss_mb",
+                    "cpu_seconds",
+                    "load",
+                ],
+            ),
+        ));
+    }
+    let header = strings(&[
+        "",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "busy p50",
+        "busy p99",
+        "idle p50",
+        "pod watch p50",
+        "pod watch p99",
+    ]);
     let r = &results["reaction"];
     if r.is_object() {
-        let row = |label: &str, prefix: &str| -> Vec<String> {
-            let mut row = vec![label.to_string()];
-            for key in [
-                "p50_ms",
-                "p99_ms",
-                "max_ms",
-                "up_p50_ms",
-                "down_p50_ms",
-                "pod_watch_p50_ms",
-                "pod_watch_p99_ms",
-            ] {
-                row.push(fmt(&r[format!("{prefix}{key}")]));
-            }
-            row
-        };
+        let o = &results["reaction_others"];
+        let mut table = reaction_rows(r, "no other pods");
+        if o.is_object() {
+            table.extend(reaction_rows(
+                o,
+                &format!("{} other pods", fmt(&o["other_pods"])),
+            ));
+        }
         out.push((
             format!(
-                "Reaction latency in --watch mode ({} HSDs x 20 pods, {} events each)",
+                "Reaction latency in --watch mode (flips over {} HSDs of 20 pods, {} events each)",
                 fmt(&r["hsds"]),
                 fmt(&r["samples"])
             ),
-            [
-                "",
-                "p50 ms",
-                "p99 ms",
-                "max ms",
-                "busy p50",
-                "idle p50",
-                "pod watch p50",
-                "pod watch p99",
-            ]
-            .map(String::from)
-            .to_vec(),
-            vec![
-                row("kubectl-hsd --watch", ""),
-                row("floor (watch pods + PATCH)", "floor_"),
-                vec![
-                    "ratio".into(),
-                    fmt(&r["ratio_p50"]),
-                    fmt(&r["ratio_p99"]),
-                    "".into(),
-                    "".into(),
-                    "".into(),
-                    "".into(),
-                    "".into(),
-                ],
-            ],
+            header.clone(),
+            table,
         ));
     }
-    if let Some(passes) = results["pass"].as_array() {
+    let (single, pair) = (&results["shards"]["single"], &results["shards"]["pair"]);
+    if single.is_object() || pair.is_object() {
+        let mut table = Vec::new();
+        if single.is_object() {
+            table.push(vec![
+                format!("one watcher, {} pods", fmt(&single["pods"])),
+                fmt(&single["samples"]),
+                fmt(&single["p50_ms"]),
+                fmt(&single["p99_ms"]),
+                fmt(&single["floor_p99_ms"]),
+                fmt(&single["watcher_rss_mb"]),
+            ]);
+        }
+        if let Some(replicas) = pair["replicas"].as_array() {
+            for replica in replicas {
+                table.push(vec![
+                    format!(
+                        "2 shards, {} pods: {} (shard {})",
+                        fmt(&pair["pods"]),
+                        fmt(&replica["identity"]),
+                        fmt(&replica["shard"])
+                    ),
+                    fmt(&replica["samples"]),
+                    fmt(&replica["p50_ms"]),
+                    fmt(&replica["p99_ms"]),
+                    fmt(&pair["floor_p99_ms"]),
+                    fmt(&replica["rss_mb"]),
+                ]);
+            }
+        }
         out.push((
-            "One-shot pass (reconcile -A --stats, nothing to change)".into(),
-            [
+            "Sharding: each of 2 replicas against one watcher of half the pods".into(),
+            strings(&["", "flips", "p50 ms", "p99 ms", "floor p99 ms", "VmRSS MB"]),
+            table,
+        ));
+    }
+    let f = &results["failover"];
+    if f.is_object() {
+        out.push((
+            "Failover of a sharded replica (kill -9)".into(),
+            strings(&[
                 "pods",
                 "HSDs",
-                "wall s",
-                "pass s",
-                "CPU s",
-                "requests",
-                "no-op writes",
-                "peak RSS MB",
-            ]
-            .map(String::from)
-            .to_vec(),
-            passes
-                .iter()
-                .map(|p| {
-                    [
-                        "pods",
-                        "hsds",
-                        "seconds",
-                        "pass_seconds",
-                        "cpu_seconds",
-                        "requests",
-                        "noop_writes",
-                        "peak_rss_mb",
-                    ]
-                    .iter()
-                    .map(|k| fmt(&p[*k]))
-                    .collect()
-                })
-                .collect(),
-        ));
-    }
-    let w = &results["watch"];
-    if w.is_object() {
-        out.push((
-            "Watch mode after sync".into(),
-            ["pods", "HSDs", "VmRSS MB", "VmHWM MB", "sync s"]
-                .map(String::from)
-                .to_vec(),
+                "lease s",
+                "shard taken s",
+                "flip acted on s",
+                "load",
+            ]),
             vec![
-                ["pods", "hsds", "rss_mb", "hwm_mb", "sync_seconds"]
-                    .iter()
-                    .map(|k| fmt(&w[*k]))
-                    .collect(),
+                [
+                    "pods",
+                    "hsds",
+                    "lease_seconds",
+                    "shard_taken_seconds",
+                    "acted_seconds",
+                    "load",
+                ]
+                .iter()
+                .map(|k| fmt(&f[*k]))
+                .collect(),
             ],
         ));
     }
@@ -143,15 +238,13 @@ fn tables(results: &Value, goals: &[Goal]) -> Vec<(String, Vec<String>, Vec<Vec<
     if p.is_object() {
         out.push((
             format!("HTTP probes ({})", fmt(&p["method"])),
-            [
+            strings(&[
                 "pods",
                 "probes/s",
                 "one-shot pass probes/s",
                 "slow server extra ms",
                 "slow round s",
-            ]
-            .map(String::from)
-            .to_vec(),
+            ]),
             vec![
                 [
                     "pods",
@@ -242,9 +335,7 @@ fn tables(results: &Value, goals: &[Goal]) -> Vec<(String, Vec<String>, Vec<Vec<
     }
     out.push((
         "Goals".into(),
-        ["goal", "target", "measured", ""]
-            .map(String::from)
-            .to_vec(),
+        strings(&["goal", "target", "measured", ""]),
         goals
             .iter()
             .map(|g| {
@@ -319,8 +410,26 @@ pub fn markdown(results: &Value, goals: &[Goal]) -> String {
     text
 }
 
-/// Writes `<name>.{json,md}`; a complete run also writes `quick.*` or `full.*`.
-pub fn write(dir: &Path, name: &str, results: &Value, goals: &[Goal]) -> Res<()> {
+/// The file name of a run, without extension: `<date>-<quick|full>`, date and time of its start
+/// in UTC (`2026-12-02-1530-quick`), `-partial` added when it failed.
+pub fn run_name(results: &Value, failed: bool) -> String {
+    let date = results["machine"]["date"].as_str().unwrap_or_default();
+    // 2026-12-02T15:30:07Z -> 2026-12-02-1530
+    let stamp: String = match date.split_once('T') {
+        Some((day, time)) => format!("{day}-{}", time.replace(':', "").get(..4).unwrap_or("")),
+        None => "undated".into(),
+    };
+    let mode = if results["quick"] == true {
+        "quick"
+    } else {
+        "full"
+    };
+    format!("{stamp}-{mode}{}", if failed { "-partial" } else { "" })
+}
+
+/// Writes the run's `<name>.{json,md}` into `dir` (one file per run, see [`run_name`]); returns
+/// the path without extension.
+pub fn write(dir: &Path, results: &Value, goals: &[Goal], failed: bool) -> Res<std::path::PathBuf> {
     std::fs::create_dir_all(dir).ctx(format!("creating {}", dir.display()))?;
     let mut json_value = results.clone();
     json_value["goals"] =
@@ -330,21 +439,9 @@ pub fn write(dir: &Path, name: &str, results: &Value, goals: &[Goal]) -> Res<()>
         .collect::<Vec<_>>());
     let json_text =
         serde_json::to_string_pretty(&json_value).ctx("serializing the results")? + "\n";
-    let md = markdown(results, goals);
-    let mode = if results["quick"] == true {
-        "quick"
-    } else {
-        "full"
-    };
-    let names = if name == "latest" {
-        vec![name, mode]
-    } else {
-        vec![name]
-    };
-    for name in names {
-        std::fs::write(dir.join(format!("{name}.json")), &json_text)
-            .ctx("writing the JSON results")?;
-        std::fs::write(dir.join(format!("{name}.md")), &md).ctx("writing the Markdown results")?;
-    }
-    Ok(())
+    let path = dir.join(run_name(results, failed));
+    std::fs::write(path.with_extension("json"), &json_text).ctx("writing the JSON results")?;
+    std::fs::write(path.with_extension("md"), markdown(results, goals))
+        .ctx("writing the Markdown results")?;
+    Ok(path)
 }

@@ -1,33 +1,38 @@
 #!/usr/bin/env bash
 # hack/bench.sh - the kubectl-hsd benchmark, end to end.
 #
-# Builds what it needs (cargo build --release, hack/cluster.sh build), starts its own local
+# Builds what it needs (cargo bench --no-run, hack/cluster.sh build), starts its own local
 # control plane in target/bench-cluster (never the dev or test cluster), fills it with
-# HotStandbyDeployments of 20 pods, measures the release binary, prints a table and writes
-# bench/results/latest.json and bench/results/latest.md (plus quick.* or full.*). The cluster
-# is stopped at exit, also on error or Ctrl-C.
+# HotStandbyDeployments of 20 pods, measures the release binary beside floors measured in the same
+# run, prints tables and writes bench/results/<date>-<quick|full>.{json,md}. The cluster is
+# stopped at exit, also on error or Ctrl-C.
 #
 # Usage: hack/bench.sh [--quick] [driver options...]
-#   --quick    reduced run: one-shot passes at 100 and 1,000 pods, reaction with 20 HSDs x 50
-#              events, 200 probed pods; under 5 minutes once the binaries are built
-#   (default)  passes at 100, 1,000, 10,000 and 20,000 pods, reaction with 100 HSDs x 200
-#              events, watch memory at 20,000 pods, 1,000 probed pods; populating 20,000 pods
-#              takes the real controllers and kwok a while (expect 30-60 min on 2 cores)
-#   Other options go to the driver (bench/main.rs): --sizes 100,1000 --reaction-hsds N
-#   --events N --probe-pods N --keep-cluster --out DIR. `cargo bench --bench hsd -- --help`.
+#   --quick    reduced run, up to 2,000 pods: passes at 100 and 1,000 pods, watcher start at
+#              1,000, reaction over 20 HSDs x 50 events (with and without 2,000 other pods),
+#              2 shards at 2,000 pods against one watcher at 1,000, failover at 1,000, 200
+#              probed pods; under 10 minutes once the binaries are built
+#   (default)  passes at 100 to 100,000 pods, watcher start at 20,000 and 100,000, reaction over
+#              100 HSDs x 200 events (with and without 20,000 other pods), 2 shards at 40,000
+#              pods against one watcher at 20,000, failover at 20,000, 1,000 probed pods;
+#              populating 100,000 pods takes the real controllers and kwok a while
+#   Other options go to the driver (bench/main.rs), e.g. --max-pods 40000 or --only start,pass;
+#   `cargo bench --bench hsd -- --help` lists them.
 #
-# Measured (bench/README.md has the details):
+# Measured (bench/README.md has the details and the definitions):
+#   pass      `reconcile -A --stats` with nothing to change, beside a bare paginated list
+#   start     watcher start to its first decision, and its memory, beside kube's reflector
 #   reaction  busy-annotation PATCH acknowledged -> new spec.replicas on the benchmark's own
-#             watch, for `reconcile --watch` and for a minimal floor client (p50, p99, ratio)
-#   pass      `reconcile -A --stats` with nothing to change: wall time, API requests, writes
-#             (must be 0), peak RSS (/usr/bin/time -v)
-#   watch     VmRSS of `reconcile --watch -A` after it reconciled every HSD
+#             watch, for `reconcile --watch` and for a minimal floor client, with and without
+#             other pods
+#   shards    2 sharded replicas against one watcher of half the pods; failover of one
 #   probes    HTTP probes per second against servers bound on the pods' 127.x IPs, and the
 #             delay one never-answering server adds to the others
 #
-# Environment: HSD_POD_CIDR (default here 127.91.0.0/16, a range of its own, because the probe
-# servers bind on pod IPs) and hack/cluster.sh's HSD_BIN_DIR / HSD_CACHE_DIR apply. The cluster
-# dir is always target/bench-cluster. Nothing connects outside 127.0.0.0/8.
+# Environment: HSD_POD_CIDR (default: the driver's own 127.91.0.0/16, or 127.90.0.0/15 when more
+# pods than a /16 holds are planned; the probe servers bind on pod IPs) and hack/cluster.sh's
+# HSD_BIN_DIR / HSD_CACHE_DIR apply. The cluster dir is always target/bench-cluster. Nothing
+# connects outside 127.0.0.0/8.
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -40,7 +45,6 @@ source "$REPO_ROOT/hack/lib.sh"
 ensure_tools openssl:openssl curl:curl python3:python3 /usr/bin/time:time
 
 export HSD_CLUSTER_DIR="$REPO_ROOT/target/bench-cluster"
-export HSD_POD_CIDR="${HSD_POD_CIDR:-127.91.0.0/16}"
 keep=0
 for arg in "$@"; do [[ $arg == --keep-cluster ]] && keep=1; done
 cleanup() {
@@ -53,11 +57,14 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-log "cargo build --release"
-cargo build --release
+# No separate `cargo build --release`: `cargo bench` builds the measured binary
+# (target/release/kubectl-hsd) itself, and with the dev-dependencies' features (tokio "full"),
+# so a plain release build first would compile everything twice.
+log "cargo bench --no-run (the release binary and the benchmark)"
+cargo bench --locked --bench hsd --no-run
 log "hack/cluster.sh build k8s"
 hack/cluster.sh build k8s # the control plane only, no helm
 
-log "running the benchmark (cargo bench --bench hsd -- $*)"
-cargo bench --bench hsd -- "$@"
-log "done in $(($(date +%s) - started))s: bench/results/latest.md"
+log "running the benchmark (cargo bench --locked --bench hsd -- $*)"
+cargo bench --locked --bench hsd -- "$@"
+log "done in $(($(date +%s) - started))s: bench/results/ has the run's files"
