@@ -26,10 +26,10 @@
 //! name in `MEASUREMENTS`, a call in `benchmark` and its goals in `goals`.
 
 mod cluster;
-// HotStandbyJob figures (#14): their own file, hooked in at three marked places below.
-mod hsj;
 mod deployments;
 mod floor;
+// HotStandbyJob figures (#14): their own file, hooked in at three marked places below.
+mod hsj;
 mod pass;
 mod populate;
 mod probes;
