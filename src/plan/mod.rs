@@ -557,16 +557,14 @@ fn decide_child(
         if desired < active {
             victims = drain::victims(&rs_pods, usize::try_from(active - desired).unwrap_or(0));
         }
-        // Replicas drop by the pods this pass drained, no further. When the ReplicaSet owes pods
-        // this pass has not seen (made after the read, or still being made), they stay too: were
-        // they its surplus, it would delete them unseen, and a client may have marked one busy
-        // meanwhile. A later pass that sees them decides. Pods it cannot make (ReplicaFailure,
-        // e.g. a quota) are not coming, so they do not hold replicas up.
+        // Replicas drop to the pods that stay, no further: the pods this pass saw, less those
+        // drained. Pods the ReplicaSet owes beyond them (made after this pass read, or not made
+        // yet) are then its surplus: it removes those itself, unmade or Pending, so before any
+        // work could reach them. Holding replicas for them instead stalled scale-downs for as
+        // long as the controller-manager was slow to make them (after an etcd restart, > 60 s).
         let victims_count = i32::try_from(victims.len()).unwrap_or(i32::MAX);
-        let pods_owed = current > active && !deployment.creation_failing;
-        let floor = if pods_owed { current } else { active } - victims_count;
         if desired < current {
-            desired = desired.max(floor);
+            desired = desired.max(active - victims_count);
         }
     }
     let lowers = desired < current || desired < active || current < active;
