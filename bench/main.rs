@@ -493,6 +493,19 @@ async fn benchmark(options: &Options, cluster: &Cluster, results: &mut Value) ->
                 Contender::Single,
             )
             .await?;
+            // The same again with `routing.stateLabel` on: what the label writes cost (#13).
+            set_state_label(&client, &bench.layout, hsds, true).await?;
+            let labelled = reaction::measure(
+                &bench,
+                &mut deployments,
+                hsds,
+                stage.hsds,
+                events,
+                Contender::Single,
+            )
+            .await;
+            set_state_label(&client, &bench.layout, hsds, false).await?;
+            results["reaction_state_label"] = labelled?;
             // The same again with other pods beside the HSDs' own.
             populate::create_other_pods(&client, &bench.layout, options.other_pods).await?;
             let mut others = reaction::measure(
@@ -548,11 +561,35 @@ async fn benchmark(options: &Options, cluster: &Cluster, results: &mut Value) ->
     Ok(())
 }
 
+/// Turns `routing.stateLabel` on or off for the first `hsds` HSDs (merge patch of the spec).
+async fn set_state_label(
+    client: &kube::Client,
+    layout: &populate::Layout,
+    hsds: usize,
+    on: bool,
+) -> Res<()> {
+    let resource = kubectl_hsd::observe::hsd_resource();
+    for h in 0..hsds {
+        let api: kube::Api<kube::api::DynamicObject> =
+            kube::Api::namespaced_with(client.clone(), &layout.namespace(h), &resource);
+        let patch = json!({"spec": {"routing": {"stateLabel": on}}});
+        api.patch(
+            &populate::Layout::name(h),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .ctx("setting routing.stateLabel")?;
+    }
+    Ok(())
+}
+
 fn notes() -> Vec<&'static str> {
     vec![
         "One-shot pass: `/usr/bin/time -v kubectl-hsd reconcile -A --stats` after a converging pass and a settled cluster; seconds = process wall time (median of the repetitions), pass_seconds = the --stats time, cpu_seconds = the process's user + system CPU (the rest of the wall time is waiting for the API server), requests/noop_writes from --stats, peak RSS from /usr/bin/time. Its floor (floor_seconds, taking turns with it): a bare paginated list, in-process on a runtime of its own with a client built in the measured time, of the HSDs and of the Deployments and pods that carry the HSD label, the three lists at once, 500 a page, parsed into lean structs. HSDs are spread over 10 namespaces.",
         "Watcher start: from just before `reconcile --watch -A --leader-elect=false` is spawned to the first Deployment write it makes (the benchmark's own watch delivers it): before each start, with no controller running, one pod in each of 5 HSDs (different ones each start) was flipped busy, so that they need 20 -> 21. The floor (floor_sync_s, taking turns with it): kube's reflector on the same three resources (pods and Deployments with the HSD label, all HSDs), the objects parsed into the product's lean types, in a process of its own (this benchmark binary with --floor-reflector), from its spawn until all three delivered InitDone; floor_rss_mb: its VmRSS 5 s later, while it keeps watching (the largest of the starts). all_decided_s: until every HSD has its hsd_desired_replicas series (polled). rss_mb: VmRSS 5 s after that (the largest of the starts).",
         "Reaction: each event flips one pod's paia.tech/busy annotation (merge PATCH); the latency runs from the PATCH's response to this benchmark's own Deployment watch delivering the new spec.replicas. Flips alternate busy/idle per HSD (replicas 20 <-> 21), one at a time, each waited for. The floor (in-process kube-rs client on its own runtime thread) watches the pods that carry the HSD label and merge-PATCHes spec.replicas to idleTarget + busy on each change; floor and product take turns in blocks on the same pods. reaction_others: the same with other pods (never scheduled, no HSD label) in the HSDs' namespaces.",
+        "reaction_state_label: the reaction series again with spec.routing.stateLabel on for the flipped HSDs, so that every flip also relabels the pod (paia.tech/state): the label writes' cost, beside the same floor.",
         "Shards: the one-watcher reference (`reconcile --watch -A --leader-elect=false`) at the smaller size, and two replicas of `reconcile --watch -A --shards 2` (leader election on Leases of their own) at twice the size, each leading one shard; each replica's reaction is over the flips of its own shard's HSDs, its RSS read after the flips.",
         "Failover: two sharded replicas at steady state; the one leading shard 1 is killed (SIGKILL) and at once a pod of an HSD in shard 1 is flipped busy. shard_taken: until the survivor's hsd_shards_led is 2 (polled every 200 ms); acted: until the benchmark's Deployment watch sees the flip's 20 -> 21.",
         "Probes: per_second is kubectl_hsd::observe::probe::Prober::probe_all at the default concurrency against one real HTTP server per pod IP (half 200, half 503), median of 5 rounds; pass_per_second is pods probed / --stats seconds of a one-shot pass over the HTTP-mode HSDs; slow_server_extra_ms is how much later the other servers were all answered when the first one never answers (1 s timeout) than in the baseline round just before, median of 3 such pairs.",
@@ -672,6 +709,20 @@ fn goals(results: &Value) -> Vec<Goal> {
             target: "<= 80 MB at 20,000 pods".into(),
             value: format!("{rss:.1} MB (the reflector floor: {floor_rss:.1} MB)"),
             met: full.then_some(rss <= 80.0),
+        });
+    }
+
+    // What the state label's writes cost (#13): the same series with routing.stateLabel on.
+    let (plain, labelled) = (&results["reaction"], &results["reaction_state_label"]);
+    if let (Some(off), Some(on)) = (plain["p99_ms"].as_f64(), labelled["p99_ms"].as_f64()) {
+        goals.push(Goal {
+            name: "reaction p99 with routing.stateLabel on".into(),
+            target: "measured (no goal): the label writes' cost".into(),
+            value: format!(
+                "{on:.1} ms against {off:.1} ms with it off (floor {:.1} ms)",
+                f(&labelled["floor_p99_ms"])
+            ),
+            met: None,
         });
     }
 
