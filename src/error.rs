@@ -125,6 +125,24 @@ pub fn hsd_read_error(namespace: Option<&str>) -> impl FnOnce(kube::Error) -> Er
     }
 }
 
+/// [`hsd_read_error`] for HotStandbyJobs.
+pub fn hsj_read_error(namespace: Option<&str>) -> impl FnOnce(kube::Error) -> Error {
+    move |e| {
+        if is_not_found(&e) {
+            Error::Invalid(
+                "the HotStandbyJob CRD is not installed: run `kubectl hsd install`".into(),
+            )
+        } else {
+            kube_error(
+                "listing HotStandbyJobs",
+                "list",
+                "hotstandbyjobs.apps.paia.tech",
+                namespace,
+            )(e)
+        }
+    }
+}
+
 /// The API server this process talks to, for messages about an unreachable server (set once by
 /// [`crate::client::load_config`]).
 static API_SERVER: std::sync::OnceLock<String> = std::sync::OnceLock::new();

@@ -224,7 +224,7 @@ pub struct TimedRecommendation {
     pub since: String,
 }
 
-fn pod_template_schema(_: &mut SchemaGenerator) -> Schema {
+pub(crate) fn pod_template_schema(_: &mut SchemaGenerator) -> Schema {
     // Unknown fields are kept (the API server validates them when the Deployment is applied);
     // metadata.labels is declared so that the CEL rule on the selector can read it.
     json_schema!({

@@ -105,35 +105,17 @@ fn nullable_count_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "integer", "format": "int32", "minimum": 0, "nullable": true})
 }
 
-fn job_template_schema(_: &mut SchemaGenerator) -> Schema {
-    // Unknown fields are kept; what the CEL rules read is declared.
+fn job_template_schema(generator: &mut SchemaGenerator) -> Schema {
+    // Unknown fields are kept; what the CEL rules read is declared. The pod template is the
+    // HotStandbyDeployment's.
+    let pod_template = super::hsd::pod_template_schema(generator);
     json_schema!({
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true,
         "properties": {
             "parallelism": {"type": "integer", "format": "int32"},
             "image": {"type": "string", "minLength": 1},
-            "template": {
-                "type": "object",
-                "x-kubernetes-preserve-unknown-fields": true,
-                "properties": {
-                    "metadata": {
-                        "type": "object",
-                        "x-kubernetes-preserve-unknown-fields": true,
-                        "properties": {
-                            "labels": {
-                                "type": "object",
-                                "maxProperties": 64,
-                                "additionalProperties": {"type": "string", "maxLength": 63}
-                            }
-                        }
-                    },
-                    "spec": {
-                        "type": "object",
-                        "x-kubernetes-preserve-unknown-fields": true
-                    }
-                }
-            }
+            "template": pod_template
         }
     })
 }

@@ -20,43 +20,12 @@ const HSD_KIND: &str = "hotstandbydeployment.apps.paia.tech";
 pub async fn get(global: &GlobalArgs, name: Option<String>) -> Result<i32> {
     let (client, _, default_ns) = crate::client::connect(&global.client_options()).await?;
     let scope = global.scope(&default_ns);
-    let api: Api<DynamicObject> = match &scope {
-        Scope::Namespace(ns) => Api::namespaced_with(client.clone(), ns, &hsd_resource()),
-        Scope::All => Api::all_with(client.clone(), &hsd_resource()),
-    };
-    let items = match &name {
-        Some(name) => {
-            if scope == Scope::All {
-                return Err(Error::Invalid(
-                    "a resource cannot be retrieved by name across all namespaces".into(),
-                ));
-            }
-            match api
-                .get_opt(name)
-                .await
-                .map_err(hsd_read_error(scope.namespace()))?
-            {
-                Some(object) => vec![object],
-                None => {
-                    return Err(Error::NotFound {
-                        what: format!("hotstandbydeployments.apps.paia.tech {name:?}"),
-                    });
-                }
-            }
-        }
-        None => {
-            api.list(&ListParams::default())
-                .await
-                .map_err(hsd_read_error(scope.namespace()))?
-                .items
-        }
-    };
+    let namespace = scope.namespace();
+    let (items, value) = read_for_get(&client, &scope, &hsd_resource(), name.as_deref(), &|e| {
+        hsd_read_error(namespace)(e)
+    })
+    .await?;
     let format = global.output.clone().unwrap_or(OutputFormat::Table);
-    let value = if name.is_some() {
-        serde_json::to_value(&items[0]).unwrap_or_default()
-    } else {
-        json!({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}})
-    };
     if output::print_generic(&format, &value, HSD_KIND)? {
         return Ok(0);
     }
@@ -150,72 +119,61 @@ fn hsd_table(objects: &[Value], with_namespace: bool, wide: bool) -> String {
     table(&headers, rows)
 }
 
+/// What `get` reads: the object named (in one namespace) or every object of the scope, and the
+/// value `-o` prints (that object, or a List of them).
+async fn read_for_get(
+    client: &kube::Client,
+    scope: &Scope,
+    resource: &kube::api::ApiResource,
+    name: Option<&str>,
+    read_error: &dyn Fn(kube::Error) -> Error,
+) -> Result<(Vec<DynamicObject>, Value)> {
+    let api: Api<DynamicObject> = match scope {
+        Scope::Namespace(ns) => Api::namespaced_with(client.clone(), ns, resource),
+        Scope::All => Api::all_with(client.clone(), resource),
+    };
+    let Some(name) = name else {
+        let items = api
+            .list(&ListParams::default())
+            .await
+            .map_err(read_error)?
+            .items;
+        let value = json!({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}});
+        return Ok((items, value));
+    };
+    if *scope == Scope::All {
+        return Err(Error::Invalid(
+            "a resource cannot be retrieved by name across all namespaces".into(),
+        ));
+    }
+    match api.get_opt(name).await.map_err(read_error)? {
+        Some(object) => {
+            let value = serde_json::to_value(&object).unwrap_or_default();
+            Ok((vec![object], value))
+        }
+        None => Err(Error::NotFound {
+            what: format!("{}.{} {name:?}", resource.plural, resource.group),
+        }),
+    }
+}
+
 /// `get hsj [NAME]`: HotStandbyJobs, with the columns of `kubectl get hsj` (`-o wide` adds the
 /// starting and unknown counts, the finished Jobs and Ready).
 pub async fn get_hsj(global: &GlobalArgs, name: Option<String>) -> Result<i32> {
     let (client, _, default_ns) = crate::client::connect(&global.client_options()).await?;
     let scope = global.scope(&default_ns);
-    let resource = crate::observe::jobs::hsj_resource();
-    let api: Api<DynamicObject> = match &scope {
-        Scope::Namespace(ns) => Api::namespaced_with(client.clone(), ns, &resource),
-        Scope::All => Api::all_with(client.clone(), &resource),
-    };
-    let read_error = |namespace: Option<&str>| {
-        let namespace = namespace.map(str::to_string);
-        move |e: kube::Error| {
-            if crate::error::is_not_found(&e) {
-                Error::Invalid(
-                    "the HotStandbyJob CRD is not installed: run `kubectl hsd install`".into(),
-                )
-            } else {
-                crate::error::kube_error(
-                    "listing HotStandbyJobs",
-                    "list",
-                    "hotstandbyjobs.apps.paia.tech",
-                    namespace.as_deref(),
-                )(e)
-            }
-        }
-    };
-    let items = match &name {
-        Some(name) => {
-            if scope == Scope::All {
-                return Err(Error::Invalid(
-                    "a resource cannot be retrieved by name across all namespaces".into(),
-                ));
-            }
-            match api
-                .get_opt(name)
-                .await
-                .map_err(read_error(scope.namespace()))?
-            {
-                Some(object) => vec![object],
-                None => {
-                    return Err(Error::NotFound {
-                        what: format!("hotstandbyjobs.apps.paia.tech {name:?}"),
-                    });
-                }
-            }
-        }
-        None => {
-            api.list(&ListParams::default())
-                .await
-                .map_err(read_error(scope.namespace()))?
-                .items
-        }
-    };
+    let namespace = scope.namespace();
+    let (items, value) = read_for_get(
+        &client,
+        &scope,
+        &crate::observe::jobs::hsj_resource(),
+        name.as_deref(),
+        &|e| crate::error::hsj_read_error(namespace)(e),
+    )
+    .await?;
     let format = global.output.clone().unwrap_or(OutputFormat::Table);
-    match format {
-        OutputFormat::Table | OutputFormat::Wide => {}
-        other => {
-            let value = if name.is_some() {
-                serde_json::to_value(&items[0]).unwrap_or_default()
-            } else {
-                json!({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}})
-            };
-            output::print_generic(&other, &value, "hotstandbyjob.apps.paia.tech")?;
-            return Ok(0);
-        }
+    if output::print_generic(&format, &value, "hotstandbyjob.apps.paia.tech")? {
+        return Ok(0);
     }
     if items.is_empty() {
         match scope.namespace() {

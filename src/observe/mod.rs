@@ -18,7 +18,7 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ApiResource, DynamicObject, ListParams, ObjectList};
-use kube::core::object::Object;
+use kube::core::object::{NotUsed, Object};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -108,15 +108,8 @@ pub struct LeanDeploymentSpec {
     pub replicas: Option<i32>,
 }
 
-/// The Deployment status the plan reads: its conditions.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-pub struct LeanDeploymentStatus {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub conditions: Vec<LeanCondition>,
-}
-
-/// A Deployment as read from the API: its metadata, replica count and conditions.
-pub type LeanDeployment = Object<LeanDeploymentSpec, LeanDeploymentStatus>;
+/// A Deployment as read from the API: its metadata and replica count.
+pub type LeanDeployment = Object<LeanDeploymentSpec, NotUsed>;
 
 pub fn pod_resource() -> ApiResource {
     ApiResource::erase::<Pod>(&())
@@ -151,7 +144,7 @@ pub async fn read_snapshot(client: &Client, scope: &Scope) -> Result<Snapshot> {
     }
     let (deployments, pods) = tokio::try_join!(
         async {
-            list_lean::<LeanDeploymentSpec, LeanDeploymentStatus>(
+            list_lean::<LeanDeploymentSpec, NotUsed>(
                 client,
                 scope,
                 &deployment_resource(),
@@ -338,12 +331,6 @@ pub fn deployment_facts(deployment: &LeanDeployment, hsd_uid: &str) -> ObservedD
         relabelling: deployment
             .annotations()
             .contains_key(RELABELLING_ANNOTATION),
-        creation_failing: deployment.status.as_ref().is_some_and(|status| {
-            status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "ReplicaFailure" && c.status == "True")
-        }),
     }
 }
 

@@ -110,7 +110,6 @@ pub fn observed(
             template_hash: Some(hash),
             applied_replicas: Some(replicas),
             relabelling: false,
-            creation_failing: false,
         }),
         pods,
         probes_cut_short: 0,

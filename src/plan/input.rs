@@ -39,9 +39,6 @@ pub struct ObservedDeployment {
     pub applied_replicas: Option<i32>,
     /// A relabel without a rollout was started and not finished (the child is paused).
     pub relabelling: bool,
-    /// The ReplicaSet fails to create pods (the `ReplicaFailure` condition, e.g. a quota): the
-    /// pods it is short of are not coming.
-    pub creation_failing: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -260,12 +260,7 @@ async fn observe_hsd(
         if let Some((version, written)) = own.deployment
             && cache_is_behind(cached_deployment_version.as_deref(), &version)
         {
-            // Conditions are the controllers' to write: the cache's are the latest.
-            let creation_failing = hsd.deployment.as_ref().is_some_and(|d| d.creation_failing);
-            hsd.deployment = Some(ObservedDeployment {
-                creation_failing,
-                ..written
-            });
+            hsd.deployment = Some(written);
         }
         if let Some((version, status)) = own.status
             && cache_is_behind(object.metadata.resource_version.as_deref(), &version)
@@ -376,7 +371,6 @@ async fn reconcile(
                     template_hash: Some(template_hash.clone()),
                     applied_replicas: Some(written.applied_replicas.unwrap_or(*replicas)),
                     relabelling: false,
-                    creation_failing: false,
                 },
             ));
         }
