@@ -46,6 +46,7 @@ async fn ensure_other_pods() {
                 .await
                 .unwrap();
         }
+        common::ensure_default_service_account(&client, name).await;
         let pods: Api<Pod> = Api::namespaced(client, name);
         let existing = pods.list(&ListParams::default().limit(1)).await.unwrap();
         let have = existing.metadata.remaining_item_count.unwrap_or(0) as usize + existing.items.len();

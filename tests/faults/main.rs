@@ -61,7 +61,7 @@ async fn create_hsd(ns: &TestNs, name: &str, app: &str) {
 }
 
 async fn wait_replicas(ns: &TestNs, name: &str, want: i32, what: &str) {
-    wait_for(what, TIMEOUT, || async {
+    ns.wait_for(what, TIMEOUT, || async {
         (replicas(ns, name).await == Some(want)).then_some(())
     })
     .await;
@@ -80,7 +80,7 @@ async fn mark(ns: &TestNs, pod: &str, busy: bool) {
 }
 
 async fn ready_pod_names(ns: &TestNs, selector: &str, n: usize) -> Vec<String> {
-    wait_for(&format!("{n} ready pods"), TIMEOUT, || async {
+    ns.wait_for(&format!("{n} ready pods"), TIMEOUT, || async {
         let pods = ns.live_pods(selector).await;
         (pods.len() == n && pods.iter().all(common::is_ready))
             .then(|| pods.iter().map(|p| p.name_any()).collect())

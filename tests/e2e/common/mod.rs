@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Event, Namespace, Pod};
+use k8s_openapi::api::core::v1::{Event, Namespace, Pod, ServiceAccount};
 use kube::api::DynamicObject;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -125,6 +125,7 @@ impl TestNs {
             .create(&PostParams::default(), &namespace)
             .await
             .expect("create the test namespace");
+        ensure_default_service_account(&client, &name).await;
         Self { client, name }
     }
 
@@ -146,6 +147,59 @@ impl TestNs {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["-n", &self.name]);
         hsd_ok(&all)
+    }
+
+    /// [`wait_for`], whose timeout also prints what the namespace's events and pods say, so that
+    /// a run that failed far away (CI) shows which controller stalled.
+    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}\n{}",
+                    self.diagnosis().await
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn diagnosis(&self) -> String {
+        let mut lines = vec![format!("namespace {}:", self.name)];
+        let events: Api<Event> = self.api();
+        if let Ok(list) = events.list(&ListParams::default()).await {
+            for event in list.items {
+                lines.push(format!(
+                    "  event {} {}: {} x{} {}",
+                    event.involved_object.name.unwrap_or_default(),
+                    event.reason.unwrap_or_default(),
+                    event.source.and_then(|s| s.component).unwrap_or_default(),
+                    event.count.unwrap_or(1),
+                    event.message.unwrap_or_default(),
+                ));
+            }
+        }
+        let pods: Api<Pod> = self.api();
+        if let Ok(list) = pods.list(&ListParams::default()).await {
+            for pod in list.items {
+                lines.push(format!(
+                    "  pod {} phase={:?} ready={} node={:?} deleting={}",
+                    pod.metadata.name.clone().unwrap_or_default(),
+                    pod.status.as_ref().and_then(|s| s.phase.clone()),
+                    is_ready(&pod),
+                    pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+                    pod.metadata.deletion_timestamp.is_some(),
+                ));
+            }
+        }
+        lines.join("\n")
     }
 
     /// Pods of the namespace that are not terminating.
@@ -176,6 +230,21 @@ impl Drop for TestNs {
             });
         })
         .join();
+    }
+}
+
+/// Creates a new namespace's `default` ServiceAccount unless the controller-manager already has.
+/// Until it exists, admission refuses every pod there, and the ReplicaSet controller backs off
+/// for longer each time: after an API server restart, the ServiceAccount controller relists late
+/// and a Deployment's pods could wait past a test's timeout (a CI run waited over 60 s).
+pub async fn ensure_default_service_account(client: &Client, namespace: &str) {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    let account: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}})).unwrap();
+    match accounts.create(&PostParams::default(), &account).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => panic!("create the default ServiceAccount in {namespace}: {error}"),
     }
 }
 
