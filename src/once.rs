@@ -312,6 +312,112 @@ struct HsdPass {
     services_error: Option<Error>,
 }
 
+/// Probes, plans and executes one observed HSD within the pass's deadlines.
+async fn reconcile_observed(
+    client: &Client,
+    mut hsd: ObservedHsd,
+    targets: Vec<(usize, crate::observe::probe::Target)>,
+    prober: &Prober,
+    (probe_deadline, deadline): (tokio::time::Instant, tokio::time::Instant),
+    options: &PassOptions,
+    execute_slots: &tokio::sync::Semaphore,
+) -> (HsdOutcome, Vec<ProbeResult>) {
+    let probes = if targets.is_empty() {
+        Vec::new()
+    } else {
+        observe::probe_hsd(prober, &mut hsd, targets, probe_deadline).await
+    };
+    if let Err(error) = observe::confirm_missing_child(client, &mut hsd).await {
+        let plan = plan::plan(&hsd, jiff::Timestamp::now());
+        return (
+            HsdOutcome {
+                namespace: hsd.namespace,
+                name: hsd.name,
+                plan,
+                result: Err(error),
+            },
+            probes,
+        );
+    }
+    let _slot = execute_slots.acquire().await.expect("never closed");
+    let (plan, result) =
+        match tokio::time::timeout_at(deadline, reconcile_hsd(client, &hsd, options.dry_run)).await
+        {
+            Ok(done) => done,
+            Err(_) => (
+                plan::plan(&hsd, jiff::Timestamp::now()),
+                Err(Error::Timeout(
+                    options.deadline.unwrap_or(DEFAULT_PASS_DEADLINE),
+                    "this HSD's writes (the pass deadline passed; the next pass retries)".into(),
+                )),
+            ),
+        };
+    if let Err(error) = &result {
+        tracing::warn!(namespace = %hsd.namespace, name = %hsd.name, %error, "reconcile failed");
+    }
+    (
+        HsdOutcome {
+            namespace: hsd.namespace,
+            name: hsd.name,
+            plan,
+            result,
+        },
+        probes,
+    )
+}
+
+/// One pass over one HSD, as [`run_pass`] makes it for each: read (the HSD, its child and its
+/// pods), probe, plan, execute. The proxy runs it to wake an HSD, so that a wake goes through
+/// the same plan and field manager as every other replica change, with or without a watcher.
+/// `None` when the HSD does not exist.
+pub async fn reconcile_one(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    options: &PassOptions,
+) -> Result<Option<HsdOutcome>> {
+    let (probe_deadline, deadline) = options.deadlines(Instant::now());
+    let Some(snapshot) = observe::read_one(client, namespace, name).await? else {
+        return Ok(None);
+    };
+    let scope = Scope::Namespace(namespace.to_string());
+    // An active-standby Service over these pods keeps its master's place, as in a full pass.
+    let services = observe::services::list_services(client, &scope).await?;
+    let Some(object) = snapshot.hsds.first() else {
+        return Ok(None);
+    };
+    let (mut hsd, pods) = observe::observe_hsd(object, &snapshot.index, |_| None);
+    hsd.master_slot = observe::services::master_slot(&hsd, &services);
+    let targets = match &hsd.spec {
+        Ok(spec) => observe::probe_targets(spec, &pods),
+        Err(_) => Vec::new(),
+    };
+    drop(snapshot);
+    let prober = Prober::new(
+        options
+            .probe_concurrency
+            .unwrap_or(crate::observe::probe::DEFAULT_CONCURRENCY),
+    )
+    .with_exec(
+        client.clone(),
+        options
+            .exec_probe_concurrency
+            .unwrap_or(crate::observe::probe::DEFAULT_EXEC_CONCURRENCY),
+    );
+    let slots = tokio::sync::Semaphore::new(1);
+    let (outcome, _) = reconcile_observed(
+        client,
+        hsd,
+        targets,
+        &prober,
+        (probe_deadline, deadline),
+        options,
+        &slots,
+    )
+    .await;
+    Ok(Some(outcome))
+}
+
 /// The HSD side of a pass: its outcomes and probes, or the error of reading the scope.
 async fn run_hsd_pass(
     client: &Client,
@@ -344,56 +450,16 @@ async fn run_hsd_pass(
     let execute_slots = tokio::sync::Semaphore::new(EXECUTE_CONCURRENCY);
 
     let results: Vec<(HsdOutcome, Vec<ProbeResult>)> = stream::iter(work)
-        .map(|(mut hsd, targets)| {
-            let execute_slots = &execute_slots;
-            async move {
-                let probes = if targets.is_empty() {
-                    Vec::new()
-                } else {
-                    observe::probe_hsd(prober, &mut hsd, targets, probe_deadline).await
-                };
-                if let Err(error) = observe::confirm_missing_child(client, &mut hsd).await {
-                    let plan = plan::plan(&hsd, jiff::Timestamp::now());
-                    return (
-                        HsdOutcome {
-                            namespace: hsd.namespace,
-                            name: hsd.name,
-                            plan,
-                            result: Err(error),
-                        },
-                        probes,
-                    );
-                }
-                let _slot = execute_slots.acquire().await.expect("never closed");
-                let (plan, result) = match tokio::time::timeout_at(
-                    deadline,
-                    reconcile_hsd(client, &hsd, options.dry_run),
-                )
-                .await
-                {
-                    Ok(done) => done,
-                    Err(_) => (
-                        plan::plan(&hsd, jiff::Timestamp::now()),
-                        Err(Error::Timeout(
-                            options.deadline.unwrap_or(DEFAULT_PASS_DEADLINE),
-                            "this HSD's writes (the pass deadline passed; the next pass retries)"
-                                .into(),
-                        )),
-                    ),
-                };
-                if let Err(error) = &result {
-                    tracing::warn!(namespace = %hsd.namespace, name = %hsd.name, %error, "reconcile failed");
-                }
-                (
-                    HsdOutcome {
-                        namespace: hsd.namespace,
-                        name: hsd.name,
-                        plan,
-                        result,
-                    },
-                    probes,
-                )
-            }
+        .map(|(hsd, targets)| {
+            reconcile_observed(
+                client,
+                hsd,
+                targets,
+                prober,
+                (probe_deadline, deadline),
+                options,
+                &execute_slots,
+            )
         })
         .buffer_unordered(PROBE_HSD_CONCURRENCY)
         .collect()

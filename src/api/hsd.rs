@@ -102,6 +102,22 @@ pub struct HotStandbyDeploymentSpec {
     /// Routing new work to idle pods only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routing: Option<Routing>,
+
+    /// Sleep at 0 replicas when nothing has been busy and no connection has come through
+    /// `kubectl hsd proxy --hsd` for a while; the proxy wakes the HSD on the next connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_to_zero: Option<ScaleToZero>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleToZero {
+    /// Seconds without a busy pod and without a proxied connection before replicas go to 0
+    /// (below minReplicas). The shared deadline is the HSD's annotation
+    /// `zero-pod-autoscaler/scale-down-at`, moved later by the reconciler while pods are busy
+    /// and by every proxy replica while connections are open.
+    #[schemars(range(min = 1))]
+    pub after_seconds: i64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

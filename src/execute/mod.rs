@@ -50,6 +50,8 @@ pub struct Written {
     /// Pods whose fate was not changed because they changed since they were read.
     pub refused: Vec<String>,
     pub state_labels: usize,
+    /// The shared sleep deadline was moved later (`spec.scaleToZero`).
+    pub sleep_deadline: bool,
     /// The replicas applied to the Deployment, when it was applied.
     pub applied_replicas: Option<i32>,
 }
@@ -64,6 +66,49 @@ impl Written {
             + self.retired.len()
             + self.removed.len()
             + self.state_labels
+            + usize::from(self.sleep_deadline)
+    }
+}
+
+/// Moves the HSD's shared sleep deadline later, by compare-and-swap on the resourceVersion it
+/// was read at: false when it changed meanwhile (a proxy may have moved the deadline further;
+/// the next pass decides again on what it says).
+pub async fn move_sleep_deadline(
+    client: &Client,
+    hsd: &ObservedHsd,
+    deadline: jiff::Timestamp,
+) -> Result<bool> {
+    let Some(resource_version) = &hsd.resource_version else {
+        return Ok(false);
+    };
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &hsd.namespace, &hsd_resource());
+    let body = json!({"metadata": {
+        "resourceVersion": resource_version,
+        "annotations": {
+            crate::plan::sleep::SLEEP_DEADLINE_ANNOTATION:
+                crate::proxy::deadline::format_deadline(deadline),
+        },
+    }});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..Default::default()
+    };
+    match api.patch(&hsd.name, &params, &Patch::Merge(&body)).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            tracing::debug!(namespace = %hsd.namespace, name = %hsd.name, "the HSD changed since it was read: the sleep deadline is decided again next pass");
+            Ok(false)
+        }
+        Err(error) => Err(kube_error(
+            format!(
+                "moving the sleep deadline of HotStandbyDeployment {}/{}",
+                hsd.namespace, hsd.name
+            ),
+            "patch",
+            "hotstandbydeployments.apps.paia.tech",
+            Some(&hsd.namespace),
+        )(error)),
     }
 }
 
@@ -117,6 +162,10 @@ pub fn desired_deployment(
 pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<Written> {
     let mut written = Written::default();
     let params = PatchParams::apply(FIELD_MANAGER).force();
+    // First: the status write below changes the resourceVersion this compare-and-swap is on.
+    if let Some(deadline) = plan.sleep.move_deadline_to {
+        written.sleep_deadline = move_sleep_deadline(client, hsd, deadline).await?;
+    }
     if !plan.cost_writes.is_empty() {
         let pods: Api<DynamicObject> = Api::namespaced_with(
             client.clone(),

@@ -23,6 +23,9 @@ pub fn reconcile_rules(mode: OperatorMode) -> Value {
     json!([
         {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments", "hotstandbyjobs"], "verbs": read},
         {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments/status", "hotstandbyjobs/status"], "verbs": ["patch"]},
+        // patch: the shared sleep deadline annotation of an HSD with scaleToZero (a
+        // compare-and-swap on its resourceVersion).
+        {"apiGroups": ["apps.paia.tech"], "resources": ["hotstandbydeployments"], "verbs": ["patch"]},
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": write_jobs},
         // get and create (each alone is refused): the exec busy probe runs its command in a pod.
         {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["get", "create"]},

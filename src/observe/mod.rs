@@ -142,13 +142,45 @@ pub async fn read_snapshot(client: &Client, scope: &Scope) -> Result<Snapshot> {
     if hsds.is_empty() {
         return Ok(Snapshot::default());
     }
+    read_children(client, scope, hsds, &hsd_owned_selector()).await
+}
+
+/// Reads one HSD with its child Deployment and pods (a label-selected list each): what the
+/// proxy's wake runs the plan on. `None` when the HSD does not exist.
+pub async fn read_one(client: &Client, namespace: &str, name: &str) -> Result<Option<Snapshot>> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &hsd_resource());
+    let Some(hsd) = api
+        .get_opt(name)
+        .await
+        .map_err(hsd_read_error(Some(namespace)))?
+    else {
+        return Ok(None);
+    };
+    let selector = format!(
+        "{}={}",
+        crate::labels::HSD_LABEL,
+        crate::labels::hsd_label_value(name)
+    );
+    let scope = Scope::Namespace(namespace.to_string());
+    read_children(client, &scope, vec![hsd], &selector)
+        .await
+        .map(Some)
+}
+
+async fn read_children(
+    client: &Client,
+    scope: &Scope,
+    hsds: Vec<DynamicObject>,
+    selector: &str,
+) -> Result<Snapshot> {
+    let namespace = scope.namespace();
     let (deployments, pods) = tokio::try_join!(
         async {
             list_lean::<LeanDeploymentSpec, NotUsed>(
                 client,
                 scope,
                 &deployment_resource(),
-                &hsd_owned_selector(),
+                selector,
             )
             .await
             .map_err(kube_error(
@@ -159,14 +191,9 @@ pub async fn read_snapshot(client: &Client, scope: &Scope) -> Result<Snapshot> {
             ))
         },
         async {
-            list_lean::<LeanPodSpec, LeanPodStatus>(
-                client,
-                scope,
-                &pod_resource(),
-                &hsd_owned_selector(),
-            )
-            .await
-            .map_err(kube_error("listing pods", "list", "pods", namespace))
+            list_lean::<LeanPodSpec, LeanPodStatus>(client, scope, &pod_resource(), selector)
+                .await
+                .map_err(kube_error("listing pods", "list", "pods", namespace))
         },
     )?;
     Ok(Snapshot {
@@ -308,6 +335,11 @@ pub fn hsd_facts(object: &DynamicObject) -> ObservedHsd {
         pods: Vec::new(),
         probes_cut_short: 0,
         master_slot: false,
+        resource_version: object.resource_version(),
+        sleep_deadline: object
+            .annotations()
+            .get(crate::plan::sleep::SLEEP_DEADLINE_ANNOTATION)
+            .and_then(|value| crate::proxy::deadline::parse_deadline(value)),
     }
 }
 

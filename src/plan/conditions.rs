@@ -13,6 +13,7 @@ pub mod condition {
     pub const PAUSED: &str = "Paused";
     pub const PODS_UNSCHEDULABLE: &str = "PodsUnschedulable";
     pub const BUSY_TEMPLATE: &str = "BusyAnnotationInTemplate";
+    pub const ASLEEP: &str = "Asleep";
 }
 
 pub struct Conditions {

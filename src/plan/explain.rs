@@ -11,6 +11,8 @@ use super::target::{Bound, Recommendation};
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Decision {
+    /// Scaled to zero (`spec.scaleToZero`): nothing busy and the shared deadline passed.
+    pub asleep: bool,
     pub busy_by_annotation: i32,
     pub busy_by_probe: i32,
     /// Busy pods whose annotation value is not an accepted spelling (counted as busy).
@@ -97,6 +99,11 @@ pub fn explain_steps(decision: &Decision, paused: bool, action: &DeploymentActio
                 "maxReplicas"
             }
         ));
+    }
+    if decision.asleep {
+        why.push(
+            "asleep at 0: nothing busy and no proxied connection for scaleToZero.afterSeconds (the first connection through the proxy wakes it)".to_string(),
+        );
     }
     if decision.old_busy > 0 {
         why.push(format!(

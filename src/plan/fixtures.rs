@@ -27,6 +27,7 @@ pub fn spec(idle_target: i32, min: i32, max: Option<i32>) -> HotStandbyDeploymen
         idle_percent: None,
         rollout: None,
         routing: None,
+        scale_to_zero: None,
     }
 }
 
@@ -114,6 +115,8 @@ pub fn observed(
         pods,
         probes_cut_short: 0,
         master_slot: false,
+        resource_version: Some("1".into()),
+        sleep_deadline: None,
     }
 }
 

@@ -26,6 +26,10 @@ pub struct ObservedHsd {
     /// fence and the new one's label) one busy pod is still counted, so that a failover never
     /// reads as a scale-down.
     pub master_slot: bool,
+    /// The resourceVersion the HSD was read at: the sleep deadline moves by compare-and-swap.
+    pub resource_version: Option<String>,
+    /// The shared sleep deadline (`spec.scaleToZero`), if the annotation holds a valid time.
+    pub sleep_deadline: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -17,6 +17,7 @@ pub mod explain;
 pub mod hsj;
 pub mod input;
 pub mod protect;
+pub mod sleep;
 pub mod stabilize;
 pub mod step;
 pub mod target;
@@ -126,6 +127,8 @@ pub struct Plan {
     /// Whether `status` differs from the HSD's current status (a write is needed).
     pub status_changed: bool,
     pub events: Vec<PlannedEvent>,
+    /// Scale to zero: asleep or not, and the shared deadline to move.
+    pub sleep: sleep::Sleep,
 }
 
 /// Plans one HSD: count, target, stabilize, then protect and step for the child Deployment.
@@ -169,7 +172,18 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
         now,
     );
 
+    // Scale to zero: asleep, whatever the bounds say, once nothing has been busy for the period.
+    let sleep = sleep::decide(
+        spec.scale_to_zero.as_ref().map(|s| s.after_seconds),
+        observed.sleep_deadline,
+        target_counts.busy + counted.counts.unknown,
+        now,
+    );
+    let stabilized = if sleep.asleep { 0 } else { stabilized };
+    report_sleep(&sleep, spec, observed, &mut conditions);
+
     let mut decision = Decision {
+        asleep: sleep.asleep,
         busy_by_annotation: counted.busy_by_annotation,
         busy_by_probe: counted.busy_by_probe,
         busy_by_invalid_annotation: counted.busy_by_invalid_annotation,
@@ -259,7 +273,11 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
             starting_count: counted.counts.starting,
             unknown_count: counted.counts.unknown,
             terminating_count: counted.terminating,
-            desired_replicas: recommendation.replicas,
+            desired_replicas: if sleep.asleep {
+                0
+            } else {
+                recommendation.replicas
+            },
             replicas: counted.counts.total(),
             observed_generation: observed.generation,
             last_scale_time,
@@ -280,6 +298,44 @@ pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
         status_changed: status != previous,
         status,
         events,
+        sleep,
+    }
+}
+
+/// The `Asleep` condition of an HSD with `scaleToZero`.
+fn report_sleep(
+    sleep: &sleep::Sleep,
+    spec: &HotStandbyDeploymentSpec,
+    observed: &ObservedHsd,
+    conditions: &mut Conditions,
+) {
+    let Some(scale_to_zero) = &spec.scale_to_zero else {
+        conditions.remove(condition::ASLEEP);
+        return;
+    };
+    if sleep.asleep {
+        let since = observed
+            .sleep_deadline
+            .map_or_else(String::new, |d| format!(" since {d}"));
+        conditions.set(
+            condition::ASLEEP,
+            true,
+            "ScaledToZero",
+            &format!(
+                "no busy pod and no proxied connection for {}s{since}: the first connection through `kubectl hsd proxy --hsd {}` wakes it",
+                scale_to_zero.after_seconds, observed.name
+            ),
+        );
+    } else {
+        conditions.set(
+            condition::ASLEEP,
+            false,
+            "Awake",
+            &format!(
+                "sleeps at 0 replicas after {}s without a busy pod or a proxied connection",
+                scale_to_zero.after_seconds
+            ),
+        );
     }
 }
 
@@ -312,6 +368,7 @@ fn invalid(
         status_changed: status != previous,
         status,
         events,
+        sleep: sleep::Sleep::default(),
     }
 }
 

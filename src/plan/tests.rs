@@ -433,3 +433,71 @@ fn replicas_drop_by_the_pods_drained_and_no_further() {
     assert_eq!(owed.scale, Some((7, 3)));
     assert!(owed.decision.as_ref().unwrap().drained.is_empty());
 }
+
+fn sleepy_spec(min: i32) -> HotStandbyDeploymentSpec {
+    let mut spec = spec(2, min, Some(10));
+    spec.scale_to_zero = Some(ScaleToZero { after_seconds: 60 });
+    spec
+}
+
+#[test]
+fn scale_to_zero_sleeps_below_min_replicas_once_the_deadline_passed_and_nothing_is_busy() {
+    let mut hsd = observed(sleepy_spec(1), Some(2), idle_pods(2));
+    hsd.sleep_deadline = Some(now() - SignedDuration::from_secs(1));
+    let asleep = plan(&hsd, now());
+    assert!(asleep.sleep.asleep);
+    assert_eq!(asleep.scale, Some((2, 0)), "below minReplicas 1");
+    assert_eq!(
+        asleep.fates.drain.len(),
+        2,
+        "the pods go through the drain handshake"
+    );
+    assert_eq!(asleep.status.desired_replicas, 0);
+    let condition = asleep
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition::ASLEEP)
+        .expect("an Asleep condition");
+    assert_eq!(condition.status, "True");
+    assert!(
+        asleep
+            .decision
+            .unwrap()
+            .why
+            .iter()
+            .any(|w| w.contains("asleep")),
+        "explained"
+    );
+
+    // Nothing written while the deadline is ahead; the pass says when to look again.
+    hsd.sleep_deadline = Some(now() + SignedDuration::from_secs(30));
+    let awake = plan(&hsd, now());
+    assert!(!awake.sleep.asleep);
+    assert_eq!(awake.scale, None);
+    assert_eq!(awake.sleep.move_deadline_to, None);
+    assert_eq!(awake.sleep.sleeps_at, hsd.sleep_deadline);
+}
+
+#[test]
+fn a_busy_pod_keeps_a_sleepy_hsd_awake_and_moves_the_deadline() {
+    let mut pods = busy_pods(1);
+    pods.extend(idle_pods(2));
+    let mut hsd = observed(sleepy_spec(0), Some(3), pods);
+    hsd.sleep_deadline = Some(now() - SignedDuration::from_secs(100));
+    let plan = plan(&hsd, now());
+    assert!(!plan.sleep.asleep);
+    assert_eq!(plan.scale, None, "1 busy + 2 idle is the target");
+    assert_eq!(
+        plan.sleep.move_deadline_to,
+        Some(now() + SignedDuration::from_secs(60))
+    );
+}
+
+#[test]
+fn a_sleeping_hsd_wakes_to_its_normal_count_when_the_deadline_moves_later() {
+    let mut hsd = observed(sleepy_spec(1), Some(0), Vec::new());
+    hsd.sleep_deadline = Some(now() + SignedDuration::from_secs(60));
+    let plan = plan(&hsd, now());
+    assert_eq!(plan.scale, Some((0, 2)), "idleTarget 2");
+}

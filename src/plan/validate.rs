@@ -31,6 +31,14 @@ pub fn validate_spec(spec: &HotStandbyDeploymentSpec) -> Result<(), String> {
             ));
         }
     }
+    if let Some(scale_to_zero) = &spec.scale_to_zero
+        && scale_to_zero.after_seconds < 1
+    {
+        problems.push(format!(
+            "spec.scaleToZero.afterSeconds is {}: set it to 1 or more, or remove scaleToZero",
+            scale_to_zero.after_seconds
+        ));
+    }
     if spec.selector.match_labels.is_empty() {
         problems.push(
             "spec.selector.matchLabels is empty: name at least one label of the pod template"

@@ -17,7 +17,7 @@ pub struct ProxyArgs {
     #[arg(long, default_value = "localhost:8080", value_name = "HOST:PORT")]
     pub admin_address: String,
     /// The Deployment to scale.
-    #[arg(long, value_name = "NAME", required_unless_present = "selector")]
+    #[arg(long, value_name = "NAME", required_unless_present_any = ["selector", "hsd"])]
     pub deployment: Option<String>,
     /// Label selector of the Deployment to scale (it must match exactly one).
     #[arg(short = 'l', long, value_name = "SELECTOR")]
@@ -27,8 +27,20 @@ pub struct ProxyArgs {
     #[arg(long, value_name = "NAME")]
     pub endpoints: Option<String>,
     /// Where connections are forwarded, usually the Service: `myapp:80`.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub target: String,
+    #[arg(long, value_name = "HOST:PORT", required_unless_present = "hsd")]
+    pub target: Option<String>,
+    /// HSD mode: send each new connection straight to an idle pod of this HotStandbyDeployment
+    /// (one with no connection through this proxy), and wake it from spec.scaleToZero.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["deployment", "selector", "endpoints", "target", "wake_replicas", "ttl"])]
+    pub hsd: Option<String>,
+    /// HSD mode: the pods' port (default: the pod template's first containerPort).
+    #[arg(long, value_name = "PORT", requires = "hsd", value_parser = clap::value_parser!(u16).range(1..))]
+    pub port: Option<u16>,
+    /// HSD mode: when no idle pod is free, hold the connection until one is, or send it to the
+    /// ready pod with the fewest connections through this proxy.
+    /// [default: hold]
+    #[arg(long, value_enum, requires = "hsd", value_name = "POLICY")]
+    pub when_all_busy: Option<super::hsd::WhenAllBusy>,
     /// Scale the Deployment to zero after this long without connections.
     #[arg(long, default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
     pub ttl: Duration,
@@ -53,7 +65,7 @@ pub struct ProxyArgs {
     pub allow_dial_cidr: Vec<Cidr>,
     /// Print the proxy's Deployment, Service and least-privilege RBAC (to replace ZPA's) instead
     /// of running it. The other flags become the container's arguments.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "hsd")]
     pub zpa_manifest: bool,
     /// With --zpa-manifest: the name of the proxy's objects (default: DEPLOYMENT-proxy).
     #[arg(long, requires = "zpa_manifest", value_name = "NAME")]
@@ -265,7 +277,11 @@ pub struct ProxyConfig {
     pub deployment: Option<String>,
     pub selector: Option<String>,
     pub endpoints: Option<String>,
+    /// ZPA mode's `--target` (empty in HSD mode).
     pub target: String,
+    pub hsd: Option<String>,
+    pub port: Option<u16>,
+    pub when_all_busy: super::hsd::WhenAllBusy,
     pub ttl: Duration,
     pub max_wait: Duration,
     pub connect_timeout: Duration,
@@ -286,13 +302,19 @@ impl ProxyArgs {
             .admin_address
             .parse()
             .map_err(|e| format!("--admin-address: {e}"))?;
-        let (target_host, target_port) =
-            split_host_port(&self.target).map_err(|e| format!("--target: {e}"))?;
-        if target_host.is_empty() || target_port == 0 {
-            return Err(format!(
-                "--target {:?}: give the host and a port, such as myapp:80",
-                self.target
-            ));
+        // clap drops `requires` when the required flag conflicts with one given.
+        if self.hsd.is_none() && (self.port.is_some() || self.when_all_busy.is_some()) {
+            return Err("--port and --when-all-busy need --hsd".into());
+        }
+        let target = self.target.as_deref().unwrap_or_default();
+        if self.hsd.is_none() {
+            let (target_host, target_port) =
+                split_host_port(target).map_err(|e| format!("--target: {e}"))?;
+            if target_host.is_empty() || target_port == 0 {
+                return Err(format!(
+                    "--target {target:?}: give the host and a port, such as myapp:80"
+                ));
+            }
         }
         if self.ttl < Duration::from_secs(1) {
             return Err("--ttl must be at least 1s".into());
@@ -303,6 +325,7 @@ impl ProxyArgs {
         for (flag, name) in [
             ("--deployment", &self.deployment),
             ("--endpoints", &self.endpoints),
+            ("--hsd", &self.hsd),
         ] {
             if let Some(name) = name
                 && !is_dns_name(name)
@@ -316,7 +339,10 @@ impl ProxyArgs {
             deployment: self.deployment.clone(),
             selector: self.selector.clone(),
             endpoints: self.endpoints.clone(),
-            target: self.target.trim().to_string(),
+            target: target.trim().to_string(),
+            hsd: self.hsd.clone(),
+            port: self.port,
+            when_all_busy: self.when_all_busy.unwrap_or_default(),
             ttl: self.ttl,
             max_wait: self.max_wait,
             connect_timeout: self.connect_timeout,

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::ErrorLog;
 use super::metrics::{DialFailure, HoldOutcome, ProxyMetrics};
 use super::readiness::Readiness;
-use super::route::Dialer;
+use super::route::{Dialer, Upstream};
 use super::scale::{Activity, ScaleView};
 
 /// What every connection task shares.
@@ -94,7 +94,11 @@ async fn handle(client: TcpStream, shared: Arc<Shared>) {
         // Boxed: the hold's state is allocated only for connections that wait.
         None => Box::pin(hold(&client, &shared, accepted)).await,
     };
-    let Some(mut upstream) = upstream else {
+    let Some(Upstream {
+        stream: mut upstream,
+        claim: _claim,
+    }) = upstream
+    else {
         return;
     };
     let _ = upstream.set_nodelay(true);
@@ -118,7 +122,7 @@ async fn changed<T>(receiver: &mut watch::Receiver<T>) {
 
 /// Holds a connection until the app takes it. Returns the upstream connection, or `None` when
 /// the connection was refused (`--max-held`), timed out (`--max-wait`), or the client left.
-async fn hold(client: &TcpStream, shared: &Shared, accepted: Instant) -> Option<TcpStream> {
+async fn hold(client: &TcpStream, shared: &Shared, accepted: Instant) -> Option<Upstream> {
     let Some(_held) = shared.activity.try_hold(shared.max_held) else {
         shared.metrics.refused_max_held();
         tracing::debug!("refused a connection: --max-held connections are held already");

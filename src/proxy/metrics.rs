@@ -37,15 +37,18 @@ pub enum DialFailure {
     NotAllowed,
     Resolve,
     Other,
+    /// HSD mode: the pod chosen was claimed by another connection first.
+    NoFreePod,
 }
 
 impl DialFailure {
-    pub const ALL: [DialFailure; 5] = [
+    pub const ALL: [DialFailure; 6] = [
         DialFailure::Refused,
         DialFailure::Timeout,
         DialFailure::NotAllowed,
         DialFailure::Resolve,
         DialFailure::Other,
+        DialFailure::NoFreePod,
     ];
 
     pub fn reason(self) -> &'static str {
@@ -55,6 +58,7 @@ impl DialFailure {
             DialFailure::NotAllowed => "not_allowed",
             DialFailure::Resolve => "resolve",
             DialFailure::Other => "other",
+            DialFailure::NoFreePod => "no_free_pod",
         }
     }
 }
@@ -116,7 +120,9 @@ pub struct ProxyMetrics {
     refused_max_held: Counter,
     refused_not_allowed: Counter,
     holds: [Counter; 4],
-    dial_errors: [Counter; 5],
+    dial_errors: [Counter; 6],
+    /// HSD mode: where each new connection went (an idle pod, or the least loaded one).
+    routed: Family<Labels, Counter>,
     pub bytes_to_upstream: Counter,
     pub bytes_to_client: Counter,
     pub hold_seconds: Histogram,
@@ -153,6 +159,12 @@ impl ProxyMetrics {
         let replicas = Gauge::default();
         let scale_down_at = Gauge::default();
         let api_requests = Family::<Labels, Counter>::default();
+        let routed = Family::<Labels, Counter>::default();
+        registry.register(
+            "routed",
+            "HSD mode: connections sent to a pod, by choice (idle: an idle pod with no proxied connection; least_conn: --when-all-busy=least-conn)",
+            routed.clone(),
+        );
         registry.register("connections", "Connections accepted", connections.clone());
         registry.register(
             "connections_active",
@@ -274,12 +286,17 @@ impl ProxyMetrics {
             replicas,
             scale_down_at,
             api_requests,
+            routed,
             stats,
             api_seen: std::sync::Mutex::new((0, 0)),
             synced: AtomicBool::new(false),
             bound: AtomicBool::new(false),
             draining: AtomicBool::new(false),
         }
+    }
+
+    pub fn routed(&self, choice: &'static str) {
+        self.routed.get_or_create(&labels("choice", choice)).inc();
     }
 
     pub fn refused_max_held(&self) {

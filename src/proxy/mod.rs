@@ -14,6 +14,8 @@ pub mod allow;
 pub mod args;
 pub mod deadline;
 mod forward;
+pub mod hsd;
+mod hsd_scale;
 pub mod manifest;
 pub mod metrics;
 pub mod readiness;
@@ -25,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use jiff::SignedDuration;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -175,6 +178,12 @@ async fn bind(flag: &str, address: &args::ListenAddress) -> Result<tokio::net::T
         .map_err(|e| Error::Invalid(format!("cannot listen on {address} ({flag}): {e}")))
 }
 
+/// What a mode starts: the route, and what to tell the user it serves.
+struct Mode {
+    route: Route,
+    serves: String,
+}
+
 /// Runs the proxy until `shutdown`, then stops accepting and drains open connections for up to
 /// `--drain-timeout`.
 pub async fn run(
@@ -185,58 +194,141 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     raise_open_file_limit();
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
-    let name = find_deployment(&deployments, &config, &namespace).await?;
-    let endpoints = config.endpoints.clone().unwrap_or_else(|| name.clone());
-    let route = Route::target(&config.target).map_err(Error::Invalid)?;
     let metrics = Arc::new(ProxyMetrics::new(stats));
+    let (readiness_sender, readiness) = watch::channel(Readiness::default());
+    let readiness_sender = Arc::new(readiness_sender);
+    let (view_sender, view) = watch::channel(ScaleView::default());
+    let activity = Arc::new(Activity::new(metrics.clone()));
+    // The background tasks outlive `shutdown`: held connections still need wakes and readiness
+    // while draining.
+    let stop = CancellationToken::new();
+
+    // Reads first, so that a missing object fails before anything listens.
+    let hsd_target = match &config.hsd {
+        Some(name) => Some(hsd::resolve(&client, &namespace, name, config.port).await?),
+        None => None,
+    };
+    let (mode, scaler_target, ttl, scaled_name) = match &hsd_target {
+        Some(target) => (
+            Mode {
+                route: Route::Hsd(hsd::HsdRoute::new(
+                    target.clone(),
+                    config.when_all_busy,
+                    readiness_sender.clone(),
+                    metrics.clone(),
+                )),
+                serves: match target.sleep_after {
+                    Some(after) => format!(
+                        "HotStandbyDeployment {namespace}/{} (idle-only routing, --when-all-busy={}; sleeps after {})",
+                        target.name,
+                        config.when_all_busy.flag(),
+                        args::format_duration(after)
+                    ),
+                    None => format!(
+                        "HotStandbyDeployment {namespace}/{} (idle-only routing, --when-all-busy={}; no spec.scaleToZero: it never sleeps)",
+                        target.name,
+                        config.when_all_busy.flag(),
+                    ),
+                },
+            },
+            target.sleep_after.map(|_| scale::ScaleTarget::Hsd {
+                client: client.clone(),
+                api: Api::namespaced_with(
+                    client.clone(),
+                    &namespace,
+                    &crate::observe::hsd_resource(),
+                ),
+                namespace: namespace.clone(),
+            }),
+            target.sleep_after.unwrap_or(config.ttl),
+            target.name.clone(),
+        ),
+        None => {
+            let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+            let name = find_deployment(&deployments, &config, &namespace).await?;
+            let endpoints = config.endpoints.clone().unwrap_or_else(|| name.clone());
+            let route = Route::target(&config.target).map_err(Error::Invalid)?;
+            let serves = format!(
+                "Deployment {namespace}/{name} (readiness of {endpoints}, forwarding to {route})"
+            );
+            tokio::spawn(scale::watch_deployment(
+                deployments.clone(),
+                name.clone(),
+                view_sender.clone(),
+                metrics.clone(),
+                deadline::guard(config.ttl),
+                stop.clone(),
+            ));
+            tokio::spawn({
+                let (client, namespace, sender, metrics, stop) = (
+                    client.clone(),
+                    namespace.clone(),
+                    readiness_sender.clone(),
+                    metrics.clone(),
+                    stop.clone(),
+                );
+                async move { readiness::run(client, namespace, endpoints, &sender, metrics, stop).await }
+            });
+            (
+                Mode { route, serves },
+                Some(scale::ScaleTarget::Deployment(deployments)),
+                config.ttl,
+                name,
+            )
+        }
+    };
+    let guard = deadline::guard(ttl);
     let listener = bind("--address", &config.address).await?;
     let admin_listener = bind("--admin-address", &config.admin_address).await?;
     let bound = listener.local_addr()?;
     let admin_bound = admin_listener.local_addr()?;
     metrics.set_bound();
-    // The background tasks outlive `shutdown`: held connections still need wakes and readiness
-    // while draining.
-    let stop = CancellationToken::new();
     let admin = metrics::serve(admin_listener, metrics.clone(), stop.clone());
     eprintln!("serving /metrics, /healthz and /readyz on {admin_bound}");
-    eprintln!(
-        "proxy listening on {bound} for Deployment {namespace}/{name} (readiness of {endpoints}, forwarding to {route})"
-    );
+    eprintln!("proxy listening on {bound} for {}", mode.serves);
 
-    let guard = deadline::guard(config.ttl);
-    let (view_sender, view) = watch::channel(ScaleView::default());
-    let (readiness_sender, readiness) = watch::channel(Readiness::default());
-    let activity = Arc::new(Activity::new(metrics.clone()));
-    tokio::spawn(scale::watch_deployment(
-        deployments.clone(),
-        name.clone(),
-        view_sender.clone(),
-        metrics.clone(),
-        guard,
-        stop.clone(),
-    ));
-    tokio::spawn(readiness::run(
-        client,
-        namespace.clone(),
-        endpoints,
-        readiness_sender,
-        metrics.clone(),
-        stop.clone(),
-    ));
-    let scaler = Scaler {
-        api: deployments,
-        name,
-        timing: deadline::Timing {
-            ttl: SignedDuration::try_from(config.ttl).unwrap_or(SignedDuration::MAX),
-            wake_replicas: config.wake_replicas,
-        },
-        guard,
-        activity: activity.clone(),
-        sender: view_sender,
-        metrics: metrics.clone(),
-    };
-    tokio::spawn(scaler.run(stop.clone()));
+    if let Some(target) = &hsd_target {
+        tokio::spawn(hsd_scale::watch(
+            client.clone(),
+            namespace.clone(),
+            target.name.clone(),
+            target.sleep_after.is_some(),
+            view_sender.clone(),
+            metrics.clone(),
+            guard,
+            stop.clone(),
+        ));
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let config =
+            kube::runtime::watcher::Config::default().labels(&hsd::pod_selector(&target.name));
+        let (sender, metrics, stop, busy_key) = (
+            readiness_sender.clone(),
+            metrics.clone(),
+            stop.clone(),
+            target.busy_key.clone(),
+        );
+        tokio::spawn(async move {
+            readiness::follow(pods, config, &sender, &metrics, &stop, |pods| {
+                hsd::readiness_of(pods, &busy_key)
+            })
+            .await
+        });
+    }
+    if let Some(target) = scaler_target {
+        let scaler = Scaler {
+            name: scaled_name,
+            target,
+            timing: deadline::Timing {
+                ttl: SignedDuration::try_from(ttl).unwrap_or(SignedDuration::MAX),
+                wake_replicas: config.wake_replicas,
+            },
+            guard,
+            activity: activity.clone(),
+            sender: view_sender,
+            metrics: metrics.clone(),
+        };
+        tokio::spawn(scaler.run(stop.clone()));
+    }
     {
         let (mut view, mut readiness, metrics) = (view.clone(), readiness.clone(), metrics.clone());
         tokio::spawn(async move {
@@ -248,6 +340,7 @@ pub async fn run(
             }
         });
     }
+    let route = mode.route;
 
     let shared = Arc::new(forward::Shared {
         dialer: Dialer {

@@ -32,6 +32,8 @@ pub struct Readiness {
     pub terminating: usize,
     /// The addresses of the ready endpoints (for routes that pick a pod).
     pub ready_addresses: Arc<[IpAddr]>,
+    /// HSD mode: the pods that may take a connection, busy or not.
+    pub pods: Arc<[super::hsd::PodCandidate]>,
 }
 
 /// Where readiness is read from.
@@ -128,7 +130,7 @@ pub async fn run(
     client: Client,
     namespace: String,
     name: String,
-    sender: watch::Sender<Readiness>,
+    sender: &watch::Sender<Readiness>,
     metrics: Arc<ProxyMetrics>,
     stop: CancellationToken,
 ) {
@@ -156,7 +158,7 @@ pub async fn run(
         Source::EndpointSlices => {
             let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
             let config = watcher::Config::default().labels(&selector);
-            follow(api, config, &sender, &metrics, &stop, |slices| {
+            follow(api, config, sender, &metrics, &stop, |slices| {
                 from_slices(slices.iter().map(|s| s.as_ref()))
             })
             .await
@@ -164,7 +166,7 @@ pub async fn run(
         Source::Endpoints => {
             let api: Api<Endpoints> = Api::namespaced(client, &namespace);
             let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-            follow(api, config, &sender, &metrics, &stop, |endpoints| {
+            follow(api, config, sender, &metrics, &stop, |endpoints| {
                 from_endpoints(endpoints.first().map(|e| e.as_ref()))
             })
             .await
@@ -173,7 +175,7 @@ pub async fn run(
 }
 
 /// Caches the objects of one watch and publishes `summarize` of them after every event.
-async fn follow<K>(
+pub(super) async fn follow<K>(
     api: Api<K>,
     config: watcher::Config,
     sender: &watch::Sender<Readiness>,

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use super::allow::AllowList;
 use super::args::split_host_port;
+use super::hsd::{Claim, HsdRoute};
 use super::metrics::{DialFailure, ProxyMetrics};
 use super::readiness::Readiness;
 
@@ -24,6 +25,14 @@ const RESOLVE_TTL: Duration = Duration::from_secs(5);
 pub enum Route {
     /// Every connection to one `host:port`, once any endpoint is ready (ZPA mode).
     Target(TargetRoute),
+    /// Each connection to a pod of an HSD that it claims (HSD mode).
+    Hsd(HsdRoute),
+}
+
+/// A dialled connection, with the pod claim it holds (HSD mode) until it closes.
+pub struct Upstream {
+    pub stream: TcpStream,
+    pub claim: Option<Claim>,
 }
 
 pub struct TargetRoute {
@@ -52,13 +61,21 @@ impl Route {
     pub fn ready(&self, readiness: &Readiness) -> bool {
         match self {
             Route::Target(_) => readiness.ready > 0,
+            Route::Hsd(route) => route.available(readiness),
         }
     }
 
-    /// The addresses to try for one connection, in order.
-    async fn destinations(&self, _readiness: &Readiness) -> Result<Arc<[SocketAddr]>, DialFailure> {
+    /// The addresses to try for one connection, in order, and the claim they carry.
+    async fn destinations(
+        &self,
+        readiness: &Readiness,
+    ) -> Result<(Arc<[SocketAddr]>, Option<Claim>), DialFailure> {
         match self {
-            Route::Target(target) => target.resolve().await,
+            Route::Target(target) => Ok((target.resolve().await?, None)),
+            Route::Hsd(route) => match route.claim(readiness) {
+                Some((address, claim)) => Ok((Arc::from([address]), Some(claim))),
+                None => Err(DialFailure::NoFreePod),
+            },
         }
     }
 
@@ -68,6 +85,7 @@ impl Route {
             Route::Target(target) => {
                 *target.resolved.lock().unwrap_or_else(|e| e.into_inner()) = None;
             }
+            Route::Hsd(_) => {}
         }
     }
 }
@@ -79,6 +97,7 @@ impl std::fmt::Display for Route {
                 write!(f, "[{}]:{}", target.host, target.port)
             }
             Route::Target(target) => write!(f, "{}:{}", target.host, target.port),
+            Route::Hsd(route) => route.fmt(f),
         }
     }
 }
@@ -123,8 +142,8 @@ static WARNED_NOT_ALLOWED: AtomicBool = AtomicBool::new(false);
 impl Dialer {
     /// One attempt: each destination in turn until one connects. Every failure is counted.
     /// `NotAllowed` means no destination was inside the allow-list (nothing was dialled).
-    pub async fn dial(&self, readiness: &Readiness) -> Result<TcpStream, DialFailure> {
-        let destinations = match self.route.destinations(readiness).await {
+    pub async fn dial(&self, readiness: &Readiness) -> Result<Upstream, DialFailure> {
+        let (destinations, claim) = match self.route.destinations(readiness).await {
             Ok(destinations) => destinations,
             Err(failure) => {
                 self.metrics.dial_failed(failure);
@@ -150,7 +169,7 @@ impl Dialer {
             let attempt =
                 tokio::time::timeout(self.connect_timeout, TcpStream::connect(destination));
             failure = match attempt.await {
-                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Ok(stream)) => return Ok(Upstream { stream, claim }),
                 Ok(Err(error)) => match error.kind() {
                     std::io::ErrorKind::ConnectionRefused => DialFailure::Refused,
                     std::io::ErrorKind::TimedOut => DialFailure::Timeout,

@@ -106,7 +106,7 @@ impl Activity {
         }
     }
 
-    fn woke(&self) {
+    pub(super) fn woke(&self) {
         *self.woke_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }
 
@@ -179,20 +179,51 @@ impl ScaleView {
             .annotations()
             .get(SCALE_DOWN_AT)
             .and_then(|value| parse_deadline(value));
-        let now = Instant::now();
+        Self::from_parts(
+            deployment
+                .spec
+                .as_ref()
+                .and_then(|s| s.replicas)
+                .unwrap_or(1),
+            deadline,
+            deployment.resource_version(),
+            guard,
+        )
+    }
+
+    /// A view of an object that exists: its replicas, the shared deadline, and the version the
+    /// deadline was read at.
+    pub fn from_parts(
+        replicas: i32,
+        deadline: Option<Timestamp>,
+        resource_version: Option<String>,
+        guard: Duration,
+    ) -> Self {
         Self {
             synced: true,
             shared: SharedState {
                 exists: true,
-                replicas: deployment
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.replicas)
-                    .unwrap_or(1),
+                replicas,
                 deadline,
             },
-            resource_version: deployment.resource_version(),
-            forward_until: forward_window(Timestamp::now(), deadline, guard).map(|w| now + w),
+            resource_version,
+            forward_until: forward_window(Timestamp::now(), deadline, guard)
+                .map(|w| Instant::now() + w),
+        }
+    }
+
+    /// HSD mode without `scaleToZero`: nothing to decide, connections go as soon as a pod can
+    /// take them.
+    pub fn never_sleeps(replicas: i32) -> Self {
+        Self {
+            synced: true,
+            shared: SharedState {
+                exists: false,
+                replicas,
+                deadline: None,
+            },
+            resource_version: None,
+            forward_until: Some(Instant::now() + Duration::from_secs(10 * 365 * 24 * 3600)),
         }
     }
 
@@ -215,7 +246,7 @@ fn older(a: Option<&str>, b: Option<&str>) -> bool {
     }
 }
 
-fn publish(sender: &watch::Sender<ScaleView>, metrics: &ProxyMetrics, next: ScaleView) {
+pub(super) fn publish(sender: &watch::Sender<ScaleView>, metrics: &ProxyMetrics, next: ScaleView) {
     sender.send_if_modified(|current| {
         if next.shared.exists
             && current.shared.exists
@@ -297,13 +328,25 @@ pub async fn watch_deployment(
     }
 }
 
-enum WriteError {
+pub(super) enum WriteError {
     Conflict,
-    Failed(kube::Error),
+    Failed(String),
+}
+
+/// What the scaler writes to.
+pub enum ScaleTarget {
+    /// ZPA mode: the Deployment's replicas and its annotation.
+    Deployment(Api<Deployment>),
+    /// HSD mode: only the HSD's deadline annotation; a wake then runs the HSD's plan.
+    Hsd {
+        client: kube::Client,
+        api: Api<kube::api::DynamicObject>,
+        namespace: String,
+    },
 }
 
 pub struct Scaler {
-    pub api: Api<Deployment>,
+    pub target: ScaleTarget,
     pub name: String,
     pub timing: Timing,
     pub guard: Duration,
@@ -359,17 +402,10 @@ impl Scaler {
                     quiet_until = None;
                 }
                 Err(WriteError::Conflict) => {
-                    // Someone changed the Deployment since it was read: read it again.
-                    match self.api.get_opt(&self.name).await {
-                        Ok(deployment) => publish(
-                            &self.sender,
-                            &self.metrics,
-                            ScaleView::of(deployment.as_ref(), self.guard),
-                        ),
-                        Err(error) => {
-                            errors.failed(&error);
-                            quiet_until = Some(Instant::now() + period);
-                        }
+                    // Someone changed the object since it was read: read it again.
+                    if let Err(error) = self.reread().await {
+                        errors.failed(&error);
+                        quiet_until = Some(Instant::now() + period);
                     }
                 }
                 Err(WriteError::Failed(error)) => {
@@ -380,7 +416,42 @@ impl Scaler {
         }
     }
 
+    async fn reread(&self) -> Result<(), kube::Error> {
+        match &self.target {
+            ScaleTarget::Deployment(api) => {
+                let deployment = api.get_opt(&self.name).await?;
+                publish(
+                    &self.sender,
+                    &self.metrics,
+                    ScaleView::of(deployment.as_ref(), self.guard),
+                );
+            }
+            ScaleTarget::Hsd { api, .. } => {
+                let hsd = api.get_opt(&self.name).await?;
+                let replicas = self.sender.borrow().shared.replicas;
+                if let Some(hsd) = hsd {
+                    publish(
+                        &self.sender,
+                        &self.metrics,
+                        super::hsd_scale::view(&hsd, replicas, self.guard),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn write(&self, decision: Decision, view: &ScaleView) -> Result<(), WriteError> {
+        let api = match &self.target {
+            ScaleTarget::Deployment(api) => api,
+            ScaleTarget::Hsd {
+                client,
+                api,
+                namespace,
+            } => {
+                return super::hsd_scale::write(self, client, api, namespace, decision, view).await;
+            }
+        };
         let resource_version = view.resource_version.clone();
         let (kind, patch) = match decision {
             Decision::Nothing => return Ok(()),
@@ -413,11 +484,7 @@ impl Scaler {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..Default::default()
         };
-        match self
-            .api
-            .patch(&self.name, &params, &Patch::Merge(&patch))
-            .await
-        {
+        match api.patch(&self.name, &params, &Patch::Merge(&patch)).await {
             Ok(deployment) => {
                 self.metrics.scale_write(kind, "ok");
                 match decision {
@@ -455,7 +522,7 @@ impl Scaler {
             }
             Err(error) => {
                 self.metrics.scale_write(kind, "error");
-                Err(WriteError::Failed(error))
+                Err(WriteError::Failed(error.to_string()))
             }
         }
     }

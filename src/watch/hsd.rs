@@ -397,6 +397,12 @@ async fn reconcile(
             crate::plan::DRAIN_GRACE.unsigned_abs() + Duration::from_millis(100),
         ));
     }
+    // An HSD that may fall asleep is looked at again when its deadline passes.
+    if let Some(at) = plan.sleep.sleeps_at {
+        let left = at.duration_since(jiff::Timestamp::now());
+        let left = Duration::try_from(left).unwrap_or(Duration::ZERO) + Duration::from_millis(100);
+        return Ok(Action::requeue(left.min(context.resync)));
+    }
     Ok(Action::requeue(context.resync))
 }
 

@@ -14,6 +14,7 @@ mod hsj;
 mod http_probe;
 mod install_paths;
 mod proxy;
+mod proxy_hsd;
 mod security;
 mod sharding;
 mod watch;

@@ -679,6 +679,28 @@ async fn bad_proxy_input_is_a_clear_error() {
             "matches 2 Deployments",
         ),
         (&["-l", "app=none", "--target", "app:80"], 1, "not found"),
+        // HSD mode.
+        (&["--hsd", "nope"], 1, "HotStandbyDeployment"),
+        (
+            &["--hsd", "nope", "--target", "app:80"],
+            2,
+            "cannot be used with",
+        ),
+        (
+            &["--deployment", "app", "--target", "app:80", "--port", "80"],
+            2,
+            "--hsd",
+        ),
+        (
+            &["--hsd", "nope", "--when-all-busy", "sometimes"],
+            2,
+            "least-conn",
+        ),
+        (
+            &["--hsd", "nope", "--zpa-manifest"],
+            2,
+            "cannot be used with",
+        ),
     ] {
         let (got, stderr) = run(args);
         assert_eq!(got, Some(code), "{args:?}: {stderr}");

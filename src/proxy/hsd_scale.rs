@@ -1,0 +1,196 @@
+//! HSD mode's side of waking and sleeping: the view (the child Deployment's replicas with the
+//! HSD's shared deadline), and the writes. The deadline moves by compare-and-swap on the HSD's
+//! resourceVersion; a wake moves it, then runs the HSD's own plan ([`crate::once::reconcile_one`])
+//! under the reconciler's field manager. The proxy never writes replicas, and never puts the
+//! HSD to sleep: the plan does, once the deadline has passed and nothing is busy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::ErrorLog;
+use super::deadline::{Decision, format_deadline, parse_deadline};
+use super::metrics::{ProxyMetrics, ScaleWrite};
+use super::scale::{FIELD_MANAGER, ScaleView, Scaler, WriteError, publish};
+use crate::plan::sleep::SLEEP_DEADLINE_ANNOTATION;
+
+/// The view from the HSD (its deadline and resourceVersion) and its child's replicas.
+pub fn view(hsd: &DynamicObject, replicas: i32, guard: Duration) -> ScaleView {
+    let deadline = hsd
+        .annotations()
+        .get(SLEEP_DEADLINE_ANNOTATION)
+        .and_then(|value| parse_deadline(value));
+    ScaleView::from_parts(replicas, deadline, hsd.resource_version(), guard)
+}
+
+/// Watches the HSD and its child Deployment and publishes the combined view until `stop`.
+/// Without `scaleToZero` (`sleeps` false) the view never holds a connection for a wake.
+#[allow(clippy::too_many_arguments)]
+pub async fn watch(
+    client: Client,
+    namespace: String,
+    name: String,
+    sleeps: bool,
+    sender: watch::Sender<ScaleView>,
+    metrics: Arc<ProxyMetrics>,
+    guard: Duration,
+    stop: CancellationToken,
+) {
+    let hsds: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &namespace, &crate::observe::hsd_resource());
+    let deployments: Api<Deployment> = Api::namespaced(client, &namespace);
+    let child = crate::api::hsd::workload_name(&name);
+    let hsd_writer = reflector::store::Writer::new(crate::observe::hsd_resource());
+    let hsd_reader = hsd_writer.as_reader();
+    let (child_reader, child_writer) = reflector::store();
+    let hsd_events = watcher(
+        hsds,
+        watcher::Config::default().fields(&format!("metadata.name={name}")),
+    )
+    .backoff(super::watch_backoff())
+    .modify(|o: &mut DynamicObject| o.metadata.managed_fields = None)
+    .reflect(hsd_writer)
+    .map(|event| event.map(|e| (true, matches!(e, watcher::Event::InitDone))));
+    let child_events = watcher(
+        deployments,
+        watcher::Config::default().fields(&format!("metadata.name={child}")),
+    )
+    .backoff(super::watch_backoff())
+    .modify(|d: &mut Deployment| d.metadata.managed_fields = None)
+    .reflect(child_writer)
+    .map(|event| event.map(|e| (false, matches!(e, watcher::Event::InitDone))));
+    let mut events = futures::stream::select(hsd_events.boxed(), child_events.boxed());
+    let mut errors = ErrorLog::new("watching the HotStandbyDeployment");
+    let (mut hsd_synced, mut child_synced) = (false, false);
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            event = events.next() => event,
+        };
+        match event {
+            None => return,
+            Some(Err(error)) => errors.failed(&error),
+            Some(Ok((of_hsd, init_done))) => {
+                errors.recovered();
+                if init_done && of_hsd {
+                    hsd_synced = true;
+                } else if init_done {
+                    child_synced = true;
+                }
+                if !(hsd_synced && child_synced) {
+                    continue;
+                }
+                // No child yet: 0 replicas (a wake's pass creates it).
+                let replicas = child_reader
+                    .state()
+                    .first()
+                    .map_or(0, |d| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1));
+                let next = match hsd_reader.state().first() {
+                    None => {
+                        tracing::warn!(%name, "the HotStandbyDeployment does not exist: connections are held until --max-wait");
+                        ScaleView {
+                            synced: true,
+                            ..Default::default()
+                        }
+                    }
+                    Some(_) if !sleeps => ScaleView::never_sleeps(replicas),
+                    Some(hsd) => view(hsd, replicas, guard),
+                };
+                publish(&sender, &metrics, next);
+            }
+        }
+    }
+}
+
+/// Carries out one decision of [`super::deadline::decide`] on the HSD.
+pub(super) async fn write(
+    scaler: &Scaler,
+    client: &Client,
+    api: &Api<DynamicObject>,
+    namespace: &str,
+    decision: Decision,
+    view: &ScaleView,
+) -> Result<(), WriteError> {
+    let (kind, deadline) = match decision {
+        // The plan puts the HSD to sleep; the proxy only ever moves the deadline later.
+        Decision::Nothing | Decision::Sleep => return Ok(()),
+        Decision::Wake { deadline, .. } => (ScaleWrite::Wake, deadline),
+        Decision::Extend { deadline } => (ScaleWrite::Extend, deadline),
+    };
+    let Some(resource_version) = &view.resource_version else {
+        return Ok(());
+    };
+    let body = json!({"metadata": {
+        "resourceVersion": resource_version,
+        "annotations": {SLEEP_DEADLINE_ANNOTATION: format_deadline(deadline)},
+    }});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..Default::default()
+    };
+    let name = &scaler.name;
+    let hsd = match api.patch(name, &params, &Patch::Merge(&body)).await {
+        Ok(hsd) => hsd,
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            scaler.metrics.scale_write(kind, "conflict");
+            tracing::debug!(hsd = %name, kind = kind.label(), "changed meanwhile: deciding again");
+            return Err(WriteError::Conflict);
+        }
+        Err(error) => {
+            scaler.metrics.scale_write(kind, "error");
+            return Err(WriteError::Failed(error.to_string()));
+        }
+    };
+    publish(
+        &scaler.sender,
+        &scaler.metrics,
+        self::view(&hsd, view.shared.replicas, scaler.guard),
+    );
+    if kind == ScaleWrite::Extend {
+        scaler.metrics.scale_write(kind, "ok");
+        tracing::debug!(hsd = %name, %deadline, "moved the sleep deadline");
+        return Ok(());
+    }
+    // The wake: the HSD's own plan, now that the deadline is ahead, scales it up.
+    let options = crate::once::PassOptions {
+        deadline: Some(Duration::from_secs(20)),
+        ..Default::default()
+    };
+    match crate::once::reconcile_one(client, namespace, name, &options).await {
+        Ok(Some(outcome)) => match outcome.result {
+            Ok(_) => {
+                scaler.metrics.scale_write(kind, "ok");
+                scaler.activity.woke();
+                let replicas = outcome.plan.decision.as_ref().map_or(0, |d| d.replicas);
+                tracing::info!(
+                    hsd = %name,
+                    replicas,
+                    held = scaler.activity.held_count(),
+                    "woke the HotStandbyDeployment: its plan scaled it up from 0"
+                );
+                Ok(())
+            }
+            Err(error) => {
+                scaler.metrics.scale_write(kind, "error");
+                Err(WriteError::Failed(format!(
+                    "the wake's pass over HotStandbyDeployment {namespace}/{name}: {error}"
+                )))
+            }
+        },
+        Ok(None) => Ok(()),
+        Err(error) => {
+            scaler.metrics.scale_write(kind, "error");
+            Err(WriteError::Failed(format!(
+                "the wake's pass over HotStandbyDeployment {namespace}/{name}: {error}"
+            )))
+        }
+    }
+}
