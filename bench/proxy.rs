@@ -38,7 +38,7 @@ pub const FLOOR_ENV: &str = "HSD_BENCH_FLOOR_PROXY";
 const NAMESPACE: &str = "bench-proxy";
 const APP: &str = "echo";
 /// What the upstream does with a connection, chosen by its first byte.
-const ECHO: u8 = b'E';
+pub(crate) const ECHO: u8 = b'E';
 const SINK: u8 = b'S';
 const PING: usize = 64;
 
@@ -147,7 +147,7 @@ impl Upstream {
     }
 }
 
-async fn serve_upstream(mut stream: TcpStream) {
+pub(crate) async fn serve_upstream(mut stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let mut mode = [0u8; 1];
     if stream.read_exact(&mut mode).await.is_err() {
@@ -175,16 +175,16 @@ async fn serve_upstream(mut stream: TcpStream) {
 }
 
 /// A proxy process (the product or the floor), killed when dropped.
-struct Process {
+pub(crate) struct Process {
     child: tokio::process::Child,
     pid: u32,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     admin: Option<String>,
-    log: PathBuf,
+    pub(crate) log: PathBuf,
 }
 
 impl Process {
-    async fn wait_for_line(
+    pub(crate) async fn wait_for_line(
         child: tokio::process::Child,
         log: PathBuf,
         listening: &str,
@@ -225,11 +225,15 @@ impl Process {
         }
     }
 
+    pub(crate) fn admin_url(&self) -> Res<String> {
+        self.admin.clone().ok_or_else(|| "no admin port".into())
+    }
+
     fn rss_kb(&self) -> Res<u64> {
         Ok(proc_memory_kb(self.pid)?.0)
     }
 
-    async fn metric(&self, series: &str) -> Res<f64> {
+    pub(crate) async fn metric(&self, series: &str) -> Res<f64> {
         let admin = self.admin.as_deref().ok_or("no admin port")?;
         let (_, text) = http_get(admin, "/metrics").await?;
         text.lines()
@@ -376,7 +380,7 @@ async fn scale(client: &Client, replicas: i32) -> Res<()> {
     Ok(())
 }
 
-fn pod_ready(pod: &Pod) -> bool {
+pub(crate) fn pod_ready(pod: &Pod) -> bool {
     pod.metadata.deletion_timestamp.is_none()
         && pod
             .status
@@ -475,7 +479,7 @@ async fn wakes(client: &Client, proxy: &Process, samples: usize) -> Res<[Vec<f64
     Ok(times)
 }
 
-async fn connect(addr: SocketAddr, mode: u8) -> Res<TcpStream> {
+pub(crate) async fn connect(addr: SocketAddr, mode: u8) -> Res<TcpStream> {
     let mut stream = TcpStream::connect(addr)
         .await
         .ctx(format!("connecting to {addr}"))?;

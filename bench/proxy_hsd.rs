@@ -1,0 +1,327 @@
+//! The wake of HSD mode (`kubectl hsd proxy --hsd`), next to the same floor as ZPA mode's wake,
+//! measured in the same run: a scale PATCH of the child Deployment, then a pod watch until a pod
+//! is Ready.
+//!
+//! The product: the HSD asleep (0 replicas, put there by one-shot passes after its sleep deadline
+//! was set in the past), a client connects through the proxy and sends one byte; the figure is
+//! the time until that byte comes back from the woken pod. In between: the proxy holds the
+//! connection, moves the HSD's deadline, runs the HSD's plan (which scales the child up), sees
+//! the new pod Ready in its own pod watch, and dials the pod's IP directly (no EndpointSlice hop,
+//! unlike ZPA mode). The benchmark binds an echo server on each pod's loopback IP as soon as its
+//! pod watch shows the IP; a dial that came first is refused and retried, and the refusals are
+//! reported beside the figure.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::discovery::ApiResource;
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::product::{Product, http_get};
+use crate::proxy::{ECHO, Process, connect, pod_ready, serve_upstream};
+use crate::util::{Context, Res, percentile, round, say, wait_for};
+
+const NAMESPACE: &str = "bench-proxy-hsd";
+const HSD: &str = "echo-hsd";
+const CHILD: &str = "echo-hsd-workload";
+
+fn hsd_resource() -> ApiResource {
+    ApiResource {
+        group: "apps.paia.tech".into(),
+        version: "v1alpha1".into(),
+        api_version: "apps.paia.tech/v1alpha1".into(),
+        kind: "HotStandbyDeployment".into(),
+        plural: "hotstandbydeployments".into(),
+    }
+}
+
+fn port() -> u16 {
+    30000 + (std::process::id() % 2000) as u16
+}
+
+/// Echo servers on the HSD's pods' IPs, bound as soon as the pod watch shows each IP.
+fn spawn_pod_servers(client: Client, port: u16) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let pods: Api<Pod> = Api::namespaced(client, NAMESPACE);
+        let config = kube::runtime::watcher::Config::default().labels(&format!("app={HSD}"));
+        let mut bound: HashMap<std::net::IpAddr, Arc<TcpListener>> = HashMap::new();
+        let mut events = kube::runtime::watcher(pods, config).boxed();
+        while let Some(event) = events.next().await {
+            let Ok(event) = event else {
+                continue;
+            };
+            let pods: Vec<Pod> = match event {
+                kube::runtime::watcher::Event::Apply(pod)
+                | kube::runtime::watcher::Event::InitApply(pod) => vec![pod],
+                _ => Vec::new(),
+            };
+            for pod in pods {
+                let Some(ip) = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.pod_ip.as_deref())
+                    .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+                else {
+                    continue;
+                };
+                // Loopback only: a pod IP outside 127.0.0.0/8 is never served (nor dialled).
+                if !ip.is_loopback() || bound.contains_key(&ip) {
+                    continue;
+                }
+                let Ok(listener) = TcpListener::bind(SocketAddr::new(ip, port)).await else {
+                    continue;
+                };
+                let listener = Arc::new(listener);
+                bound.insert(ip, listener.clone());
+                tokio::spawn(async move {
+                    while let Ok((stream, _)) = listener.accept().await {
+                        tokio::spawn(serve_upstream(stream));
+                    }
+                });
+            }
+        }
+    })
+}
+
+async fn prepare(client: &Client, port: u16) -> Res<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let namespace: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).ctx("a namespace")?;
+    match namespaces.create(&PostParams::default(), &namespace).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(error) => return Err(format!("creating namespace {NAMESPACE}: {error}")),
+    }
+    let hsds: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &hsd_resource());
+    hsds.patch(
+        HSD,
+        &PatchParams::apply("hsd-bench").force(),
+        &Patch::Apply(json!({
+            "apiVersion": "apps.paia.tech/v1alpha1", "kind": "HotStandbyDeployment",
+            "metadata": {"name": HSD},
+            "spec": {
+                "idleTarget": 1, "minReplicas": 0, "maxReplicas": 2,
+                "scaleToZero": {"afterSeconds": 3600},
+                "selector": {"matchLabels": {"app": HSD}},
+                "podTemplate": {
+                    "metadata": {"labels": {"app": HSD}},
+                    "spec": {"containers": [{
+                        "name": "echo", "image": "registry.invalid/echo:1",
+                        "ports": [{"containerPort": port}],
+                    }]},
+                },
+            },
+        })),
+    )
+    .await
+    .ctx("applying the benchmark's HSD")?;
+    Ok(())
+}
+
+async fn pass(product: &Product) -> Res<()> {
+    product
+        .run(&["reconcile", "-n", NAMESPACE], Duration::from_secs(60))
+        .await
+        .map(|_| ())
+}
+
+/// Puts the HSD to sleep: its deadline in the past, then passes until the child is at 0 and
+/// no pod is left, and the proxy has seen it. Returns the pod list's resourceVersion.
+async fn put_to_sleep(client: &Client, product: &Product, proxy: &Process) -> Res<String> {
+    let hsds: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &hsd_resource());
+    hsds.patch(
+        HSD,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {
+            "zero-pod-autoscaler/scale-down-at": "2000-01-01T00:00:00Z"}}})),
+    )
+    .await
+    .ctx("moving the sleep deadline into the past")?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    wait_for(
+        "the HSD to fall asleep",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async {
+            pass(product).await?;
+            let replicas = deployments
+                .get_opt(CHILD)
+                .await
+                .ctx("reading the child")?
+                .and_then(|d| d.spec?.replicas);
+            Ok((replicas == Some(0)).then_some(()))
+        },
+    )
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let params = ListParams::default().labels(&format!("app={HSD}"));
+    let resource_version = wait_for(
+        "the HSD's pods to be gone",
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+        || async {
+            let list = pods.list(&params).await.ctx("listing the HSD's pods")?;
+            Ok(list
+                .items
+                .is_empty()
+                .then(|| list.metadata.resource_version.unwrap_or_default()))
+        },
+    )
+    .await?;
+    wait_for(
+        "the proxy to see the HSD asleep",
+        Duration::from_secs(30),
+        Duration::from_millis(20),
+        || async {
+            let replicas = proxy.metric("hsd_proxy_replicas").await?;
+            let ready = proxy.metric("hsd_proxy_endpoints{state=\"ready\"}").await?;
+            Ok((replicas == 0.0 && ready == 0.0).then_some(()))
+        },
+    )
+    .await?;
+    Ok(resource_version)
+}
+
+async fn until_pod_ready(client: &Client, resource_version: &str) -> Res<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let params = WatchParams::default()
+        .labels(&format!("app={HSD}"))
+        .timeout(120);
+    let mut events = pods
+        .watch(&params, resource_version)
+        .await
+        .ctx("watching the HSD's pods")?
+        .boxed();
+    while let Some(event) = events.try_next().await.ctx("the HSD's pod watch")? {
+        match event {
+            WatchEvent::Added(pod) | WatchEvent::Modified(pod) if pod_ready(&pod) => return Ok(()),
+            WatchEvent::Error(error) => return Err(format!("the HSD's pod watch: {error}")),
+            _ => {}
+        }
+    }
+    Err("the HSD's pod watch ended before a pod was Ready".into())
+}
+
+async fn start_proxy(product: &Product, work: &Path) -> Res<Process> {
+    let log = work.join("proxy-hsd-product.log");
+    let file = std::fs::File::create(&log).ctx("creating the proxy's log")?;
+    let child = product
+        .command(&product.binary)
+        .args([
+            "proxy",
+            "-n",
+            NAMESPACE,
+            "--hsd",
+            HSD,
+            "--address",
+            "127.0.0.1:0",
+            "--admin-address",
+            "127.0.0.1:0",
+            "--allow-dial-cidr",
+            "127.0.0.0/8",
+        ])
+        .stdout(Stdio::null())
+        .stderr(file)
+        .kill_on_drop(true)
+        .spawn()
+        .ctx("starting kubectl-hsd proxy --hsd")?;
+    let process = Process::wait_for_line(
+        child,
+        log,
+        "proxy listening on ",
+        Some("serving /metrics, /healthz and /readyz on "),
+    )
+    .await?;
+    let admin = process.admin_url()?;
+    wait_for(
+        "the proxy's /readyz",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async { Ok(matches!(http_get(&admin, "/readyz").await, Ok((200, _))).then_some(())) },
+    )
+    .await?;
+    Ok(process)
+}
+
+pub async fn measure(quick: bool, client: &Client, product: &Product, work: &Path) -> Res<Value> {
+    let samples = if quick { 8 } else { 30 };
+    let port = port();
+    say(format!(
+        "proxy-hsd: {samples} cold starts through `proxy --hsd`, floor vs product"
+    ));
+    prepare(client, port).await?;
+    let servers = spawn_pod_servers(client.clone(), port);
+    pass(product).await?;
+    let proxy = start_proxy(product, work).await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut times: [Vec<f64>; 2] = Default::default();
+    for _ in 0..samples {
+        // The floor: the child scaled by a PATCH, then a pod watch until a pod is Ready.
+        let resource_version = put_to_sleep(client, product, &proxy).await?;
+        let started = Instant::now();
+        deployments
+            .patch(
+                CHILD,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": 1}})),
+            )
+            .await
+            .ctx("scaling the child")?;
+        until_pod_ready(client, &resource_version).await?;
+        times[0].push(started.elapsed().as_secs_f64() * 1e3);
+        // The product: connect through the proxy to the sleeping HSD; one byte each way.
+        put_to_sleep(client, product, &proxy).await?;
+        let started = Instant::now();
+        let mut stream = connect(proxy.addr, ECHO).await?;
+        stream.write_all(&[1]).await.ctx("the first byte")?;
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(60), stream.read_exact(&mut byte))
+            .await
+            .ctx("the first byte back from the woken pod (timed out)")?
+            .ctx("the first byte back from the woken pod")?;
+        times[1].push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    let refused = proxy
+        .metric("hsd_proxy_dial_errors_total{reason=\"refused\"}")
+        .await?;
+    let wakes_ok = proxy
+        .metric("hsd_proxy_scale_writes_total{kind=\"wake\",result=\"ok\"}")
+        .await?;
+    say(format!(
+        "proxy-hsd: wake p99 floor {:.0} ms / product {:.0} ms ({refused} dials refused before the pod's server was bound)",
+        percentile(&times[0], 99.0),
+        percentile(&times[1], 99.0)
+    ));
+    let log = std::fs::read_to_string(&proxy.log).unwrap_or_default();
+    drop(proxy);
+    servers.abort();
+    if log.contains("panicked") {
+        return Err(format!(
+            "the proxy panicked:\n{}",
+            crate::product::tail(&log, 20)
+        ));
+    }
+    Ok(json!({
+        "wake": {
+            "samples": times[0].len(),
+            "floor_p50_ms": round(percentile(&times[0], 50.0), 1),
+            "floor_p99_ms": round(percentile(&times[0], 99.0), 1),
+            "product_p50_ms": round(percentile(&times[1], 50.0), 1),
+            "product_p99_ms": round(percentile(&times[1], 99.0), 1),
+            "ratio_p99": round(percentile(&times[1], 99.0) / percentile(&times[0], 99.0), 2),
+            "wake_writes_ok": wakes_ok,
+            "dials_refused": refused,
+        },
+    }))
+}
