@@ -73,7 +73,15 @@ const USAGE: &str = "usage: cargo bench --bench hsd -- [--quick] [options]
 
 /// The measurements, for `--only`.
 const MEASUREMENTS: &[&str] = &[
-    "pass", "start", "reaction", "shards", "failover", "probes", "hsj", "proxy", "proxy-hsd",
+    "pass",
+    "start",
+    "reaction",
+    "shards",
+    "failover",
+    "probes",
+    "hsj",
+    "proxy",
+    "proxy-hsd",
 ];
 
 #[derive(Clone, Debug)]

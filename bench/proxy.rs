@@ -229,6 +229,21 @@ impl Process {
         self.admin.clone().ok_or_else(|| "no admin port".into())
     }
 
+    /// Waits until the proxy has seen the app at 0 replicas with no ready endpoint.
+    pub(crate) async fn wait_asleep(&self) -> Res<()> {
+        wait_for(
+            "the proxy to see the app asleep",
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            || async {
+                let replicas = self.metric("hsd_proxy_replicas").await?;
+                let ready = self.metric("hsd_proxy_endpoints{state=\"ready\"}").await?;
+                Ok((replicas == 0.0 && ready == 0.0).then_some(()))
+            },
+        )
+        .await
+    }
+
     fn rss_kb(&self) -> Res<u64> {
         Ok(proc_memory_kb(self.pid)?.0)
     }
@@ -394,10 +409,17 @@ pub(crate) fn pod_ready(pod: &Pod) -> bool {
 async fn put_to_sleep(client: &Client, proxy: &Process) -> Res<String> {
     set_ready(client, false).await?;
     scale(client, 0).await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let params = ListParams::default().labels(&format!("app={APP}"));
-    let resource_version = wait_for(
-        "the app's pods to be gone",
+    let resource_version = pods_gone(client, NAMESPACE, APP).await?;
+    proxy.wait_asleep().await?;
+    Ok(resource_version)
+}
+
+/// Waits until no pod labelled `app=<app>` is left; returns the list's resourceVersion.
+pub(crate) async fn pods_gone(client: &Client, namespace: &str, app: &str) -> Res<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let params = ListParams::default().labels(&format!("app={app}"));
+    wait_for(
+        &format!("the pods of {app} to be gone"),
         Duration::from_secs(120),
         Duration::from_millis(50),
         || async {
@@ -408,26 +430,19 @@ async fn put_to_sleep(client: &Client, proxy: &Process) -> Res<String> {
                 .then(|| list.metadata.resource_version.unwrap_or_default()))
         },
     )
-    .await?;
-    wait_for(
-        "the proxy to see the app asleep",
-        Duration::from_secs(30),
-        Duration::from_millis(20),
-        || async {
-            let replicas = proxy.metric("hsd_proxy_replicas").await?;
-            let ready = proxy.metric("hsd_proxy_endpoints{state=\"ready\"}").await?;
-            Ok((replicas == 0.0 && ready == 0.0).then_some(()))
-        },
-    )
-    .await?;
-    Ok(resource_version)
+    .await
 }
 
-/// Waits, on a watch from `resource_version`, until one of the app's pods is Ready.
-async fn until_pod_ready(client: &Client, resource_version: &str) -> Res<()> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+/// Waits, on a watch from `resource_version`, until a pod labelled `app=<app>` is Ready.
+pub(crate) async fn until_pod_ready(
+    client: &Client,
+    namespace: &str,
+    app: &str,
+    resource_version: &str,
+) -> Res<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let params = WatchParams::default()
-        .labels(&format!("app={APP}"))
+        .labels(&format!("app={app}"))
         .timeout(120);
     let mut events = pods
         .watch(&params, resource_version)
@@ -453,14 +468,14 @@ async fn wakes(client: &Client, proxy: &Process, samples: usize) -> Res<[Vec<f64
         let resource_version = put_to_sleep(client, proxy).await?;
         let started = Instant::now();
         scale(client, 1).await?;
-        until_pod_ready(client, &resource_version).await?;
+        until_pod_ready(client, NAMESPACE, APP, &resource_version).await?;
         times[0].push(started.elapsed().as_secs_f64() * 1e3);
         // The product, with the benchmark in the EndpointSlice controller's place.
         let resource_version = put_to_sleep(client, proxy).await?;
         let mirror = {
             let client = client.clone();
             tokio::spawn(async move {
-                until_pod_ready(&client, &resource_version).await?;
+                until_pod_ready(&client, NAMESPACE, APP, &resource_version).await?;
                 set_ready(&client, true).await
             })
         };

@@ -18,10 +18,10 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::ApiResource;
 use kube::{Api, Client};
 use serde_json::{Value, json};
@@ -29,7 +29,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::product::{Product, http_get};
-use crate::proxy::{ECHO, Process, connect, pod_ready, serve_upstream};
+use crate::proxy::{ECHO, Process, connect, pods_gone, serve_upstream, until_pod_ready};
 use crate::util::{Context, Res, percentile, round, say, wait_for};
 
 const NAMESPACE: &str = "bench-proxy-hsd";
@@ -149,7 +149,7 @@ async fn put_to_sleep(client: &Client, product: &Product, proxy: &Process) -> Re
     .await
     .ctx("moving the sleep deadline into the past")?;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
-    wait_for(
+    let asleep = wait_for(
         "the HSD to fall asleep",
         Duration::from_secs(60),
         Duration::from_millis(200),
@@ -163,54 +163,20 @@ async fn put_to_sleep(client: &Client, product: &Product, proxy: &Process) -> Re
             Ok((replicas == Some(0)).then_some(()))
         },
     )
-    .await?;
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let params = ListParams::default().labels(&format!("app={HSD}"));
-    let resource_version = wait_for(
-        "the HSD's pods to be gone",
-        Duration::from_secs(120),
-        Duration::from_millis(50),
-        || async {
-            let list = pods.list(&params).await.ctx("listing the HSD's pods")?;
-            Ok(list
-                .items
-                .is_empty()
-                .then(|| list.metadata.resource_version.unwrap_or_default()))
-        },
-    )
-    .await?;
-    wait_for(
-        "the proxy to see the HSD asleep",
-        Duration::from_secs(30),
-        Duration::from_millis(20),
-        || async {
-            let replicas = proxy.metric("hsd_proxy_replicas").await?;
-            let ready = proxy.metric("hsd_proxy_endpoints{state=\"ready\"}").await?;
-            Ok((replicas == 0.0 && ready == 0.0).then_some(()))
-        },
-    )
-    .await?;
-    Ok(resource_version)
-}
-
-async fn until_pod_ready(client: &Client, resource_version: &str) -> Res<()> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
-    let params = WatchParams::default()
-        .labels(&format!("app={HSD}"))
-        .timeout(120);
-    let mut events = pods
-        .watch(&params, resource_version)
-        .await
-        .ctx("watching the HSD's pods")?
-        .boxed();
-    while let Some(event) = events.try_next().await.ctx("the HSD's pod watch")? {
-        match event {
-            WatchEvent::Added(pod) | WatchEvent::Modified(pod) if pod_ready(&pod) => return Ok(()),
-            WatchEvent::Error(error) => return Err(format!("the HSD's pod watch: {error}")),
-            _ => {}
-        }
+    .await;
+    if let Err(error) = asleep {
+        let explained = product
+            .command(&product.binary)
+            .args(["explain", &format!("hsd/{HSD}"), "-n", NAMESPACE])
+            .output()
+            .await
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        return Err(format!("{error}; the HSD says:\n{explained}"));
     }
-    Err("the HSD's pod watch ended before a pod was Ready".into())
+    let resource_version = pods_gone(client, NAMESPACE, HSD).await?;
+    proxy.wait_asleep().await?;
+    Ok(resource_version)
 }
 
 async fn start_proxy(product: &Product, work: &Path) -> Res<Process> {
@@ -278,7 +244,7 @@ pub async fn measure(quick: bool, client: &Client, product: &Product, work: &Pat
             )
             .await
             .ctx("scaling the child")?;
-        until_pod_ready(client, &resource_version).await?;
+        until_pod_ready(client, NAMESPACE, HSD, &resource_version).await?;
         times[0].push(started.elapsed().as_secs_f64() * 1e3);
         // The product: connect through the proxy to the sleeping HSD; one byte each way.
         put_to_sleep(client, product, &proxy).await?;

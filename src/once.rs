@@ -44,6 +44,18 @@ pub struct PassOptions {
 }
 
 impl PassOptions {
+    fn prober(&self, client: &Client) -> Prober {
+        Prober::new(
+            self.probe_concurrency
+                .unwrap_or(crate::observe::probe::DEFAULT_CONCURRENCY),
+        )
+        .with_exec(
+            client.clone(),
+            self.exec_probe_concurrency
+                .unwrap_or(crate::observe::probe::DEFAULT_EXEC_CONCURRENCY),
+        )
+    }
+
     fn deadlines(&self, started: Instant) -> (tokio::time::Instant, tokio::time::Instant) {
         let total = self.deadline.unwrap_or(DEFAULT_PASS_DEADLINE);
         let probing = total
@@ -267,17 +279,7 @@ pub async fn execute_plan(client: &Client, observed: &ObservedHsd, plan: &Plan) 
 pub async fn run_pass(client: &Client, scope: &Scope, options: &PassOptions) -> Result<PassReport> {
     let started = Instant::now();
     let (probe_deadline, deadline) = options.deadlines(started);
-    let prober = Prober::new(
-        options
-            .probe_concurrency
-            .unwrap_or(crate::observe::probe::DEFAULT_CONCURRENCY),
-    )
-    .with_exec(
-        client.clone(),
-        options
-            .exec_probe_concurrency
-            .unwrap_or(crate::observe::probe::DEFAULT_EXEC_CONCURRENCY),
-    );
+    let prober = options.prober(client);
     let (hsds, hsjs) = tokio::join!(
         run_hsd_pass(client, scope, options, &prober, probe_deadline, deadline),
         run_hsj_pass(client, scope, options, &prober, probe_deadline, deadline),
@@ -393,17 +395,7 @@ pub async fn reconcile_one(
         Err(_) => Vec::new(),
     };
     drop(snapshot);
-    let prober = Prober::new(
-        options
-            .probe_concurrency
-            .unwrap_or(crate::observe::probe::DEFAULT_CONCURRENCY),
-    )
-    .with_exec(
-        client.clone(),
-        options
-            .exec_probe_concurrency
-            .unwrap_or(crate::observe::probe::DEFAULT_EXEC_CONCURRENCY),
-    );
+    let prober = options.prober(client);
     let slots = tokio::sync::Semaphore::new(1);
     let (outcome, _) = reconcile_observed(
         client,

@@ -332,9 +332,7 @@ fn summary_table(report: &PassReport, dry_run: DryRun) -> String {
                 counts.idle.to_string(),
                 counts.starting.to_string(),
                 counts.unknown.to_string(),
-                o.plan
-                    .recommendation
-                    .map_or("-".into(), |r| r.replicas.to_string()),
+                o.plan.desired().map_or("-".into(), |r| r.to_string()),
                 action(o, dry_run),
             ]
         })
@@ -434,7 +432,7 @@ fn hsd_report_json(report: &PassReport, dry_run: DryRun) -> serde_json::Value {
             "idle": o.plan.counts.idle,
             "starting": o.plan.counts.starting,
             "unknown": o.plan.counts.unknown,
-            "desiredReplicas": o.plan.recommendation.map(|r| r.replicas),
+            "desiredReplicas": o.plan.desired(),
             "scale": o.plan.scale.map(|(from, to)| json!({"from": from, "to": to})),
             "action": action(o, dry_run),
             "events": o.plan.events.iter().map(|e| json!({"reason": e.reason, "note": e.note})).collect::<Vec<_>>(),

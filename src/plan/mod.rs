@@ -131,6 +131,14 @@ pub struct Plan {
     pub sleep: sleep::Sleep,
 }
 
+impl Plan {
+    /// The replicas the HSD wants: the bounded formula, or 0 while asleep.
+    pub fn desired(&self) -> Option<i32> {
+        self.recommendation
+            .map(|r| if self.sleep.asleep { 0 } else { r.replicas })
+    }
+}
+
 /// Plans one HSD: count, target, stabilize, then protect and step for the child Deployment.
 pub fn plan(observed: &ObservedHsd, now: Timestamp) -> Plan {
     let previous = observed.status.clone().unwrap_or_default();

@@ -151,23 +151,17 @@ impl TestNs {
 
     /// [`wait_for`], whose timeout also prints what the namespace's events and pods say, so that
     /// a run that failed far away (CI) shows which controller stalled.
-    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, mut check: F) -> T
+    pub async fn wait_for<T, F, Fut>(&self, what: &str, timeout: Duration, check: F) -> T
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Option<T>>,
     {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(value) = check().await {
-                return value;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}\n{}",
-                    self.diagnosis().await
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        match poll(timeout, check).await {
+            Some(value) => value,
+            None => panic!(
+                "timed out after {timeout:?} waiting for {what}\n{}",
+                self.diagnosis().await
+            ),
         }
     }
 
@@ -249,7 +243,19 @@ pub async fn ensure_default_service_account(client: &Client, namespace: &str) {
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` naming `what`.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    match poll(timeout, check).await {
+        Some(value) => value,
+        None => panic!("timed out after {timeout:?} waiting for {what}"),
+    }
+}
+
+/// Polls `check` every 200 ms until it returns `Some`, or `None` after `timeout`.
+async fn poll<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -257,10 +263,10 @@ where
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = check().await {
-            return value;
+            return Some(value);
         }
         if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
