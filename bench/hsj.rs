@@ -374,8 +374,9 @@ async fn exec_throughput(
 // ---------------------------------------------------------------------------------------------
 // Busy flip to a new standby Job.
 
-/// The Jobs of the flip namespace, as the benchmark's own watch sees them: when each name was
-/// first seen.
+/// The Jobs of the flip namespace, as the benchmark's own watch sees them: when each Job was
+/// first seen, by uid (the product names its Jobs by index and reuses a freed name, so a name
+/// seen before can be a new Job).
 struct JobWatch {
     seen: Arc<Mutex<HashMap<String, Instant>>>,
     live: Arc<Mutex<HashSet<String>>>,
@@ -396,18 +397,18 @@ impl JobWatch {
                 let now = Instant::now();
                 match event {
                     Ok(watcher::Event::Apply(job) | watcher::Event::InitApply(job)) => {
-                        let name = job.name_any();
-                        s.lock().unwrap().entry(name.clone()).or_insert(now);
+                        let uid = job.uid().unwrap_or_default();
+                        s.lock().unwrap().entry(uid.clone()).or_insert(now);
                         let finished = job.metadata.deletion_timestamp.is_some();
                         let mut live = l.lock().unwrap();
                         if finished {
-                            live.remove(&name);
+                            live.remove(&uid);
                         } else {
-                            live.insert(name);
+                            live.insert(uid);
                         }
                     }
                     Ok(watcher::Event::Delete(job)) => {
-                        l.lock().unwrap().remove(&job.name_any());
+                        l.lock().unwrap().remove(&job.uid().unwrap_or_default());
                     }
                     Ok(watcher::Event::InitDone) => {
                         if let Some(ready) = ready.take() {
@@ -451,7 +452,8 @@ impl JobWatch {
         }
     }
 
-    fn names(&self) -> HashSet<String> {
+    /// The uids of every Job seen so far.
+    fn uids(&self) -> HashSet<String> {
         self.seen.lock().unwrap().keys().cloned().collect()
     }
 }
@@ -657,10 +659,12 @@ impl HsjWatcher {
 
 /// Flips `count` workers busy one at a time: each sample runs from the acknowledged PATCH to
 /// the Job watch seeing a new Job; then the worker is released and the Jobs go back to `base`.
+/// The worker is picked each time among the `standby` running ones: the product's scale-down
+/// may delete any idle worker, not the one it made last.
 async fn flip_series(
     client: &Client,
     watch: &JobWatch,
-    workers: &[String],
+    standby: usize,
     base: usize,
     count: usize,
     what: &str,
@@ -672,8 +676,10 @@ async fn flip_series(
     let mut timeouts = 0;
     let mut progress = crate::util::Progress::new(what, count as u64);
     for i in 0..count {
+        let mut workers = running(client, FLIP_NS, "f", standby).await?;
+        workers.sort();
         let pod = &workers[i % workers.len()];
-        let before = watch.names();
+        let before = watch.uids();
         pods.patch(pod, &PatchParams::default(), &patch("true"))
             .await
             .ctx(format!("marking {pod} busy"))?;
@@ -738,7 +744,7 @@ async fn flips(
         let series = flip_series(
             client,
             &watch,
-            &workers,
+            workers.len(),
             base,
             events,
             &format!("floor flips ({}/{})", block + 1, sizes.blocks),
@@ -753,7 +759,7 @@ async fn flips(
         let series = flip_series(
             client,
             &watch,
-            &workers,
+            workers.len(),
             base,
             events,
             &format!("kubectl-hsd flips ({}/{})", block + 1, sizes.blocks),
