@@ -796,6 +796,66 @@ async fn flips(
     Ok(value)
 }
 
+/// The table of the report.
+pub fn table(results: &Value) -> Option<(String, Vec<String>, Vec<Vec<String>>)> {
+    let flip = &results["hsj"]["flip"];
+    let exec = &results["hsj"]["exec"];
+    if !flip.is_object() && !exec.is_object() {
+        return None;
+    }
+    let cell = |v: &Value| crate::report::fmt(v);
+    let mut rows = Vec::new();
+    for (label, prefix) in [
+        ("busy flip -> new Job: kubectl-hsd --watch", ""),
+        ("busy flip -> new Job: floor (watch + POST)", "floor_"),
+    ] {
+        rows.push(vec![
+            label.to_string(),
+            cell(&flip[format!("{prefix}samples")]),
+            cell(&flip[format!("{prefix}p50_ms")]),
+            cell(&flip[format!("{prefix}p99_ms")]),
+            cell(&flip[format!("{prefix}max_ms")]),
+            cell(
+                &flip["timeouts"][if prefix.is_empty() {
+                    "product"
+                } else {
+                    "floor"
+                }],
+            ),
+            String::new(),
+        ]);
+    }
+    for (label, key) in [
+        ("exec probes: Prober::probe_all", "per_second"),
+        ("exec probes: bare kube-rs exec loop", "bare_per_second"),
+    ] {
+        rows.push(vec![
+            label.to_string(),
+            cell(&exec["workers"]),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            cell(&exec[key]),
+        ]);
+    }
+    Some((
+        "HotStandbyJob: busy flip -> new standby Job, and exec probes per second".into(),
+        [
+            "",
+            "samples / workers",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "timeouts",
+            "per second",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+    ))
+}
+
 /// The goals of the HSJ figures.
 pub fn goals(results: &Value) -> Vec<Goal> {
     let mut goals = Vec::new();

@@ -234,7 +234,8 @@ fn tables(results: &Value, goals: &[Goal]) -> Vec<Table3> {
             ],
         ));
     }
-    // Active-standby failover hook (#16).
+    // HSJ hook (#14) and active-standby failover hook (#16).
+    out.extend(crate::hsj::table(results));
     out.extend(crate::failover::table(results));
     let p = &results["probes"];
     if p.is_object() {
