@@ -374,8 +374,9 @@ async fn exec_throughput(
 // ---------------------------------------------------------------------------------------------
 // Busy flip to a new standby Job.
 
-/// The Jobs of the flip namespace, as the benchmark's own watch sees them: when each name was
-/// first seen.
+/// The Jobs of the flip namespace, as the benchmark's own watch sees them: when each Job was
+/// first seen, by uid (the product names its Jobs by index and reuses a freed name, so a name
+/// seen before can be a new Job).
 struct JobWatch {
     seen: Arc<Mutex<HashMap<String, Instant>>>,
     live: Arc<Mutex<HashSet<String>>>,
@@ -396,18 +397,18 @@ impl JobWatch {
                 let now = Instant::now();
                 match event {
                     Ok(watcher::Event::Apply(job) | watcher::Event::InitApply(job)) => {
-                        let name = job.name_any();
-                        s.lock().unwrap().entry(name.clone()).or_insert(now);
+                        let uid = job.uid().unwrap_or_default();
+                        s.lock().unwrap().entry(uid.clone()).or_insert(now);
                         let finished = job.metadata.deletion_timestamp.is_some();
                         let mut live = l.lock().unwrap();
                         if finished {
-                            live.remove(&name);
+                            live.remove(&uid);
                         } else {
-                            live.insert(name);
+                            live.insert(uid);
                         }
                     }
                     Ok(watcher::Event::Delete(job)) => {
-                        l.lock().unwrap().remove(&job.name_any());
+                        l.lock().unwrap().remove(&job.uid().unwrap_or_default());
                     }
                     Ok(watcher::Event::InitDone) => {
                         if let Some(ready) = ready.take() {
@@ -451,7 +452,8 @@ impl JobWatch {
         }
     }
 
-    fn names(&self) -> HashSet<String> {
+    /// The uids of every Job seen so far.
+    fn uids(&self) -> HashSet<String> {
         self.seen.lock().unwrap().keys().cloned().collect()
     }
 }
@@ -657,10 +659,12 @@ impl HsjWatcher {
 
 /// Flips `count` workers busy one at a time: each sample runs from the acknowledged PATCH to
 /// the Job watch seeing a new Job; then the worker is released and the Jobs go back to `base`.
+/// The worker is picked each time among the `standby` running ones: the product's scale-down
+/// may delete any idle worker, not the one it made last.
 async fn flip_series(
     client: &Client,
     watch: &JobWatch,
-    workers: &[String],
+    standby: usize,
     base: usize,
     count: usize,
     what: &str,
@@ -672,8 +676,10 @@ async fn flip_series(
     let mut timeouts = 0;
     let mut progress = crate::util::Progress::new(what, count as u64);
     for i in 0..count {
+        let mut workers = running(client, FLIP_NS, "f", standby).await?;
+        workers.sort();
         let pod = &workers[i % workers.len()];
-        let before = watch.names();
+        let before = watch.uids();
         pods.patch(pod, &PatchParams::default(), &patch("true"))
             .await
             .ctx(format!("marking {pod} busy"))?;
@@ -738,7 +744,7 @@ async fn flips(
         let series = flip_series(
             client,
             &watch,
-            &workers,
+            workers.len(),
             base,
             events,
             &format!("floor flips ({}/{})", block + 1, sizes.blocks),
@@ -753,7 +759,7 @@ async fn flips(
         let series = flip_series(
             client,
             &watch,
-            &workers,
+            workers.len(),
             base,
             events,
             &format!("kubectl-hsd flips ({}/{})", block + 1, sizes.blocks),
@@ -788,6 +794,66 @@ async fn flips(
         value["p50_ms"], value["p99_ms"], value["floor_p50_ms"], value["floor_p99_ms"]
     ));
     Ok(value)
+}
+
+/// The table of the report.
+pub fn table(results: &Value) -> Option<(String, Vec<String>, Vec<Vec<String>>)> {
+    let flip = &results["hsj"]["flip"];
+    let exec = &results["hsj"]["exec"];
+    if !flip.is_object() && !exec.is_object() {
+        return None;
+    }
+    let cell = |v: &Value| crate::report::fmt(v);
+    let mut rows = Vec::new();
+    for (label, prefix) in [
+        ("busy flip -> new Job: kubectl-hsd --watch", ""),
+        ("busy flip -> new Job: floor (watch + POST)", "floor_"),
+    ] {
+        rows.push(vec![
+            label.to_string(),
+            cell(&flip[format!("{prefix}samples")]),
+            cell(&flip[format!("{prefix}p50_ms")]),
+            cell(&flip[format!("{prefix}p99_ms")]),
+            cell(&flip[format!("{prefix}max_ms")]),
+            cell(
+                &flip["timeouts"][if prefix.is_empty() {
+                    "product"
+                } else {
+                    "floor"
+                }],
+            ),
+            String::new(),
+        ]);
+    }
+    for (label, key) in [
+        ("exec probes: Prober::probe_all", "per_second"),
+        ("exec probes: bare kube-rs exec loop", "bare_per_second"),
+    ] {
+        rows.push(vec![
+            label.to_string(),
+            cell(&exec["workers"]),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            cell(&exec[key]),
+        ]);
+    }
+    Some((
+        "HotStandbyJob: busy flip -> new standby Job, and exec probes per second".into(),
+        [
+            "",
+            "samples / workers",
+            "p50 ms",
+            "p99 ms",
+            "max ms",
+            "timeouts",
+            "per second",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows,
+    ))
 }
 
 /// The goals of the HSJ figures.

@@ -20,6 +20,9 @@
 //!    rate, throughput, memory with idle and with 10,000 held connections, API requests per
 //!    connection on the warm path, and the wake from zero (`proxy`);
 //! 7. HotStandbyJob figures (`hsj`, bench/hsj.rs).
+//! 8. active-standby failover (#16): a master's deletion to the new master alone in the
+//!    Service's EndpointSlices, beside a floor that moves the label itself (`standby`,
+//!    bench/failover.rs).
 //!
 //! Results: tables on stdout, bench/results/<date>-<quick|full>.{json,md}. See bench/README.md.
 //! A measurement of its own lives in a file of its own, with a hook here: a `mod` line, its
@@ -28,6 +31,8 @@
 mod cluster;
 mod deployments;
 mod floor;
+// Active-standby failover (#16): its own file, hooked in like the HSJ figures.
+mod failover;
 // HotStandbyJob figures (#14): their own file, hooked in at three marked places below.
 mod hsj;
 mod pass;
@@ -82,6 +87,7 @@ const MEASUREMENTS: &[&str] = &[
     "hsj",
     "proxy",
     "proxy-hsd",
+    "standby",
 ];
 
 #[derive(Clone, Debug)]
@@ -460,6 +466,16 @@ async fn benchmark(options: &Options, cluster: &Cluster, results: &mut Value) ->
     if options.runs("proxy-hsd") {
         results["proxy_hsd"] = proxy_hsd::measure(options.quick, &client, &product, &work).await?;
     }
+    // Active-standby failover hook (#16): bench/failover.rs, in namespaces of its own, while the
+    // cluster holds no other pods (neither the product's watcher nor the floor watches them).
+    if options.runs("standby") {
+        let count = std::env::var("HSD_BENCH_FAILOVERS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(if options.quick { 100 } else { 300 });
+        results["standby"] = failover::measure(&client, &product, count).await?;
+    }
     let namespaces: Vec<String> = (0..layout.namespaces)
         .map(|i| layout.namespace(i))
         .collect();
@@ -605,6 +621,7 @@ fn notes() -> Vec<&'static str> {
         "reaction_state_label: the reaction series again with spec.routing.stateLabel on for the flipped HSDs, so that every flip also relabels the pod (paia.tech/state): the label writes' cost, beside the same floor.",
         "Shards: the one-watcher reference (`reconcile --watch -A --leader-elect=false`) at the smaller size, and two replicas of `reconcile --watch -A --shards 2` (leader election on Leases of their own) at twice the size, each leading one shard; each replica's reaction is over the flips of its own shard's HSDs, its RSS read after the flips.",
         "Failover: two sharded replicas at steady state; the one leading shard 1 is killed (SIGKILL) and at once a pod of an HSD in shard 1 is flipped busy. shard_taken: until the survivor's hsd_shards_led is 2 (polled every 200 ms); acted: until the benchmark's Deployment watch sees the flip's 20 -> 21.",
+        "Active-standby failover (standby, #16): a Deployment of 4 pods on the tainted data node (addresses in 198.18.0.0/24, data in the EndpointSlices, never connected to) behind a headless Service; the figure runs from a master pod's DELETE being acknowledged to this benchmark's own watch of the Service's EndpointSlices showing one ready pod, the new master. The floor, in a namespace of its own: an in-process pod watch that merge-patches qoqo.dev/pod-designation=active onto a ready pod as soon as no ready pod carries it (no record, no fence), behind a Service that selects the label itself; the product, `reconcile --watch -A --leader-elect=false`, on a Service annotated qoqo.dev/service-mode=active-standby in another namespace. Both run throughout and take turns in 4 blocks. Each deletion waits for 4 ready pods and one ready endpoint again; only deletions; 100 each (quick), 300 (full), HSD_BENCH_FAILOVERS overrides. Both figures include the EndpointSlice controller's hop, and with it its retries when its informer cache is behind its own last slice write (a requeue with backoff, hundreds of ms): delete_ack_ms is how long each DELETE took to be answered, not part of the figure.",
         "Probes: per_second is kubectl_hsd::observe::probe::Prober::probe_all at the default concurrency against one real HTTP server per pod IP (half 200, half 503), median of 5 rounds; pass_per_second is pods probed / --stats seconds of a one-shot pass over the HTTP-mode HSDs; slow_server_extra_ms is how much later the other servers were all answered when the first one never answers (1 s timeout) than in the baseline round just before, median of 3 such pairs.",
         "Proxy: `kubectl hsd proxy` (release binary, --ttl 1h, --max-held 20000) and the floor (a minimal tokio proxy: accept, connect, TCP_NODELAY, copy_bidirectional; this benchmark binary run again as a process of its own) forward to the same loopback upstream (a runtime thread of the benchmark: echo, or a sink that answers the byte count); direct is the client to the upstream without a proxy. Round trips: 64-byte ping-pong on one connection per round; connection rate: connect, 1 byte each way, close, 16 at a time; throughput: one connection sending to the sink; all interleaved in rounds (direct, floor, product). Idle forwarded: connections that each exchanged one byte, kept open, VmRSS after 1 s. Held: connections to the product while its app's only endpoint is not ready, VmRSS once /metrics counts them all. Warm API requests: the product's hsd_proxy_api_requests_total over the round-trip and connection-rate phases, after a first connection wrote the scale-down deadline. Wake (last, alternating): the floor merge-PATCHes the app from 0 to 1 replica and watches its pods until one is Ready; the product's figure runs from a client's connect to the proxy, the app at 0, to the first byte back through the woken app. No EndpointSlice controller runs (loopback pod IPs), so the benchmark writes the slice's TEST-NET endpoint ready when its pod watch sees a Ready pod; that write is in the product's figure only.",
         "Load: the load average (1, 5, 15 min) is recorded at the start and end of the run, at each size (load) and with each figure; the machine is shared, so ratios to the floor measured in the same run are the figures to compare.",
@@ -1004,6 +1021,8 @@ fn goals(results: &Value) -> Vec<Goal> {
     }
     // HSJ hook (#14).
     goals.extend(hsj::goals(results));
+    // Active-standby failover hook (#16).
+    goals.extend(failover::goals(results));
     if quick {
         for goal in &mut goals {
             if goal.met.is_none() && !goal.target.contains("no goal") {

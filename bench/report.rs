@@ -15,7 +15,7 @@ pub struct Goal {
     pub met: Option<bool>,
 }
 
-fn fmt(value: &Value) -> String {
+pub fn fmt(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
         Value::Number(n) => match n.as_f64() {
@@ -234,6 +234,9 @@ fn tables(results: &Value, goals: &[Goal]) -> Vec<Table3> {
             ],
         ));
     }
+    // HSJ hook (#14) and active-standby failover hook (#16).
+    out.extend(crate::hsj::table(results));
+    out.extend(crate::failover::table(results));
     let p = &results["probes"];
     if p.is_object() {
         out.push((

@@ -28,6 +28,10 @@
 #   shards    2 sharded replicas against one watcher of half the pods; failover of one
 #   probes    HTTP probes per second against servers bound on the pods' 127.x IPs, and the
 #             delay one never-answering server adds to the others
+#   proxy     `kubectl hsd proxy` beside a minimal tokio proxy
+#   hsj       HotStandbyJob exec probes per second and busy flip -> new Job, beside floors
+#   standby   active-standby failover: master DELETE acknowledged -> the new master alone in the
+#             Service's EndpointSlices, beside a bare label-moving pod watch
 #
 # Environment: HSD_POD_CIDR (default: the driver's own 127.91.0.0/16, or 127.90.0.0/15 when more
 # pods than a /16 holds are planned; the probe servers bind on pod IPs) and hack/cluster.sh's

@@ -453,7 +453,11 @@ fn scale_to_zero_sleeps_below_min_replicas_once_the_deadline_passed_and_nothing_
         "the pods go through the drain handshake"
     );
     assert_eq!(asleep.status.desired_replicas, 0);
-    assert_eq!(asleep.desired(), Some(0), "what `reconcile` prints as DESIRED");
+    assert_eq!(
+        asleep.desired(),
+        Some(0),
+        "what `reconcile` prints as DESIRED"
+    );
     let condition = asleep
         .status
         .conditions
