@@ -112,7 +112,9 @@ async fn prepare(client: &Client, port: u16) -> Res<()> {
             "metadata": {"name": HSD},
             "spec": {
                 "idleTarget": 1, "minReplicas": 0, "maxReplicas": 2,
-                "scaleToZero": {"afterSeconds": 3600},
+                // Short: a proxy that forwarded a connection keeps the HSD awake for this long
+                // after it (as it should), so each sleep waits it out.
+                "scaleToZero": {"afterSeconds": 2},
                 "selector": {"matchLabels": {"app": HSD}},
                 "podTemplate": {
                     "metadata": {"labels": {"app": HSD}},
@@ -137,7 +139,9 @@ async fn pass(product: &Product) -> Res<()> {
 }
 
 /// Puts the HSD to sleep: its deadline in the past, then passes until the child is at 0 and
-/// no pod is left, and the proxy has seen it. Returns the pod list's resourceVersion.
+/// no pod is left, and the proxy has seen it. Returns the pod list's resourceVersion. After a
+/// proxied connection the proxy moves the deadline back to a period after that connection, so
+/// the passes wait that out.
 async fn put_to_sleep(client: &Client, product: &Product, proxy: &Process) -> Res<String> {
     let hsds: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &hsd_resource());
     hsds.patch(

@@ -368,33 +368,41 @@ async fn reconcile_observed(
     )
 }
 
-/// One pass over one HSD, as [`run_pass`] makes it for each: read (the HSD, its child and its
-/// pods), probe, plan, execute. The proxy runs it to wake an HSD, so that a wake goes through
-/// the same plan and field manager as every other replica change, with or without a watcher.
-/// `None` when the HSD does not exist.
-pub async fn reconcile_one(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    options: &PassOptions,
-) -> Result<Option<HsdOutcome>> {
-    let (probe_deadline, deadline) = options.deadlines(Instant::now());
-    let Some(snapshot) = observe::read_one(client, namespace, name).await? else {
-        return Ok(None);
-    };
+/// What a pass over one HSD reads besides the HSD itself: its child and pods, and the
+/// namespace's Services (an active-standby Service over its pods keeps its master's place).
+pub struct OneRead {
+    index: crate::observe::index::Index,
+    services: Vec<crate::observe::services::LeanService>,
+}
+
+/// Reads what [`reconcile_read`] needs besides the HSD: three lists at once.
+pub async fn read_for_one(client: &Client, namespace: &str, name: &str) -> Result<OneRead> {
     let scope = Scope::Namespace(namespace.to_string());
-    // An active-standby Service over these pods keeps its master's place, as in a full pass.
-    let services = observe::services::list_services(client, &scope).await?;
-    let Some(object) = snapshot.hsds.first() else {
-        return Ok(None);
-    };
-    let (mut hsd, pods) = observe::observe_hsd(object, &snapshot.index, |_| None);
-    hsd.master_slot = observe::services::master_slot(&hsd, &services);
+    let (index, services) = tokio::try_join!(
+        observe::read_one_index(client, namespace, name),
+        observe::services::list_services(client, &scope),
+    )?;
+    Ok(OneRead { index, services })
+}
+
+/// One pass over one HSD, as [`run_pass`] makes it for each: probe, plan and execute, on the
+/// HSD given and what [`read_for_one`] read. The proxy runs it to wake an HSD, on the HSD its
+/// deadline write returned (the lists run beside that write), so that a wake goes through the
+/// same plan and field manager as every other replica change, with or without a watcher.
+pub async fn reconcile_read(
+    client: &Client,
+    object: &kube::api::DynamicObject,
+    read: OneRead,
+    options: &PassOptions,
+) -> HsdOutcome {
+    let (probe_deadline, deadline) = options.deadlines(Instant::now());
+    let (mut hsd, pods) = observe::observe_hsd(object, &read.index, |_| None);
+    hsd.master_slot = observe::services::master_slot(&hsd, &read.services);
     let targets = match &hsd.spec {
         Ok(spec) => observe::probe_targets(spec, &pods),
         Err(_) => Vec::new(),
     };
-    drop(snapshot);
+    drop(read);
     let prober = options.prober(client);
     let slots = tokio::sync::Semaphore::new(1);
     let (outcome, _) = reconcile_observed(
@@ -407,7 +415,7 @@ pub async fn reconcile_one(
         &slots,
     )
     .await;
-    Ok(Some(outcome))
+    outcome
 }
 
 /// The HSD side of a pass: its outcomes and probes, or the error of reading the scope.

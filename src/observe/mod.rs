@@ -145,26 +145,18 @@ pub async fn read_snapshot(client: &Client, scope: &Scope) -> Result<Snapshot> {
     read_children(client, scope, hsds, &hsd_owned_selector()).await
 }
 
-/// Reads one HSD with its child Deployment and pods (a label-selected list each): what the
-/// proxy's wake runs the plan on. `None` when the HSD does not exist.
-pub async fn read_one(client: &Client, namespace: &str, name: &str) -> Result<Option<Snapshot>> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &hsd_resource());
-    let Some(hsd) = api
-        .get_opt(name)
-        .await
-        .map_err(hsd_read_error(Some(namespace)))?
-    else {
-        return Ok(None);
-    };
+/// The child Deployment and pods of one HSD (a label-selected list each, at once): what the
+/// proxy's wake runs the plan on, beside the HSD it has just written.
+pub async fn read_one_index(client: &Client, namespace: &str, name: &str) -> Result<Index> {
     let selector = format!(
         "{}={}",
         crate::labels::HSD_LABEL,
         crate::labels::hsd_label_value(name)
     );
     let scope = Scope::Namespace(namespace.to_string());
-    read_children(client, &scope, vec![hsd], &selector)
+    read_children(client, &scope, Vec::new(), &selector)
         .await
-        .map(Some)
+        .map(|snapshot| snapshot.index)
 }
 
 async fn read_children(

@@ -14,7 +14,7 @@
 //! - **Sleep and wake.** See [`crate::plan::sleep`]: the proxy moves the HSD's shared deadline
 //!   (`zero-pod-autoscaler/scale-down-at` on the HSD) while it has connections, and wakes a
 //!   sleeping HSD by moving it and running one pass of the plan for that HSD
-//!   ([`crate::once::reconcile_one`]). The proxy never writes `spec.replicas` itself.
+//!   ([`crate::once::reconcile_read`]). The proxy never writes `spec.replicas` itself.
 //!
 //! Claims are per proxy replica: two replicas may each send one connection to the same idle pod
 //! in the moment before it marks itself busy. Run one replica for strict one-session-per-pod.

@@ -1,6 +1,6 @@
 //! HSD mode's side of waking and sleeping: the view (the child Deployment's replicas with the
 //! HSD's shared deadline), and the writes. The deadline moves by compare-and-swap on the HSD's
-//! resourceVersion; a wake moves it, then runs the HSD's own plan ([`crate::once::reconcile_one`])
+//! resourceVersion; a wake moves it, then runs the HSD's own plan ([`crate::once::reconcile_read`])
 //! under the reconciler's field manager. The proxy never writes replicas, and never puts the
 //! HSD to sleep: the plan does, once the deadline has passed and nothing is busy.
 
@@ -137,7 +137,17 @@ pub(super) async fn write(
         ..Default::default()
     };
     let name = &scaler.name;
-    let hsd = match api.patch(name, &params, &Patch::Merge(&body)).await {
+    let body = Patch::Merge(&body);
+    let patch = api.patch(name, &params, &body);
+    // A wake reads what its pass needs beside the deadline write: one round trip, not two.
+    let (patched, read) = if kind == ScaleWrite::Wake {
+        let (patched, read) =
+            tokio::join!(patch, crate::once::read_for_one(client, namespace, name));
+        (patched, Some(read))
+    } else {
+        (patch.await, None)
+    };
+    let hsd = match patched {
         Ok(hsd) => hsd,
         Err(kube::Error::Api(status)) if status.code == 409 => {
             scaler.metrics.scale_write(kind, "conflict");
@@ -164,33 +174,31 @@ pub(super) async fn write(
         deadline: Some(Duration::from_secs(20)),
         ..Default::default()
     };
-    match crate::once::reconcile_one(client, namespace, name, &options).await {
-        Ok(Some(outcome)) => match outcome.result {
-            Ok(_) => {
-                scaler.metrics.scale_write(kind, "ok");
-                scaler.activity.woke();
-                let replicas = outcome.plan.decision.as_ref().map_or(0, |d| d.replicas);
-                tracing::info!(
-                    hsd = %name,
-                    replicas,
-                    held = scaler.activity.held_count(),
-                    "woke the HotStandbyDeployment: its plan scaled it up from 0"
-                );
-                Ok(())
-            }
-            Err(error) => {
-                scaler.metrics.scale_write(kind, "error");
-                Err(WriteError::Failed(format!(
-                    "the wake's pass over HotStandbyDeployment {namespace}/{name}: {error}"
-                )))
-            }
-        },
-        Ok(None) => Ok(()),
-        Err(error) => {
-            scaler.metrics.scale_write(kind, "error");
-            Err(WriteError::Failed(format!(
-                "the wake's pass over HotStandbyDeployment {namespace}/{name}: {error}"
-            )))
+    let failed = |error: &dyn std::fmt::Display| {
+        scaler.metrics.scale_write(kind, "error");
+        WriteError::Failed(format!(
+            "the wake's pass over HotStandbyDeployment {namespace}/{name}: {error}"
+        ))
+    };
+    let read = match read {
+        Some(Ok(read)) => read,
+        Some(Err(error)) => return Err(failed(&error)),
+        None => return Ok(()),
+    };
+    let outcome = crate::once::reconcile_read(client, &hsd, read, &options).await;
+    match outcome.result {
+        Ok(_) => {
+            scaler.metrics.scale_write(kind, "ok");
+            scaler.activity.woke();
+            let replicas = outcome.plan.decision.as_ref().map_or(0, |d| d.replicas);
+            tracing::info!(
+                hsd = %name,
+                replicas,
+                held = scaler.activity.held_count(),
+                "woke the HotStandbyDeployment: its plan scaled it up from 0"
+            );
+            Ok(())
         }
+        Err(error) => Err(failed(&error)),
     }
 }
