@@ -225,10 +225,6 @@ impl Process {
         }
     }
 
-    pub(crate) fn admin_url(&self) -> Res<String> {
-        self.admin.clone().ok_or_else(|| "no admin port".into())
-    }
-
     /// Waits until the proxy has seen the app at 0 replicas with no ready endpoint.
     pub(crate) async fn wait_asleep(&self) -> Res<()> {
         wait_for(
@@ -282,30 +278,41 @@ async fn start_floor(work: &Path, upstream: SocketAddr) -> Res<Process> {
 }
 
 async fn start_product(product: &Product, work: &Path, upstream: SocketAddr) -> Res<Process> {
-    let log = work.join("proxy-product.log");
-    let file = std::fs::File::create(&log).ctx("creating the proxy's log")?;
     let target = upstream.to_string();
-    let child = product
-        .command(&product.binary)
-        .args([
-            "proxy",
+    spawn_proxy(
+        product,
+        work.join("proxy-product.log"),
+        &[
             "-n",
             NAMESPACE,
             "--deployment",
             APP,
             "--target",
             &target,
-            "--address",
-            "127.0.0.1:0",
-            "--admin-address",
-            "127.0.0.1:0",
-            "--allow-dial-cidr",
-            "127.0.0.0/8",
             "--ttl",
             "1h",
             "--max-held",
             "20000",
+        ],
+    )
+    .await
+}
+
+/// Runs `kubectl hsd proxy ARGS` on loopback ports, dialling only 127.0.0.0/8, and waits until
+/// its /readyz answers 200.
+pub(crate) async fn spawn_proxy(product: &Product, log: PathBuf, args: &[&str]) -> Res<Process> {
+    let file = std::fs::File::create(&log).ctx("creating the proxy's log")?;
+    let child = product
+        .command(&product.binary)
+        .args([
+            "proxy",
+            "--address",
+            "127.0.0.1:0",
+            "--admin-address",
+            "127.0.0.1:0",
         ])
+        .args(["--allow-dial-cidr", "127.0.0.0/8"])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(file)
         .spawn()

@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,8 +27,10 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::product::{Product, http_get};
-use crate::proxy::{ECHO, Process, connect, pods_gone, serve_upstream, until_pod_ready};
+use crate::product::Product;
+use crate::proxy::{
+    ECHO, Process, connect, pods_gone, serve_upstream, spawn_proxy, until_pod_ready,
+};
 use crate::util::{Context, Res, percentile, round, say, wait_for};
 
 const NAMESPACE: &str = "bench-proxy-hsd";
@@ -184,44 +185,12 @@ async fn put_to_sleep(client: &Client, product: &Product, proxy: &Process) -> Re
 }
 
 async fn start_proxy(product: &Product, work: &Path) -> Res<Process> {
-    let log = work.join("proxy-hsd-product.log");
-    let file = std::fs::File::create(&log).ctx("creating the proxy's log")?;
-    let child = product
-        .command(&product.binary)
-        .args([
-            "proxy",
-            "-n",
-            NAMESPACE,
-            "--hsd",
-            HSD,
-            "--address",
-            "127.0.0.1:0",
-            "--admin-address",
-            "127.0.0.1:0",
-            "--allow-dial-cidr",
-            "127.0.0.0/8",
-        ])
-        .stdout(Stdio::null())
-        .stderr(file)
-        .kill_on_drop(true)
-        .spawn()
-        .ctx("starting kubectl-hsd proxy --hsd")?;
-    let process = Process::wait_for_line(
-        child,
-        log,
-        "proxy listening on ",
-        Some("serving /metrics, /healthz and /readyz on "),
+    spawn_proxy(
+        product,
+        work.join("proxy-hsd-product.log"),
+        &["-n", NAMESPACE, "--hsd", HSD],
     )
-    .await?;
-    let admin = process.admin_url()?;
-    wait_for(
-        "the proxy's /readyz",
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || async { Ok(matches!(http_get(&admin, "/readyz").await, Ok((200, _))).then_some(())) },
-    )
-    .await?;
-    Ok(process)
+    .await
 }
 
 pub async fn measure(quick: bool, client: &Client, product: &Product, work: &Path) -> Res<Value> {
