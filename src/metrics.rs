@@ -60,6 +60,9 @@ pub struct Metrics {
     known_hsjs: std::sync::Mutex<std::collections::HashSet<(String, String)>>,
 }
 
+/// The states a pod-count series is kept for.
+const POD_STATES: [&str; 4] = ["busy", "idle", "starting", "unknown"];
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -201,6 +204,13 @@ impl Metrics {
         }
     }
 
+    /// The labels of one pod-state series of an HSD or HSJ.
+    fn state_labels(namespace: &str, name: &str, state: &str) -> Labels {
+        let mut labels = Self::hsd_labels(namespace, name);
+        labels.push(("state", state.to_string()));
+        labels
+    }
+
     fn hsd_labels(namespace: &str, name: &str) -> Labels {
         vec![
             ("namespace", namespace.to_string()),
@@ -220,9 +230,9 @@ impl Metrics {
             ("starting", status.starting_count),
             ("unknown", status.unknown_count),
         ] {
-            let mut labels = Self::hsd_labels(namespace, name);
-            labels.push(("state", state.to_string()));
-            self.hsd_pods.get_or_create(&labels).set(i64::from(value));
+            self.hsd_pods
+                .get_or_create(&Self::state_labels(namespace, name, state))
+                .set(i64::from(value));
         }
         let labels = Self::hsd_labels(namespace, name);
         self.hsd_desired
@@ -249,10 +259,9 @@ impl Metrics {
             .lock()
             .expect("known HSDs lock")
             .remove(&(namespace.to_string(), name.to_string()));
-        for state in ["busy", "idle", "starting", "unknown"] {
-            let mut labels = Self::hsd_labels(namespace, name);
-            labels.push(("state", state.to_string()));
-            self.hsd_pods.remove(&labels);
+        for state in POD_STATES {
+            self.hsd_pods
+                .remove(&Self::state_labels(namespace, name, state));
         }
         let labels = Self::hsd_labels(namespace, name);
         self.hsd_desired.remove(&labels);
@@ -271,9 +280,9 @@ impl Metrics {
             ("starting", status.starting_count),
             ("unknown", status.unknown_count),
         ] {
-            let mut labels = Self::hsd_labels(namespace, name);
-            labels.push(("state", state.to_string()));
-            self.hsj_jobs.get_or_create(&labels).set(i64::from(value));
+            self.hsj_jobs
+                .get_or_create(&Self::state_labels(namespace, name, state))
+                .set(i64::from(value));
         }
         self.hsj_desired
             .get_or_create(&Self::hsd_labels(namespace, name))
@@ -296,10 +305,9 @@ impl Metrics {
             .lock()
             .expect("known HSJs lock")
             .remove(&(namespace.to_string(), name.to_string()));
-        for state in ["busy", "idle", "starting", "unknown"] {
-            let mut labels = Self::hsd_labels(namespace, name);
-            labels.push(("state", state.to_string()));
-            self.hsj_jobs.remove(&labels);
+        for state in POD_STATES {
+            self.hsj_jobs
+                .remove(&Self::state_labels(namespace, name, state));
         }
         self.hsj_desired.remove(&Self::hsd_labels(namespace, name));
     }

@@ -1,7 +1,8 @@
 //! `kubectl hsd proxy --hsd NAME` against the real control plane: each new connection goes to
 //! an idle pod that has no connection through the proxy (servers bound on the pods' loopback
 //! IPs answer with their pod's name), busy pods get none, `--when-all-busy=least-conn`, and an
-//! HSD with `scaleToZero` that one-shot passes put to sleep and the proxy wakes, with no watcher.
+//! HSD with `scaleToZero` that one-shot passes put to sleep and the proxy wakes, with no watcher;
+//! a busy pod that keeps such an HSD awake, and a watcher that puts it to sleep at its deadline.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::http_server::test_port;
 use crate::common::proxy::{Proxy, stays_silent, wait_replicas};
-use crate::common::{TestNs, ensure_crd, hsd_status, wait_for};
+use crate::common::{TestNs, Watcher, ensure_crd, hsd_status, wait_for};
 use crate::core::{annotate, create_hsd, example, ready_pods};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -232,4 +233,61 @@ async fn one_shot_passes_put_an_hsd_to_sleep_and_the_proxy_wakes_it() {
         .await
         .unwrap();
     assert_eq!(echoed, "still here\n");
+}
+
+async fn sleep_deadline(ns: &TestNs, name: &str) -> Option<jiff::Timestamp> {
+    let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+        ns.client.clone(),
+        &ns.name,
+        &kubectl_hsd::observe::hsd_resource(),
+    );
+    api.get(name)
+        .await
+        .unwrap()
+        .annotations()
+        .get("zero-pod-autoscaler/scale-down-at")?
+        .parse()
+        .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_pod_keeps_a_sleepy_hsd_awake_and_a_watcher_sleeps_it_at_its_deadline() {
+    ensure_crd();
+    let ns = TestNs::new("sleep-busy").await;
+    let mut manifest = hsd_manifest(&ns, "den", test_port(), 1);
+    // Long enough that the watcher's own reconciles (scale 2 -> 1, the drained pod going) end
+    // before the deadline: only a requeue at the deadline can then put the HSD to sleep.
+    manifest["spec"]["scaleToZero"] = json!({"afterSeconds": 8});
+    create_hsd(&ns, &manifest).await.unwrap();
+    ns.hsd_ok(&["reconcile"]);
+    let pods = ready_pods(&ns, "app=den", 1).await;
+    annotate(&ns, &pods[0].name_any(), "paia.tech/busy", "true").await;
+    // The deadline long past: only the busy pod keeps the HSD awake.
+    let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+        ns.client.clone(),
+        &ns.name,
+        &kubectl_hsd::observe::hsd_resource(),
+    );
+    api.patch(
+        "den",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(json!({"metadata": {"annotations": {
+            "zero-pod-autoscaler/scale-down-at": "2000-01-01T00:00:00Z"}}})),
+    )
+    .await
+    .unwrap();
+    ns.hsd_ok(&["reconcile"]);
+    // The pass saw the busy pod (1 busy + idle target 1) and moved the deadline a period on.
+    assert_eq!(crate::common::replicas(&ns, "den-workload").await, Some(2));
+    assert!(
+        sleep_deadline(&ns, "den").await.unwrap() > jiff::Timestamp::now(),
+        "the reconciler moves the deadline while a pod is busy"
+    );
+
+    // Idle again: a watcher, with no event after its first reconciles and a 60 s resync, puts
+    // the HSD to sleep when the deadline passes.
+    annotate(&ns, &pods[0].name_any(), "paia.tech/busy", "false").await;
+    let _watcher = Watcher::start(&ns.name, "sleep", &[]);
+    wait_replicas(&ns, "den-workload", 1, Duration::from_secs(20)).await;
+    wait_replicas(&ns, "den-workload", 0, Duration::from_secs(30)).await;
 }
