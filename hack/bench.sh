@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # hack/bench.sh - the kubectl-hsd benchmark, end to end.
 #
-# Builds what it needs (cargo bench --no-run, hack/cluster.sh build), starts its own local
+# Builds what it needs (the release binary and the bench crate, hack/cluster.sh build), starts its own local
 # control plane in target/bench-cluster (never the dev or test cluster), fills it with
 # HotStandbyDeployments of 20 pods, measures the release binary beside floors measured in the same
 # run, prints tables and writes bench/results/<date>-<quick|full>.{json,md}. The cluster is
@@ -17,7 +17,7 @@
 #              pods against one watcher at 20,000, failover at 20,000, 1,000 probed pods;
 #              populating 100,000 pods takes the real controllers and kwok a while
 #   Other options go to the driver (bench/main.rs), e.g. --max-pods 40000 or --only start,pass;
-#   `cargo bench --bench hsd -- --help` lists them.
+#   `hack/bench.sh --help` lists them.
 #
 # Measured (bench/README.md has the details and the definitions):
 #   pass      `reconcile -A --stats` with nothing to change, beside a bare paginated list
@@ -61,14 +61,14 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# No separate `cargo build --release`: `cargo bench` builds the measured binary
-# (target/release/kubectl-hsd) itself, and with the dev-dependencies' features (tokio "full"),
-# so a plain release build first would compile everything twice.
-log "cargo bench --no-run (the release binary and the benchmark)"
-cargo bench --locked --bench hsd --no-run
+# One build of both packages, so that the measured binary (target/release/kubectl-hsd) and the
+# benchmark share one feature set and one compilation of the dependencies.
+log "cargo build --release (the measured binary and the benchmark, bench/)"
+cargo build --release --locked -p kubectl-hsd --bin kubectl-hsd -p kubectl-hsd-bench --bin hsd-bench
 log "hack/cluster.sh build k8s"
 hack/cluster.sh build k8s # the control plane only, no helm
 
-log "running the benchmark (cargo bench --locked --bench hsd -- $*)"
-cargo bench --locked --bench hsd -- "$@"
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+log "running the benchmark (hsd-bench $*)"
+"$target_dir/release/hsd-bench" "$@"
 log "done in $(($(date +%s) - started))s: bench/results/ has the run's files"

@@ -30,7 +30,7 @@ export HSD_TEST_KUBECONFIG
 if [[ -z ${HSD_SKIP_LINT:-} ]]; then
   log "cargo fmt --check and cargo clippy"
   cargo fmt --all -- --check
-  cargo clippy --all-targets --locked -- -D warnings
+  cargo clippy --workspace --all-targets --locked -- -D warnings # the bench crate too
 fi
 
 log "cargo test (cluster: $HSD_TEST_KUBECONFIG)"

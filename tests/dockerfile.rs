@@ -321,3 +321,30 @@ fn dockerignore_keeps_build_output_cluster_state_and_git_out() {
         );
     }
 }
+
+/// The build stage copies the whole context, and cargo loads every workspace member's manifest
+/// even for `--bin kubectl-hsd`: a member left out of the context fails the image build.
+#[test]
+fn dockerignore_keeps_every_workspace_member_in_the_context() {
+    let manifest = read("Cargo.toml");
+    let members_line = manifest
+        .lines()
+        .find(|l| l.trim_start().starts_with("members"))
+        .expect("Cargo.toml declares its workspace members");
+    let members: Vec<&str> = members_line.split('"').skip(1).step_by(2).collect();
+    assert!(!members.is_empty(), "no member in {members_line:?}");
+    let ignored: Vec<String> = read(".dockerignore")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.trim_matches('/').to_string())
+        .collect();
+    for member in members {
+        assert!(
+            !ignored
+                .iter()
+                .any(|i| i == member || member.starts_with(&format!("{i}/"))),
+            ".dockerignore excludes workspace member {member}/: the image build would fail"
+        );
+    }
+}

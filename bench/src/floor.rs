@@ -289,7 +289,6 @@ pub fn reflector_process(kubeconfig: &Path, hold: Duration) -> Res<(Listed, Dura
     let mut child = std::process::Command::new(exe)
         .arg(PROCESS_FLAG)
         .arg(kubeconfig)
-        .env("HSD_BENCH_RUN", "1")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -1,5 +1,5 @@
-//! The kubectl-hsd benchmark (`hack/bench.sh [--quick]`, which runs
-//! `cargo bench --bench hsd -- ...`).
+//! The kubectl-hsd benchmark (`hack/bench.sh [--quick]`, which builds this crate and the
+//! release binary, then runs `hsd-bench ...`).
 //!
 //! It starts its own local control plane (hack/cluster.sh, cluster dir target/bench-cluster),
 //! fills it with HotStandbyDeployments of 20 pods, and measures the release binary
@@ -60,7 +60,7 @@ use crate::reaction::Contender;
 use crate::report::Goal;
 use crate::util::{Context, Res, load_average, round, say};
 
-const USAGE: &str = "usage: cargo bench --bench hsd -- [--quick] [options]
+const USAGE: &str = "usage: hack/bench.sh [--quick] [options]
   --quick             reduced run (up to 2,000 pods): under 10 minutes
   --sizes N,N,..      pod counts of the one-shot pass measurements (multiples of 20)
   --start-sizes N,..  pod counts of the watcher start measurements
@@ -183,7 +183,7 @@ fn parse_options(args: &[String]) -> Res<Options> {
     };
     while let Some(arg) = iter.next() {
         match arg.as_str() {
-            "--quick" | "--bench" => {}
+            "--quick" => {}
             "--sizes" => options.pass_pods = sizes(iter.next(), arg)?,
             "--start-sizes" => options.start_pods = sizes(iter.next(), arg)?,
             "--shard-pods" => options.shard_pods = number(iter.next(), arg)?.max(PODS_PER_HSD),
@@ -227,9 +227,10 @@ fn parse_options(args: &[String]) -> Res<Options> {
     Ok(options)
 }
 
-/// The repository: the root crate's directory (the benchmark is its bench target).
+/// The repository: the parent of this crate's directory (bench/).
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let bench = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    bench.parent().map(PathBuf::from).unwrap_or(bench)
 }
 
 fn main() {
@@ -245,12 +246,6 @@ fn main() {
             eprintln!("floor: error: {message}");
             std::process::exit(1);
         }
-        return;
-    }
-    // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without it, and
-    // must not start a cluster and a long benchmark.
-    if !args.iter().any(|a| a == "--bench") && std::env::var_os("HSD_BENCH_RUN").is_none() {
-        println!("hsd benchmark: skipped outside `cargo bench` (run hack/bench.sh)");
         return;
     }
     let options = match parse_options(&args) {
@@ -292,7 +287,8 @@ async fn run(options: Options) -> Res<()> {
             options.most_pods(),
         )?,
     };
-    let mut results = json!({"quick": options.quick, "machine": {}, "notes": []});
+    let mut results =
+        json!({"quick": options.quick, "only": options.only, "machine": {}, "notes": []});
     let outcome = tokio::select! {
         outcome = benchmark(&options, &cluster, &mut results) => outcome,
         _ = interrupted() => Err("interrupted".to_string()),

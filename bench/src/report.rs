@@ -414,7 +414,8 @@ pub fn markdown(results: &Value, goals: &[Goal]) -> String {
 }
 
 /// The file name of a run, without extension: `<date>-<quick|full>`, date and time of its start
-/// in UTC (`2026-12-02-1530-quick`), `-partial` added when it failed.
+/// in UTC (`2026-12-02-1530-quick`), then the `--only` measurements if any
+/// (`2026-12-02-1530-quick-start-pass`), `-partial` added when it failed.
 pub fn run_name(results: &Value, failed: bool) -> String {
     let date = results["machine"]["date"].as_str().unwrap_or_default();
     // 2026-12-02T15:30:07Z -> 2026-12-02-1530
@@ -427,7 +428,17 @@ pub fn run_name(results: &Value, failed: bool) -> String {
     } else {
         "full"
     };
-    format!("{stamp}-{mode}{}", if failed { "-partial" } else { "" })
+    let only: String = results["only"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(|m| format!("-{m}"))
+        .collect();
+    format!(
+        "{stamp}-{mode}{only}{}",
+        if failed { "-partial" } else { "" }
+    )
 }
 
 /// Writes the run's `<name>.{json,md}` into `dir` (one file per run, see [`run_name`]); returns
