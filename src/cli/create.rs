@@ -11,66 +11,13 @@ use crate::api::hsd::HotStandbyDeployment;
 use crate::api::hsj::HotStandbyJob;
 use crate::error::{Error, Result, is_unknown_type};
 
-/// Splits a command line into words as a shell would, without running a shell: whitespace
-/// separates words, single quotes keep everything, double quotes keep everything but `\"` and
-/// `\\`, and a backslash outside quotes escapes the next character.
+/// Splits a command line into words as a POSIX shell would, without running a shell (the shlex
+/// crate): whitespace separates words, single quotes keep everything, double quotes keep
+/// everything but `\"`, `\\`, `\$` and `` \` ``, and a backslash outside quotes escapes the next
+/// character.
 pub fn split_command(line: &str) -> std::result::Result<Vec<String>, String> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => word.push(c),
-                        None => return Err(format!("unterminated single quote in {line:?}")),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(c @ ('"' | '\\')) => word.push(c),
-                            Some(c) => {
-                                word.push('\\');
-                                word.push(c);
-                            }
-                            None => return Err(format!("unterminated double quote in {line:?}")),
-                        },
-                        Some(c) => word.push(c),
-                        None => return Err(format!("unterminated double quote in {line:?}")),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                match chars.next() {
-                    Some(c) => word.push(c),
-                    None => return Err(format!("a trailing backslash in {line:?}")),
-                }
-            }
-            c if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            c => {
-                in_word = true;
-                word.push(c);
-            }
-        }
-    }
-    if in_word {
-        words.push(word);
-    }
+    let words = shlex::split(line)
+        .ok_or_else(|| format!("an unterminated quote or a trailing backslash in {line:?}"))?;
     if words.is_empty() {
         return Err("the command is empty".into());
     }
