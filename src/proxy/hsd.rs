@@ -13,8 +13,10 @@
 //!   ready pod with the fewest connections from this proxy.
 //! - **Sleep and wake.** See [`crate::plan::sleep`]: the proxy moves the HSD's shared deadline
 //!   (`zero-pod-autoscaler/scale-down-at` on the HSD) while it has connections, and wakes a
-//!   sleeping HSD by moving it and running one pass of the plan for that HSD
-//!   ([`crate::once::reconcile_read`]). The proxy never writes `spec.replicas` itself.
+//!   sleeping HSD by moving it and, beside that write, carrying out the HSD's plan as its caches
+//!   show it when that plan only raises the child from 0; one pass of the plan over a fresh read
+//!   ([`crate::once::reconcile_read`]) follows ([`super::hsd_scale`]). The proxy never decides
+//!   `spec.replicas` itself.
 //!
 //! Claims are per proxy replica: two replicas may each send one connection to the same idle pod
 //! in the moment before it marks itself busy. Run one replica for strict one-session-per-pod.

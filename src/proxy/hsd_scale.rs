@@ -1,14 +1,19 @@
 //! HSD mode's side of waking and sleeping: the view (the child Deployment's replicas with the
 //! HSD's shared deadline), and the writes. The deadline moves by compare-and-swap on the HSD's
-//! resourceVersion; a wake moves it, then runs the HSD's own plan ([`crate::once::reconcile_read`])
-//! under the reconciler's field manager. The proxy never writes replicas, and never puts the
-//! HSD to sleep: the plan does, once the deadline has passed and nothing is busy.
+//! resourceVersion. A wake moves it and, beside that write, carries out the HSD's own plan as
+//! the proxy's caches show it (the deadline moved), when that plan only raises the child's
+//! replicas from 0: one round trip to the child, as a watcher's. A pass over one fresh read
+//! ([`crate::once::reconcile_read`]) follows, and writes the status and whatever the caches
+//! missed. Both go through the plan and the reconciler's field manager: the proxy never decides
+//! replicas itself, and never puts the HSD to sleep: the plan does, once the deadline has
+//! passed and nothing is busy.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -21,6 +26,44 @@ use super::deadline::{Decision, format_deadline, parse_deadline};
 use super::metrics::{ProxyMetrics, ScaleWrite};
 use super::scale::{FIELD_MANAGER, ScaleView, Scaler, WriteError, publish};
 use crate::plan::sleep::SLEEP_DEADLINE_ANNOTATION;
+
+/// HSD mode's scale target: the HSD's API and what the proxy's watches hold of it.
+pub struct HsdScaleTarget {
+    pub client: Client,
+    pub api: Api<DynamicObject>,
+    pub namespace: String,
+    pub caches: HsdCaches,
+}
+
+/// What the proxy's own watches hold: the HSD, its child Deployment and its pods (the pods'
+/// watch is the routing's, [`super::hsd`]).
+#[derive(Clone)]
+pub struct HsdCaches {
+    pub hsd: reflector::Store<DynamicObject>,
+    pub child: reflector::Store<Deployment>,
+    pub pods: reflector::Store<Pod>,
+}
+
+/// The writing ends of [`HsdCaches`], for the watches that fill them.
+pub struct HsdCacheWriters {
+    pub hsd: reflector::store::Writer<DynamicObject>,
+    pub child: reflector::store::Writer<Deployment>,
+    pub pods: reflector::store::Writer<Pod>,
+}
+
+pub fn caches() -> (HsdCaches, HsdCacheWriters) {
+    let writers = HsdCacheWriters {
+        hsd: reflector::store::Writer::new(crate::observe::hsd_resource()),
+        child: Default::default(),
+        pods: Default::default(),
+    };
+    let caches = HsdCaches {
+        hsd: writers.hsd.as_reader(),
+        child: writers.child.as_reader(),
+        pods: writers.pods.as_reader(),
+    };
+    (caches, writers)
+}
 
 /// The view from the HSD (its deadline and resourceVersion) and its child's replicas.
 pub fn view(hsd: &DynamicObject, replicas: i32, guard: Duration) -> ScaleView {
@@ -35,6 +78,10 @@ pub fn view(hsd: &DynamicObject, replicas: i32, guard: Duration) -> ScaleView {
 /// Without `scaleToZero` (`sleeps` false) the view never holds a connection for a wake.
 #[allow(clippy::too_many_arguments)]
 pub async fn watch(
+    (hsd_writer, child_writer): (
+        reflector::store::Writer<DynamicObject>,
+        reflector::store::Writer<Deployment>,
+    ),
     client: Client,
     namespace: String,
     name: String,
@@ -48,9 +95,8 @@ pub async fn watch(
         Api::namespaced_with(client.clone(), &namespace, &crate::observe::hsd_resource());
     let deployments: Api<Deployment> = Api::namespaced(client, &namespace);
     let child = crate::api::hsd::workload_name(&name);
-    let hsd_writer = reflector::store::Writer::new(crate::observe::hsd_resource());
     let hsd_reader = hsd_writer.as_reader();
-    let (child_reader, child_writer) = reflector::store();
+    let child_reader = child_writer.as_reader();
     let hsd_events = watcher(
         hsds,
         watcher::Config::default().fields(&format!("metadata.name={name}")),
@@ -113,12 +159,16 @@ pub async fn watch(
 /// Carries out one decision of [`super::deadline::decide`] on the HSD.
 pub(super) async fn write(
     scaler: &Scaler,
-    client: &Client,
-    api: &Api<DynamicObject>,
-    namespace: &str,
+    target: &HsdScaleTarget,
     decision: Decision,
     view: &ScaleView,
 ) -> Result<(), WriteError> {
+    let HsdScaleTarget {
+        client,
+        api,
+        namespace,
+        caches,
+    } = target;
     let (kind, deadline) = match decision {
         // The plan puts the HSD to sleep; the proxy only ever moves the deadline later.
         Decision::Nothing | Decision::Sleep => return Ok(()),
@@ -139,13 +189,20 @@ pub(super) async fn write(
     let name = &scaler.name;
     let body = Patch::Merge(&body);
     let patch = api.patch(name, &params, &body);
-    // A wake reads what its pass needs beside the deadline write: one round trip, not two.
-    let (patched, read) = if kind == ScaleWrite::Wake {
-        let (patched, read) =
-            tokio::join!(patch, crate::once::read_for_one(client, namespace, name));
-        (patched, Some(read))
+    // A wake applies the child from the caches beside the deadline write: one round trip.
+    let patched = if kind == ScaleWrite::Wake {
+        let (patched, applied) = tokio::join!(patch, apply_from_caches(client, caches, deadline));
+        match applied {
+            Ok(true) => scaler.metrics.scale_write(ScaleWrite::WakeChild, "ok"),
+            Ok(false) => {}
+            Err(error) => {
+                scaler.metrics.scale_write(ScaleWrite::WakeChild, "error");
+                tracing::debug!(hsd = %name, %error, "the wake from the caches failed: the pass decides");
+            }
+        }
+        patched
     } else {
-        (patch.await, None)
+        patch.await
     };
     let hsd = match patched {
         Ok(hsd) => hsd,
@@ -180,10 +237,9 @@ pub(super) async fn write(
             "the wake's pass over HotStandbyDeployment {namespace}/{name}: {error}"
         ))
     };
-    let read = match read {
-        Some(Ok(read)) => read,
-        Some(Err(error)) => return Err(failed(&error)),
-        None => return Ok(()),
+    let read = match crate::once::read_for_one(client, namespace, name).await {
+        Ok(read) => read,
+        Err(error) => return Err(failed(&error)),
     };
     let outcome = crate::once::reconcile_read(client, &hsd, read, &options).await;
     match outcome.result {
@@ -201,4 +257,59 @@ pub(super) async fn write(
         }
         Err(error) => Err(failed(&error)),
     }
+}
+
+/// The wake's first write, planned from the proxy's caches as a watcher plans from its own: the
+/// HSD's plan with the deadline moved, carried out at once when the child is at 0 and the plan
+/// only raises its replicas (no pod can leave). It runs beside the deadline write; the pass
+/// after it writes the status. Returns whether the child was applied.
+async fn apply_from_caches(
+    client: &Client,
+    caches: &HsdCaches,
+    deadline: jiff::Timestamp,
+) -> crate::error::Result<bool> {
+    let Some(hsd) = caches.hsd.state().into_iter().next() else {
+        return Ok(false);
+    };
+    let mut object = (*hsd).clone();
+    object
+        .annotations_mut()
+        .insert(SLEEP_DEADLINE_ANNOTATION.into(), format_deadline(deadline));
+    let index = crate::observe::Index::from_lists(
+        caches
+            .child
+            .state()
+            .iter()
+            .filter_map(|d| lean(d.as_ref()))
+            .collect(),
+        caches
+            .pods
+            .state()
+            .iter()
+            .filter_map(|p| lean(p.as_ref()))
+            .collect(),
+    );
+    let (observed, _) = crate::observe::observe_hsd(&object, &index, |_| None);
+    let mut plan = crate::plan::plan(&observed, jiff::Timestamp::now());
+    let at_zero = observed
+        .deployment
+        .as_ref()
+        .is_some_and(|child| child.replicas == Some(0));
+    if !at_zero || !crate::execute::only_raises_replicas(&observed, &plan) {
+        return Ok(false);
+    }
+    // The proxy's own write moves the deadline, and the pass after this one writes the status
+    // (the status write would make that compare-and-swap fail).
+    plan.sleep.move_deadline_to = None;
+    plan.status_changed = false;
+    Ok(crate::execute::execute(client, &observed, &plan)
+        .await?
+        .deployment)
+}
+
+/// A watched object in the lean form the index holds.
+fn lean<T: serde::Serialize, U: serde::de::DeserializeOwned>(object: &T) -> Option<U> {
+    serde_json::to_value(object)
+        .ok()
+        .and_then(|value| serde_json::from_value(value).ok())
 }

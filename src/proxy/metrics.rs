@@ -98,6 +98,8 @@ impl HoldOutcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ScaleWrite {
     Wake,
+    /// HSD mode: the child applied from the proxy's caches beside the wake's deadline write.
+    WakeChild,
     Extend,
     Sleep,
 }
@@ -106,6 +108,7 @@ impl ScaleWrite {
     pub fn label(self) -> &'static str {
         match self {
             ScaleWrite::Wake => "wake",
+            ScaleWrite::WakeChild => "wake_child",
             ScaleWrite::Extend => "extend",
             ScaleWrite::Sleep => "sleep",
         }
@@ -208,7 +211,7 @@ impl ProxyMetrics {
         );
         registry.register(
             "scale_writes",
-            "Writes to the Deployment by kind (wake, extend, sleep) and result",
+            "Writes to the Deployment (HSD mode: to the HSD) by kind (wake, wake_child, extend, sleep) and result",
             scale_writes.clone(),
         );
         registry.register(

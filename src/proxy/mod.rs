@@ -208,6 +208,9 @@ pub async fn run(
         Some(name) => Some(hsd::resolve(&client, &namespace, name, config.port).await?),
         None => None,
     };
+    // HSD mode's caches: the HSD, its child and its pods, filled by the watches below; a wake
+    // plans from them.
+    let (hsd_caches, hsd_cache_writers) = hsd_scale::caches();
     let (mode, scaler_target, ttl, scaled_name) = match &hsd_target {
         Some(target) => (
             Mode {
@@ -231,14 +234,17 @@ pub async fn run(
                     ),
                 },
             },
-            target.sleep_after.map(|_| scale::ScaleTarget::Hsd {
-                client: client.clone(),
-                api: Api::namespaced_with(
-                    client.clone(),
-                    &namespace,
-                    &crate::observe::hsd_resource(),
-                ),
-                namespace: namespace.clone(),
+            target.sleep_after.map(|_| {
+                scale::ScaleTarget::Hsd(hsd_scale::HsdScaleTarget {
+                    client: client.clone(),
+                    api: Api::namespaced_with(
+                        client.clone(),
+                        &namespace,
+                        &crate::observe::hsd_resource(),
+                    ),
+                    namespace: namespace.clone(),
+                    caches: hsd_caches.clone(),
+                })
             }),
             target.sleep_after.unwrap_or(config.ttl),
             target.name.clone(),
@@ -288,7 +294,9 @@ pub async fn run(
     eprintln!("proxy listening on {bound} for {}", mode.serves);
 
     if let Some(target) = &hsd_target {
+        let hsd_scale::HsdCacheWriters { hsd, child, pods } = hsd_cache_writers;
         tokio::spawn(hsd_scale::watch(
+            (hsd, child),
             client.clone(),
             namespace.clone(),
             target.name.clone(),
@@ -298,7 +306,7 @@ pub async fn run(
             guard,
             stop.clone(),
         ));
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let pod_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
         let config =
             kube::runtime::watcher::Config::default().labels(&hsd::pod_selector(&target.name));
         let (sender, metrics, stop, busy_key) = (
@@ -308,7 +316,7 @@ pub async fn run(
             target.busy_key.clone(),
         );
         tokio::spawn(async move {
-            readiness::follow(pods, config, &sender, &metrics, &stop, |pods| {
+            readiness::follow(pod_api, config, pods, &sender, &metrics, &stop, |pods| {
                 hsd::readiness_of(pods, &busy_key)
             })
             .await

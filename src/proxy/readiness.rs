@@ -11,7 +11,8 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Endpoints;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ListParams;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -158,26 +159,40 @@ pub async fn run(
         Source::EndpointSlices => {
             let api: Api<EndpointSlice> = Api::namespaced(client, &namespace);
             let config = watcher::Config::default().labels(&selector);
-            follow(api, config, sender, &metrics, &stop, |slices| {
-                from_slices(slices.iter().map(|s| s.as_ref()))
-            })
+            follow(
+                api,
+                config,
+                Writer::default(),
+                sender,
+                &metrics,
+                &stop,
+                |slices| from_slices(slices.iter().map(|s| s.as_ref())),
+            )
             .await
         }
         Source::Endpoints => {
             let api: Api<Endpoints> = Api::namespaced(client, &namespace);
             let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-            follow(api, config, sender, &metrics, &stop, |endpoints| {
-                from_endpoints(endpoints.first().map(|e| e.as_ref()))
-            })
+            follow(
+                api,
+                config,
+                Writer::default(),
+                sender,
+                &metrics,
+                &stop,
+                |endpoints| from_endpoints(endpoints.first().map(|e| e.as_ref())),
+            )
             .await
         }
     }
 }
 
-/// Caches the objects of one watch and publishes `summarize` of them after every event.
+/// Caches the objects of one watch in `writer`'s store (others may read it too) and publishes
+/// `summarize` of them after every event.
 pub(super) async fn follow<K>(
     api: Api<K>,
     config: watcher::Config,
+    writer: Writer<K>,
     sender: &watch::Sender<Readiness>,
     metrics: &ProxyMetrics,
     stop: &CancellationToken,
@@ -191,7 +206,7 @@ pub(super) async fn follow<K>(
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store();
+    let reader = writer.as_reader();
     let mut events = watcher(api, config)
         .backoff(super::watch_backoff())
         .modify(|object: &mut K| object.meta_mut().managed_fields = None)

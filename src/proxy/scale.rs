@@ -338,11 +338,7 @@ pub enum ScaleTarget {
     /// ZPA mode: the Deployment's replicas and its annotation.
     Deployment(Api<Deployment>),
     /// HSD mode: only the HSD's deadline annotation; a wake then runs the HSD's plan.
-    Hsd {
-        client: kube::Client,
-        api: Api<kube::api::DynamicObject>,
-        namespace: String,
-    },
+    Hsd(super::hsd_scale::HsdScaleTarget),
 }
 
 pub struct Scaler {
@@ -426,8 +422,8 @@ impl Scaler {
                     ScaleView::of(deployment.as_ref(), self.guard),
                 );
             }
-            ScaleTarget::Hsd { api, .. } => {
-                let hsd = api.get_opt(&self.name).await?;
+            ScaleTarget::Hsd(target) => {
+                let hsd = target.api.get_opt(&self.name).await?;
                 let replicas = self.sender.borrow().shared.replicas;
                 if let Some(hsd) = hsd {
                     publish(
@@ -444,12 +440,8 @@ impl Scaler {
     async fn write(&self, decision: Decision, view: &ScaleView) -> Result<(), WriteError> {
         let api = match &self.target {
             ScaleTarget::Deployment(api) => api,
-            ScaleTarget::Hsd {
-                client,
-                api,
-                namespace,
-            } => {
-                return super::hsd_scale::write(self, client, api, namespace, decision, view).await;
+            ScaleTarget::Hsd(target) => {
+                return super::hsd_scale::write(self, target, decision, view).await;
             }
         };
         let resource_version = view.resource_version.clone();
