@@ -575,7 +575,13 @@ async fn a_new_leader_adopts_the_recorded_master() {
     delete_pod(&ns, &master).await;
     let next = wait_new_master(&ns, "db", &master).await;
     wait_endpoint(&ns, "db", &next).await;
-    let events = event_reasons(&ns).await;
+    // The event follows the writes that move the master: the slice can show the new master a
+    // moment before the event is recorded.
+    let events = wait_for("the failover's event", TIMEOUT, || async {
+        let events = event_reasons(&ns).await;
+        (!reasons_of(&events, "MasterFailover").is_empty()).then_some(events)
+    })
+    .await;
     assert_eq!(reasons_of(&events, "MasterElected").len(), 1, "{events:?}");
     assert_eq!(reasons_of(&events, "MasterFailover").len(), 1, "{events:?}");
 }

@@ -15,7 +15,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::common::proxy::{
     EndpointState, Proxy, StandIn, closed_within, create_deployment, echo, read_exactly,
-    scale_down_at, stays_silent, wait_replicas, write_slice,
+    scale_down_at, stays_silent, wait_replicas, write_slice, zpa_app, zpa_proxy, zpa_proxy_as,
 };
 use crate::common::{TestNs, hsd, wait_for};
 
@@ -28,17 +28,8 @@ fn deadline_of(ns_annotation: &str) -> jiff::Timestamp {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sleeps_after_the_ttl_and_wakes_on_connect() {
-    let ns = TestNs::new("proxy-wake").await;
-    create_deployment(&ns, "app", 1).await;
-    write_slice(&ns, "app", &[EndpointState::Ready]).await;
-    let app = StandIn::new(true).await;
-    let target = app.addr.to_string();
-    let proxy = Proxy::start(
-        &ns.name,
-        "wake",
-        &["--deployment", "app", "--target", &target, "--ttl", "2s"],
-    )
-    .await;
+    let (ns, app) = zpa_app("proxy-wake", &[EndpointState::Ready], true).await;
+    let proxy = zpa_proxy(&ns, &app, "wake", &["--ttl", "2s"]).await;
 
     // 1 -> 0 after the TTL without connections.
     wait_replicas(&ns, "app", 0, LONG).await;
@@ -106,17 +97,8 @@ async fn requests(proxy: &Proxy) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_warm_path_makes_no_api_request() {
-    let ns = TestNs::new("proxy-warm").await;
-    create_deployment(&ns, "app", 1).await;
-    write_slice(&ns, "app", &[EndpointState::Ready]).await;
-    let app = StandIn::new(true).await;
-    let target = app.addr.to_string();
-    let proxy = Proxy::start(
-        &ns.name,
-        "warm",
-        &["--deployment", "app", "--target", &target, "--ttl", "1h"],
-    )
-    .await;
+    let (ns, app) = zpa_app("proxy-warm", &[EndpointState::Ready], true).await;
+    let proxy = zpa_proxy(&ns, &app, "warm", &["--ttl", "1h"]).await;
     // The first connection writes the deadline (there was none).
     echo(&mut proxy.connect().await, b"first", SHORT)
         .await
@@ -143,27 +125,10 @@ async fn the_warm_path_makes_no_api_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_wait_closes_held_connections_and_max_held_refuses_at_once() {
-    let ns = TestNs::new("proxy-limits").await;
-    create_deployment(&ns, "app", 1).await;
     // The pod exists but is not ready: connections are held, never forwarded.
-    write_slice(&ns, "app", &[EndpointState::NotReady]).await;
-    let app = StandIn::new(true).await;
-    let target = app.addr.to_string();
-    let proxy = Proxy::start(
-        &ns.name,
-        "limits",
-        &[
-            "--deployment",
-            "app",
-            "--target",
-            &target,
-            "--max-wait",
-            "2s",
-            "--max-held",
-            "2",
-        ],
-    )
-    .await;
+    let (ns, app) = zpa_app("proxy-limits", &[EndpointState::NotReady], true).await;
+    let args = ["--max-wait", "2s", "--max-held", "2"];
+    let proxy = zpa_proxy(&ns, &app, "limits", &args).await;
     let opened = Instant::now();
     let mut first = proxy.connect().await;
     let mut second = proxy.connect().await;
@@ -214,14 +179,9 @@ async fn max_wait_closes_held_connections_and_max_held_refuses_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_busy_proxy_keeps_the_app_awake_although_the_other_is_idle() {
-    let ns = TestNs::new("proxy-shared").await;
-    create_deployment(&ns, "app", 1).await;
-    write_slice(&ns, "app", &[EndpointState::Ready]).await;
-    let app = StandIn::new(true).await;
-    let target = app.addr.to_string();
-    let args = ["--deployment", "app", "--target", &target, "--ttl", "3s"];
-    let busy = Proxy::start(&ns.name, "busy", &args).await;
-    let idle = Proxy::start(&ns.name, "idle", &args).await;
+    let (ns, app) = zpa_app("proxy-shared", &[EndpointState::Ready], true).await;
+    let busy = zpa_proxy(&ns, &app, "busy", &["--ttl", "3s"]).await;
+    let idle = zpa_proxy(&ns, &app, "idle", &["--ttl", "3s"]).await;
     let mut client = busy.connect().await;
     echo(&mut client, b"hello", SHORT).await.unwrap();
 
@@ -257,26 +217,9 @@ async fn one_busy_proxy_keeps_the_app_awake_although_the_other_is_idle() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_open_connections_and_refuses_new_ones() {
-    let ns = TestNs::new("proxy-drain").await;
-    create_deployment(&ns, "app", 1).await;
-    write_slice(&ns, "app", &[EndpointState::Ready]).await;
-    let app = StandIn::new(true).await;
-    let target = app.addr.to_string();
-    let mut proxy = Proxy::start(
-        &ns.name,
-        "drain",
-        &[
-            "--deployment",
-            "app",
-            "--target",
-            &target,
-            "--ttl",
-            "1h",
-            "--drain-timeout",
-            "20s",
-        ],
-    )
-    .await;
+    let (ns, app) = zpa_app("proxy-drain", &[EndpointState::Ready], true).await;
+    let args = ["--ttl", "1h", "--drain-timeout", "20s"];
+    let mut proxy = zpa_proxy(&ns, &app, "drain", &args).await;
     let mut client = proxy.connect().await;
     echo(&mut client, b"before", SHORT).await.unwrap();
     let signalled = Instant::now();
@@ -307,21 +250,8 @@ async fn sigterm_drains_open_connections_and_refuses_new_ones() {
     assert!(proxy.log().contains("drained"), "{}", proxy.log());
 
     // A connection still open at the drain timeout is closed, and the exit is still clean.
-    let mut proxy = Proxy::start(
-        &ns.name,
-        "drain-timeout",
-        &[
-            "--deployment",
-            "app",
-            "--target",
-            &target,
-            "--ttl",
-            "1h",
-            "--drain-timeout",
-            "1s",
-        ],
-    )
-    .await;
+    let args = ["--ttl", "1h", "--drain-timeout", "1s"];
+    let mut proxy = zpa_proxy(&ns, &app, "drain-timeout", &args).await;
     let mut client = proxy.connect().await;
     echo(&mut client, b"x", SHORT).await.unwrap();
     proxy.signal("TERM");
@@ -340,18 +270,9 @@ async fn sigterm_drains_open_connections_and_refuses_new_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ready_endpoint_that_refuses_is_retried_until_it_answers() {
-    let ns = TestNs::new("proxy-refusing").await;
-    create_deployment(&ns, "app", 1).await;
-    write_slice(&ns, "app", &[EndpointState::Ready]).await;
     // Ready says the endpoint, yet nothing listens yet.
-    let app = StandIn::new(false).await;
-    let target = app.addr.to_string();
-    let proxy = Proxy::start(
-        &ns.name,
-        "refusing",
-        &["--deployment", "app", "--target", &target, "--ttl", "1h"],
-    )
-    .await;
+    let (ns, app) = zpa_app("proxy-refusing", &[EndpointState::Ready], false).await;
+    let proxy = zpa_proxy(&ns, &app, "refusing", &["--ttl", "1h"]).await;
     let mut client = proxy.connect().await;
     client.write_all(b"hi").await.unwrap();
     proxy
@@ -375,26 +296,13 @@ async fn a_ready_endpoint_that_refuses_is_retried_until_it_answers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminating_endpoint_is_never_treated_as_ready() {
-    let ns = TestNs::new("proxy-terminating").await;
-    create_deployment(&ns, "app", 1).await;
-    write_slice(
-        &ns,
-        "app",
-        &[
-            EndpointState::Terminating,
-            EndpointState::TerminatingButReady,
-        ],
-    )
-    .await;
     // The stand-in listens: forwarding now would succeed, so silence means the proxy held.
-    let app = StandIn::new(true).await;
-    let target = app.addr.to_string();
-    let proxy = Proxy::start(
-        &ns.name,
-        "terminating",
-        &["--deployment", "app", "--target", &target, "--ttl", "1h"],
-    )
-    .await;
+    let terminating = [
+        EndpointState::Terminating,
+        EndpointState::TerminatingButReady,
+    ];
+    let (ns, app) = zpa_app("proxy-terminating", &terminating, true).await;
+    let proxy = zpa_proxy(&ns, &app, "terminating", &["--ttl", "1h"]).await;
     proxy
         .wait_metric("hsd_proxy_endpoints{state=\"terminating\"}", SHORT, |v| {
             v == 2.0
@@ -454,26 +362,12 @@ async fn endpoints_named_unlike_the_deployment_wake_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_outside_the_allow_list_is_never_dialled() {
-    let ns = TestNs::new("proxy-allow").await;
-    create_deployment(&ns, "app", 1).await;
-    write_slice(&ns, "app", &[EndpointState::Ready]).await;
+    let (ns, _app) = zpa_app("proxy-allow", &[EndpointState::Ready], true).await;
     // The target is loopback too, so that a broken guard would only reach this stand-in,
     // which counts it.
     let outside = StandIn::on_ip("127.0.0.2", true).await;
-    let target = outside.addr.to_string();
-    let proxy = Proxy::start(
-        &ns.name,
-        "allow",
-        &[
-            "--deployment",
-            "app",
-            "--target",
-            &target,
-            "--allow-dial-cidr",
-            "127.0.0.1/32",
-        ],
-    )
-    .await;
+    let args = ["--allow-dial-cidr", "127.0.0.1/32"];
+    let proxy = zpa_proxy(&ns, &outside, "allow", &args).await;
     let mut client = proxy.connect().await;
     let closed = closed_within(&mut client, SHORT).await;
     assert!(
@@ -540,20 +434,9 @@ async fn proxy_identity(ns: &TestNs, edit: impl Fn(&mut Role)) -> std::path::Pat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rendered_rbac_is_enough_to_sleep_and_wake() {
-    let ns = TestNs::new("proxy-rbac").await;
-    create_deployment(&ns, "app", 1).await;
-    write_slice(&ns, "app", &[EndpointState::Ready]).await;
+    let (ns, app) = zpa_app("proxy-rbac", &[EndpointState::Ready], true).await;
     let config = proxy_identity(&ns, |_| {}).await;
-    let app = StandIn::new(true).await;
-    let target = app.addr.to_string();
-    let proxy = Proxy::start_as(
-        &config,
-        &ns.name,
-        "rbac",
-        &["--deployment", "app", "--target", &target, "--ttl", "2s"],
-        true,
-    )
-    .await;
+    let proxy = zpa_proxy_as(&config, &ns, &app, "rbac", &["--ttl", "2s"]).await;
     wait_replicas(&ns, "app", 0, LONG).await;
     let mut client = proxy.connect().await;
     wait_replicas(&ns, "app", 1, SHORT).await;
@@ -568,10 +451,8 @@ async fn the_rendered_rbac_is_enough_to_sleep_and_wake() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_endpointslices_readiness_comes_from_endpoints() {
-    let ns = TestNs::new("proxy-fallback").await;
-    create_deployment(&ns, "app", 1).await;
     // A ready slice that this identity may not read.
-    write_slice(&ns, "app", &[EndpointState::Ready]).await;
+    let (ns, app) = zpa_app("proxy-fallback", &[EndpointState::Ready], true).await;
     let config = proxy_identity(&ns, |role| {
         for rule in role.rules.iter_mut().flatten() {
             if rule
@@ -585,16 +466,7 @@ async fn without_endpointslices_readiness_comes_from_endpoints() {
         }
     })
     .await;
-    let app = StandIn::new(true).await;
-    let target = app.addr.to_string();
-    let proxy = Proxy::start_as(
-        &config,
-        &ns.name,
-        "fallback",
-        &["--deployment", "app", "--target", &target, "--ttl", "1h"],
-        true,
-    )
-    .await;
+    let proxy = zpa_proxy_as(&config, &ns, &app, "fallback", &["--ttl", "1h"]).await;
     assert!(
         proxy.log().contains("readiness from Endpoints"),
         "{}",

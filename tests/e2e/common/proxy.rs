@@ -417,3 +417,36 @@ pub async fn closed_within(stream: &mut TcpStream, timeout: Duration) -> Option<
         }
     }
 }
+
+/// A ZPA-mode app in a namespace of its own: the Deployment `app` with one pod, its
+/// EndpointSlice showing `endpoints`, and a loopback stand-in for the pods (listening when
+/// `listening`).
+pub async fn zpa_app(
+    prefix: &str,
+    endpoints: &[EndpointState],
+    listening: bool,
+) -> (TestNs, StandIn) {
+    let ns = TestNs::new(prefix).await;
+    create_deployment(&ns, "app", 1).await;
+    write_slice(&ns, "app", endpoints).await;
+    (ns, StandIn::new(listening).await)
+}
+
+/// `proxy --deployment app --target <the stand-in>` in the app's namespace, and `args`.
+pub async fn zpa_proxy(ns: &TestNs, app: &StandIn, label: &str, args: &[&str]) -> Proxy {
+    zpa_proxy_as(kubeconfig(), ns, app, label, args).await
+}
+
+/// [`zpa_proxy`] with the identity of `config`.
+pub async fn zpa_proxy_as(
+    config: &Path,
+    ns: &TestNs,
+    app: &StandIn,
+    label: &str,
+    args: &[&str],
+) -> Proxy {
+    let target = app.addr.to_string();
+    let mut all = vec!["--deployment", "app", "--target", target.as_str()];
+    all.extend_from_slice(args);
+    Proxy::start_as(config, &ns.name, label, &all, true).await
+}
