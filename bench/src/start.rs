@@ -50,9 +50,11 @@ pub async fn measure(
         })
         .await
         .map_err(|e| format!("the reflector floor: {e}"))??;
-        if listed.pods != pods || listed.deployments != total_hsds {
+        // The HSDs flipped in an earlier start keep their 21st pod until the converging pass
+        // after the last start: the floor and the product see the same objects either way.
+        if listed.pods < pods || listed.deployments != total_hsds {
             return Err(format!(
-                "the reflector floor holds {listed:?}, expected {total_hsds} Deployments and {pods} pods"
+                "the reflector floor holds {listed:?}, expected {total_hsds} Deployments and at least {pods} pods"
             ));
         }
 
