@@ -237,6 +237,9 @@ pub async fn measure(quick: bool, client: &Client, product: &Product, work: &Pat
     let wakes_ok = proxy
         .metric("hsd_proxy_scale_writes_total{kind=\"wake\",result=\"ok\"}")
         .await?;
+    let wake_children_ok = proxy
+        .metric("hsd_proxy_scale_writes_total{kind=\"wake_child\",result=\"ok\"}")
+        .await?;
     say(format!(
         "proxy-hsd: wake p99 floor {:.0} ms / product {:.0} ms ({refused} dials refused before the pod's server was bound)",
         percentile(&times[0], 99.0),
@@ -245,6 +248,7 @@ pub async fn measure(quick: bool, client: &Client, product: &Product, work: &Pat
     let log = std::fs::read_to_string(&proxy.log).unwrap_or_default();
     drop(proxy);
     servers.abort();
+    remove_hsd(client).await?;
     if log.contains("panicked") {
         return Err(format!(
             "the proxy panicked:\n{}",
@@ -260,7 +264,27 @@ pub async fn measure(quick: bool, client: &Client, product: &Product, work: &Pat
             "product_p99_ms": round(percentile(&times[1], 99.0), 1),
             "ratio_p99": round(percentile(&times[1], 99.0) / percentile(&times[0], 99.0), 2),
             "wake_writes_ok": wakes_ok,
+            "wake_child_writes_ok": wake_children_ok,
             "dials_refused": refused,
         },
     }))
+}
+
+/// Deletes the HSD and waits until it, its child and its pods are gone (foreground deletion), so
+/// that the later measurements count only the populated HSDs.
+async fn remove_hsd(client: &Client) -> Res<()> {
+    let hsds: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &hsd_resource());
+    hsds.delete(HSD, &kube::api::DeleteParams::foreground())
+        .await
+        .ctx("deleting the HSD")?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while hsds.get_opt(HSD).await.ctx("reading the HSD")?.is_some() {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "HSD {NAMESPACE}/{HSD} still there 120 s after its deletion"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
 }
