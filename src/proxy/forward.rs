@@ -30,6 +30,10 @@ pub struct Shared {
     pub metrics: Arc<ProxyMetrics>,
     pub max_wait: Duration,
     pub max_held: usize,
+    /// HSD mode with `--when-all-busy=hold`: held connections take free pods in the order they
+    /// arrived, and only the oldest watches for one, so that a pod set free wakes one held
+    /// connection, not all of them.
+    pub turnstile: Option<tokio::sync::Mutex<()>>,
 }
 
 impl Shared {
@@ -76,7 +80,11 @@ async fn handle(client: TcpStream, shared: Arc<Shared>) {
     shared.metrics.connections.inc();
     let _open = shared.activity.open();
     let _ = client.set_nodelay(true);
-    let warm = {
+    // Behind a queue of held connections, a new one queues too.
+    let queued = shared.turnstile.is_some() && shared.activity.held_count() > 0;
+    let warm = if queued {
+        None
+    } else {
         let view = shared.view.borrow();
         let readiness = shared.readiness.borrow();
         shared.open_now(&view, &readiness, accepted)
@@ -134,39 +142,50 @@ async fn hold(client: &TcpStream, shared: &Shared, accepted: Instant) -> Option<
     let gone = client_gone(client);
     tokio::pin!(gone);
     let mut pause = Duration::from_millis(25);
-    let outcome = loop {
-        let candidate = {
-            let view = view.borrow_and_update();
-            let readiness = readiness.borrow_and_update();
-            shared.open_now(&view, &readiness, Instant::now())
+    let outcome = 'hold: {
+        // Kept until this connection has its upstream: the next in line waits until then.
+        let _turn = match &shared.turnstile {
+            Some(turnstile) => tokio::select! {
+                turn = turnstile.lock() => Some(turn),
+                _ = tokio::time::sleep_until(deadline) => break 'hold Err(HoldOutcome::MaxWait),
+                _ = &mut gone => break 'hold Err(HoldOutcome::ClientClosed),
+            },
+            None => None,
         };
-        let Some(ready) = candidate else {
-            // Ask the scaler to wake the app or move the deadline, then wait for news.
-            shared.activity.demand.notify_one();
+        loop {
+            let candidate = {
+                let view = view.borrow_and_update();
+                let readiness = readiness.borrow_and_update();
+                shared.open_now(&view, &readiness, Instant::now())
+            };
+            let Some(ready) = candidate else {
+                // Ask the scaler to wake the app or move the deadline, then wait for news.
+                shared.activity.demand.notify_one();
+                tokio::select! {
+                    _ = changed(&mut view) => {}
+                    _ = changed(&mut readiness) => {}
+                    _ = tokio::time::sleep_until(deadline) => break Err(HoldOutcome::MaxWait),
+                    _ = &mut gone => break Err(HoldOutcome::ClientClosed),
+                }
+                continue;
+            };
             tokio::select! {
-                _ = changed(&mut view) => {}
-                _ = changed(&mut readiness) => {}
+                dialled = shared.dialer.dial(&ready) => match dialled {
+                    Ok(upstream) => break Ok(upstream),
+                    Err(DialFailure::NotAllowed) => break Err(HoldOutcome::NotAllowed),
+                    Err(_) => {}
+                },
                 _ = tokio::time::sleep_until(deadline) => break Err(HoldOutcome::MaxWait),
                 _ = &mut gone => break Err(HoldOutcome::ClientClosed),
             }
-            continue;
-        };
-        tokio::select! {
-            dialled = shared.dialer.dial(&ready) => match dialled {
-                Ok(upstream) => break Ok(upstream),
-                Err(DialFailure::NotAllowed) => break Err(HoldOutcome::NotAllowed),
-                Err(_) => {}
-            },
-            _ = tokio::time::sleep_until(deadline) => break Err(HoldOutcome::MaxWait),
-            _ = &mut gone => break Err(HoldOutcome::ClientClosed),
+            // Ready, yet it did not answer: try again shortly.
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = tokio::time::sleep_until(deadline) => break Err(HoldOutcome::MaxWait),
+                _ = &mut gone => break Err(HoldOutcome::ClientClosed),
+            }
+            pause = (pause * 2).min(Duration::from_secs(1));
         }
-        // Ready, yet it did not answer: try again shortly.
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = tokio::time::sleep_until(deadline) => break Err(HoldOutcome::MaxWait),
-            _ = &mut gone => break Err(HoldOutcome::ClientClosed),
-        }
-        pause = (pause * 2).min(Duration::from_secs(1));
     };
     let waited = accepted.elapsed();
     match outcome {

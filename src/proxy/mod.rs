@@ -363,6 +363,8 @@ pub async fn run(
         metrics: metrics.clone(),
         max_wait: config.max_wait,
         max_held: config.max_held,
+        turnstile: (hsd_target.is_some() && config.when_all_busy == hsd::WhenAllBusy::Hold)
+            .then(|| tokio::sync::Mutex::new(())),
     });
     forward::accept_loop(listener, shared, shutdown).await;
 

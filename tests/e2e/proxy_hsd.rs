@@ -131,6 +131,26 @@ async fn new_connections_go_only_to_idle_pods_with_no_connection_through_the_pro
     // A connection closes: its pod is free again, and the held one goes there.
     drop(first);
     assert_eq!(landed_on(&mut third).await, a);
+    // Both idle pods taken again: held connections get the pods set free in the order they
+    // arrived (with every held connection watching, any of them could win each pod).
+    let mut queue = Vec::new();
+    for held in 1..=3 {
+        queue.push(proxy.connect().await);
+        proxy
+            .wait_metric("hsd_proxy_connections_held", TIMEOUT, |v| v == held as f64)
+            .await;
+    }
+    let [mut fourth, mut fifth, mut sixth]: [TcpStream; 3] = queue.try_into().unwrap();
+    drop(second);
+    assert_eq!(
+        landed_on(&mut fourth).await,
+        b,
+        "the oldest held connection first"
+    );
+    drop(fourth);
+    assert_eq!(landed_on(&mut fifth).await, b);
+    drop(third);
+    assert_eq!(landed_on(&mut sixth).await, a);
     assert_eq!(servers[&busy].accepted.load(Ordering::SeqCst), 0);
     assert!(
         proxy
@@ -170,7 +190,7 @@ async fn new_connections_go_only_to_idle_pods_with_no_connection_through_the_pro
             .await,
         Some(3.0)
     );
-    drop((second, third));
+    drop((fifth, sixth));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
