@@ -26,11 +26,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::api::{DynamicObject, Patch};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-use super::FIELD_MANAGER;
 use crate::api::active_standby::{
     ACTIVE, DESIGNATION_LABEL, POD_MARK_ANNOTATION, RECORD_ANNOTATION, Record,
 };
@@ -54,13 +53,6 @@ pub struct NamespaceWritten {
     pub labelled: BTreeMap<String, Instant>,
     /// The changes of master recorded (by Service).
     pub transitions: Vec<(String, Transition)>,
-}
-
-fn params() -> PatchParams {
-    PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_string()),
-        ..Default::default()
-    }
 }
 
 /// Carries out a namespace's plan. A failed step stops the rest (the next pass plans again from
@@ -186,7 +178,7 @@ async fn write(
             "annotations": {POD_MARK_ANNOTATION: label.mark},
         }});
         let labelled = pods
-            .patch(&label.pod.name, &params(), &Patch::Merge(&body))
+            .patch(&label.pod.name, &super::merge_params(), &Patch::Merge(&body))
             .await
             .map_err(|error| match &error {
                 kube::Error::Api(status) if status.code == 404 || status.code == 409 => {
@@ -247,7 +239,7 @@ async fn compare_and_swap(
     body: &Value,
 ) -> Result<String> {
     let patched = services
-        .patch(&service.name, &params(), &Patch::Merge(body))
+        .patch(&service.name, &super::merge_params(), &Patch::Merge(body))
         .await
         .map_err(|error| match &error {
             kube::Error::Api(status) if status.code == 409 => Error::Stale {

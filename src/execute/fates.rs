@@ -4,10 +4,9 @@
 
 use jiff::Timestamp;
 use kube::Client;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, Preconditions};
 use serde_json::json;
 
-use super::FIELD_MANAGER;
 use crate::api::HotStandbyDeployment;
 use crate::error::{Result, kube_error};
 use crate::labels::{DRAINING_ANNOTATION, RETIRED_ANNOTATION, STATE_LABEL};
@@ -48,10 +47,7 @@ async fn swap(
     let mut metadata = metadata;
     metadata["uid"] = json!(pod.uid);
     metadata["resourceVersion"] = json!(pod.resource_version);
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_string()),
-        ..Default::default()
-    };
+    let params = super::merge_params();
     match pods
         .patch(
             &pod.pod,

@@ -112,10 +112,7 @@ async fn delete_job(
     pods: &Api<DynamicObject>,
     deletion: &crate::plan::hsj::Deletion,
 ) -> std::result::Result<JobDeleted, (&'static str, &'static str, kube::Error)> {
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_string()),
-        ..Default::default()
-    };
+    let params = super::merge_params();
     let mut drained = None;
     if let Some(pod) = deletion.pod.as_ref().filter(|_| !deletion.pod_draining) {
         let body = json!({"metadata": {

@@ -29,6 +29,21 @@ pub const REPORTING_CONTROLLER: &str = "paia.tech/kubectl-hsd";
 /// Labels on the child Deployment (its pods get [`crate::labels::injected`]).
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 
+/// The parameters of a merge patch under [`FIELD_MANAGER`].
+pub(crate) fn merge_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_string()),
+        ..Default::default()
+    }
+}
+
+/// Whether the child was last applied with this template (the hash this tool records on it).
+fn child_has_template(hsd: &ObservedHsd, template_hash: &str) -> bool {
+    hsd.deployment
+        .as_ref()
+        .is_some_and(|child| child.template_hash.as_deref() == Some(template_hash))
+}
+
 /// What one execution wrote.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Written {
@@ -91,10 +106,7 @@ pub async fn move_sleep_deadline(
                 crate::proxy::deadline::format_deadline(deadline),
         },
     }});
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_string()),
-        ..Default::default()
-    };
+    let params = merge_params();
     match api.patch(&hsd.name, &params, &Patch::Merge(&body)).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(status)) if status.code == 409 => {
@@ -257,10 +269,7 @@ pub(crate) fn only_raises_replicas(hsd: &ObservedHsd, plan: &Plan) -> bool {
     };
     let fates = &plan.fates;
     matches!(plan.scale, Some((from, to)) if to > from)
-        && hsd
-            .deployment
-            .as_ref()
-            .is_some_and(|d| d.template_hash.as_deref() == Some(template_hash.as_str()))
+        && child_has_template(hsd, template_hash)
         && fates.drain.is_empty()
         && fates.drain_old.is_empty()
         && fates.retire.is_empty()
@@ -361,21 +370,13 @@ async fn apply_deployment(
     // of the annotation that records it. The API server takes a third less time for it than for
     // applying the whole template again (3.3 against 5 ms on this project's quiet machine), and
     // a busy flip waits on this write. Anything else is applied whole.
-    let replicas_only = !*relabel
-        && hsd
-            .deployment
-            .as_ref()
-            .is_some_and(|child| child.template_hash.as_deref() == Some(template_hash.as_str()));
+    let replicas_only = !*relabel && child_has_template(hsd, template_hash);
     let (body, params) = if replicas_only {
         let body = json!({
             "metadata": {"annotations": {APPLIED_REPLICAS_ANNOTATION: replicas.to_string()}},
             "spec": {"replicas": replicas},
         });
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_string()),
-            ..Default::default()
-        };
-        (body, params)
+        (body, merge_params())
     } else {
         let body = desired_deployment(hsd, spec, replicas, template_hash);
         (body, PatchParams::apply(FIELD_MANAGER).force())
@@ -445,10 +446,7 @@ pub(crate) async fn patch_pod(
     name: &str,
     body: &serde_json::Value,
 ) -> Result<Option<String>, kube::Error> {
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_string()),
-        ..Default::default()
-    };
+    let params = merge_params();
     match pods.patch(name, &params, &Patch::Merge(body)).await {
         Ok(pod) => Ok(Some(pod.metadata.resource_version.unwrap_or_default())),
         Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(None),

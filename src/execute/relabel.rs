@@ -1,10 +1,10 @@
 //! Relabelling a child made before labels were injected, without a rollout.
 
-use kube::api::{DynamicObject, Patch, PatchParams};
+use kube::api::{DynamicObject, Patch};
 use kube::{Api, Client};
 use serde_json::json;
 
-use super::{FIELD_MANAGER, patch_pod};
+use super::patch_pod;
 use crate::api::hsd::{HotStandbyDeploymentSpec, workload_name};
 use crate::error::{Result, kube_error};
 use crate::plan::ObservedHsd;
@@ -21,10 +21,7 @@ pub(super) async fn set_paused(
     } else {
         json!({"metadata": {"annotations": {crate::observe::RELABELLING_ANNOTATION: null}}, "spec": {"paused": null}})
     };
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_string()),
-        ..Default::default()
-    };
+    let params = super::merge_params();
     let workload = workload_name(&hsd.name);
     let patched = api
         .patch(&workload, &params, &Patch::Merge(&body))
@@ -100,10 +97,7 @@ pub(super) async fn label_running_children(
             "metadata": {"uid": set.metadata.uid},
             "spec": {"template": {"metadata": {"labels": labels}}},
         });
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_string()),
-            ..Default::default()
-        };
+        let params = super::merge_params();
         replica_sets
             .patch(&name, &params, &Patch::Merge(&body))
             .await
