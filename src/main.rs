@@ -28,6 +28,11 @@ fn main() {
     };
     kubectl_hsd::notice::init(cli.global.verbosity, cli.global.log_format);
     kubectl_hsd::client::install_crypto_provider();
+    // The proxy keeps glibc's per-thread arenas: its connections allocate on every worker at
+    // once, where one arena's lock would be contended.
+    if !matches!(cli.command, kubectl_hsd::cli::Command::Proxy(_)) {
+        kubectl_hsd::client::limit_malloc_arenas();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -66,32 +66,41 @@ pub fn service_facts(service: &LeanService) -> ServiceFacts {
     }
 }
 
-/// The HSDs of one namespace as far as busy goes: (label value, selector, how busy is read).
+/// How one HSD's pods are told busy: (label value, selector, the busy annotation's key, or
+/// `None` when a probe decides).
+pub type BusyRule = (String, BTreeMap<String, String>, Option<String>);
+
+/// The HSDs of one namespace as far as busy goes.
 pub struct BusyRules {
-    rules: Vec<(String, BTreeMap<String, String>, Option<String>)>,
+    rules: Vec<BusyRule>,
+}
+
+/// One HSD's rule; `None` when its spec cannot be read (its pods then count as not busy, which
+/// only changes the order of candidates).
+pub fn busy_rule(object: &DynamicObject) -> Option<BusyRule> {
+    let facts = super::hsd_facts(object);
+    let spec = facts.spec.ok()?;
+    let key = match spec.busy_probe.mode {
+        ProbeMode::Annotation => Some(spec.busy_probe.annotation_key.clone()),
+        ProbeMode::Http | ProbeMode::Exec => None,
+    };
+    Some((
+        crate::labels::hsd_label_value(&facts.name),
+        spec.selector.match_labels.clone(),
+        key,
+    ))
 }
 
 impl BusyRules {
-    /// From the HSD objects of the namespace (those that cannot be read are left out: their
-    /// pods count as not busy, which only changes the order of candidates).
+    /// From the HSD objects of the namespace.
     pub fn new<'a>(hsds: impl IntoIterator<Item = &'a DynamicObject>) -> Self {
-        let rules = hsds
-            .into_iter()
-            .filter_map(|object| {
-                let facts = super::hsd_facts(object);
-                let spec = facts.spec.ok()?;
-                let key = match spec.busy_probe.mode {
-                    ProbeMode::Annotation => Some(spec.busy_probe.annotation_key.clone()),
-                    ProbeMode::Http | ProbeMode::Exec => None,
-                };
-                Some((
-                    crate::labels::hsd_label_value(&facts.name),
-                    spec.selector.match_labels.clone(),
-                    key,
-                ))
-            })
-            .collect();
-        Self { rules }
+        Self::from_rules(hsds.into_iter().filter_map(busy_rule))
+    }
+
+    pub fn from_rules(rules: impl IntoIterator<Item = BusyRule>) -> Self {
+        Self {
+            rules: rules.into_iter().collect(),
+        }
     }
 
     /// How busy a pod is for the HSD it belongs to.

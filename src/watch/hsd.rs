@@ -19,7 +19,7 @@ use super::cache::{Cache, DeploymentFiler, HsdNames, PodFiler, SharedIndex, Sync
 use super::probes::{self, Probes};
 use super::{
     SHUTDOWN_GRACE, Shard, UNSYNCED_RETRY, WatchOptions, backoff_delay, cache_is_behind,
-    receiver_stream, scoped, strip_meta, watch_backoff,
+    lean_hsd_pod, receiver_stream, scoped, strip_meta, watch_backoff,
 };
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -68,7 +68,9 @@ pub(super) async fn run(
     // Only what an HSD made: pods and Deployments that carry the HSD label.
     // Only what this shard's HSDs made: pods and Deployments that carry the HSD label (and, when
     // sharded, one of the shard's buckets).
-    let owned = watcher::Config::default().labels(&shard.owned_selector());
+    let owned = watcher::Config::default()
+        .labels(&shard.owned_selector())
+        .streaming_lists();
 
     let pod_gate = gate.clone();
     let mut pod_filer = PodFiler::new(index.clone());
@@ -77,7 +79,7 @@ pub(super) async fn run(
         owned.clone(),
     )
     .backoff(watch_backoff())
-    .modify(|pod: &mut LeanPod| strip_meta(&mut pod.metadata))
+    .modify(lean_hsd_pod)
     .inspect_ok(move |event| {
         pod_filer.apply(event);
         pod_gate.observe(Cache::Pods, event);
@@ -105,8 +107,10 @@ pub(super) async fn run(
         watcher::Config::default(),
     )
     .backoff(watch_backoff())
+    .modify(|hsd: &mut DynamicObject| strip_meta(&mut hsd.metadata))
     .try_filter(move |event| {
-        // The shard's HSDs only (HSD objects are small: every shard watches them all).
+        // The shard's HSDs only (HSD objects without managedFields are small: every shard
+        // watches them all).
         let keep = match event {
             watcher::Event::Apply(hsd)
             | watcher::Event::InitApply(hsd)

@@ -26,8 +26,8 @@ use super::cache::{Cache, SyncGate};
 use super::probes::Probes;
 use super::shards::Shard;
 use super::{
-    SHUTDOWN_GRACE, UNSYNCED_RETRY, WatchOptions, backoff_delay, cache_is_behind, receiver_stream,
-    scoped, strip_meta, watch_backoff,
+    SHUTDOWN_GRACE, UNSYNCED_RETRY, WatchOptions, backoff_delay, cache_is_behind, lean_pod,
+    receiver_stream, scoped, strip_meta, watch_backoff,
 };
 use crate::error::Error;
 use crate::labels::hsd_label_value;
@@ -189,7 +189,7 @@ pub(super) async fn run(
         owned.clone(),
     )
     .backoff(watch_backoff())
-    .modify(|pod: &mut LeanPod| strip_meta(&mut pod.metadata))
+    .modify(lean_pod)
     .inspect_ok(move |event| {
         pod_filer.on(event);
         pod_gate.observe(Cache::Pods, event);
@@ -220,6 +220,7 @@ pub(super) async fn run(
         watcher::Config::default(),
     )
     .backoff(watch_backoff())
+    .modify(|hsj: &mut DynamicObject| strip_meta(&mut hsj.metadata))
     .reflect(hsj_writer)
     .inspect_ok(move |event| {
         hsj_names.apply(event);

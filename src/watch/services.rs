@@ -24,17 +24,20 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::api::DynamicObject;
-use kube::runtime::reflector::{Store, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{WatchOptions, backoff_delay, cache_is_behind, scoped, strip_meta, watch_backoff};
+use super::{
+    WatchOptions, backoff_delay, cache_is_behind, lean_pod, scoped, strip_meta, watch_backoff,
+};
 use crate::api::active_standby::DESIGNATION_LABEL;
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::observe::services::{BusyRules, LeanService, is_of_interest, service_resource};
+use crate::observe::services::{
+    BusyRule, BusyRules, LeanService, busy_rule, is_of_interest, service_resource,
+};
 use crate::observe::{LeanPod, Scope, pod_resource};
 use crate::plan::active_standby::{ObservedNamespace, TransitionReason};
 
@@ -75,9 +78,12 @@ struct Caches {
     labelled: RwLock<HashMap<String, PodMap>>,
     labelled_synced: AtomicBool,
     namespaces: Mutex<HashMap<String, NamespacePods>>,
-    hsds: Store<DynamicObject>,
+    /// Each HSD's busy rule, by namespace then name.
+    hsds: RwLock<HsdRules>,
     hsds_synced: AtomicBool,
 }
+
+type HsdRules = HashMap<String, HashMap<String, BusyRule>>;
 
 struct Context {
     client: Client,
@@ -100,7 +106,6 @@ pub(super) async fn run(
 ) {
     let scope = options.scope.clone();
     let (trigger, mut triggers) = mpsc::unbounded_channel::<String>();
-    let hsd_writer = Writer::new(crate::observe::hsd_resource());
     services.write().expect("services lock").clear();
     let caches = Arc::new(Caches {
         services,
@@ -108,7 +113,7 @@ pub(super) async fn run(
         labelled: RwLock::default(),
         labelled_synced: AtomicBool::new(false),
         namespaces: Mutex::default(),
-        hsds: hsd_writer.as_reader(),
+        hsds: RwLock::default(),
         hsds_synced: AtomicBool::new(false),
     });
     let context = Arc::new(Context {
@@ -124,12 +129,7 @@ pub(super) async fn run(
     let mut tasks = vec![
         tokio::spawn(watch_services(context.clone(), scope.clone(), stop.clone())),
         tokio::spawn(watch_labelled(context.clone(), scope.clone(), stop.clone())),
-        tokio::spawn(watch_hsds(
-            context.clone(),
-            scope.clone(),
-            hsd_writer,
-            stop.clone(),
-        )),
+        tokio::spawn(watch_hsds(context.clone(), scope.clone(), stop.clone())),
         tokio::spawn(resync(context.clone(), options.resync, stop.clone())),
     ];
 
@@ -316,7 +316,7 @@ async fn watch_namespace_pods(context: Arc<Context>, namespace: String) {
         Api::namespaced_with(context.client.clone(), &namespace, &pod_resource());
     let mut events = watcher(api, watcher::Config::default())
         .backoff(watch_backoff())
-        .modify(|pod: &mut LeanPod| strip_meta(&mut pod.metadata))
+        .modify(lean_pod)
         .boxed();
     let mut relist: Option<PodMap> = None;
     while let Some(event) = events.next().await {
@@ -363,7 +363,7 @@ async fn watch_labelled(context: Arc<Context>, scope: Scope, stop: CancellationT
     let api = scoped::<LeanPod>(&context.client, &scope, &pod_resource());
     let mut events = watcher(api, watcher::Config::default().labels(DESIGNATION_LABEL))
         .backoff(watch_backoff())
-        .modify(|pod: &mut LeanPod| strip_meta(&mut pod.metadata))
+        .modify(lean_pod)
         .boxed();
     let mut relist: Option<HashMap<String, PodMap>> = None;
     loop {
@@ -434,26 +434,51 @@ fn trigger_labelled(context: &Context) {
     }
 }
 
-async fn watch_hsds(
-    context: Arc<Context>,
-    scope: Scope,
-    writer: Writer<DynamicObject>,
-    stop: CancellationToken,
-) {
+/// Keeps each HSD's busy rule, not the HSD: a rule is all a ranking reads, and a few hundred
+/// bytes against an HSD object's ten thousand.
+async fn watch_hsds(context: Arc<Context>, scope: Scope, stop: CancellationToken) {
     let api = scoped::<DynamicObject>(&context.client, &scope, &crate::observe::hsd_resource());
     let mut events = watcher(api, watcher::Config::default())
         .backoff(watch_backoff())
-        .reflect(writer)
         .boxed();
+    let mut relist: Option<HsdRules> = None;
+    let key = |hsd: &DynamicObject| (hsd.namespace().unwrap_or_default(), hsd.name_any());
     loop {
         let event = tokio::select! {
             _ = stop.cancelled() => return,
             event = events.next() => event,
         };
         let Some(event) = event else { return };
+        let Ok(event) = event else { continue };
+        let mut rules = context.caches.hsds.write().expect("hsds lock");
         match event {
-            Ok(watcher::Event::Init) => context.caches.hsds_synced.store(false, Ordering::SeqCst),
-            Ok(watcher::Event::InitDone) => {
+            watcher::Event::Init => {
+                context.caches.hsds_synced.store(false, Ordering::SeqCst);
+                relist = Some(HsdRules::new());
+            }
+            watcher::Event::InitApply(hsd) => {
+                if let (Some(buffer), Some(rule)) = (relist.as_mut(), busy_rule(&hsd)) {
+                    let (namespace, name) = key(&hsd);
+                    buffer.entry(namespace).or_default().insert(name, rule);
+                }
+            }
+            watcher::Event::Apply(hsd) => {
+                let (namespace, name) = key(&hsd);
+                let of_namespace = rules.entry(namespace).or_default();
+                match busy_rule(&hsd) {
+                    Some(rule) => of_namespace.insert(name, rule),
+                    None => of_namespace.remove(&name),
+                };
+            }
+            watcher::Event::Delete(hsd) => {
+                let (namespace, name) = key(&hsd);
+                if let Some(of_namespace) = rules.get_mut(&namespace) {
+                    of_namespace.remove(&name);
+                }
+            }
+            watcher::Event::InitDone => {
+                *rules = relist.take().unwrap_or_default();
+                drop(rules);
                 context.caches.hsds_synced.store(true, Ordering::SeqCst);
                 let namespaces: Vec<String> = context
                     .caches
@@ -467,7 +492,6 @@ async fn watch_hsds(
                     let _ = context.trigger.send(namespace);
                 }
             }
-            _ => {}
         }
     }
 }
@@ -545,13 +569,15 @@ fn observe(context: &Context, namespace: &str) -> Option<ObservedNamespace> {
         }
         entry.pods.values().cloned().collect()
     };
-    let hsds: Vec<Arc<DynamicObject>> = caches
-        .hsds
-        .state()
-        .into_iter()
-        .filter(|h| h.namespace().as_deref() == Some(namespace))
-        .collect();
-    let busy = BusyRules::new(hsds.iter().map(|h| h.as_ref()));
+    let busy = BusyRules::from_rules(
+        caches
+            .hsds
+            .read()
+            .expect("hsds lock")
+            .get(namespace)
+            .into_iter()
+            .flat_map(|rules| rules.values().cloned()),
+    );
     Some(crate::observe::services::observe_namespace(
         namespace,
         services.iter().map(|s| s.as_ref()),
