@@ -305,6 +305,11 @@ impl Watcher {
         proc_memory_kb(self.pid)
     }
 
+    /// RssAnon in kB (see [`proc_anon_kb`]).
+    pub fn anon_kb(&self) -> Res<u64> {
+        proc_anon_kb(self.pid)
+    }
+
     /// User + system CPU seconds so far (/proc/<pid>/stat, 100 ticks a second).
     pub fn cpu_seconds(&self) -> Res<f64> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
@@ -386,6 +391,17 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         })
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
+}
+
+/// RssAnon in kB from /proc: the private heap and stacks, without the binary's mapped pages.
+pub fn proc_anon_kb(pid: u32) -> Res<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ctx(format!("reading /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| format!("no RssAnon in /proc/{pid}/status"))
 }
 
 pub fn proc_memory_kb(pid: u32) -> Res<(u64, u64)> {

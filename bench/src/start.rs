@@ -114,6 +114,7 @@ pub async fn measure(
             (Some(first), Some(last), Some(all)) if decided.len() == wanted.len() => {
                 tokio::time::sleep(Duration::from_secs(5)).await;
                 let (rss, hwm) = watcher.memory_kb()?;
+                let anon = watcher.anon_kb()?;
                 Ok(json!({
                     "first_decision_s": first.as_secs_f64(),
                     "last_flipped_s": last.as_secs_f64(),
@@ -123,6 +124,7 @@ pub async fn measure(
                     "floor_hwm_kb": floor_hwm,
                     "rss_kb": rss,
                     "hwm_kb": hwm,
+                    "anon_kb": anon,
                     "cpu_s": watcher.cpu_seconds()?,
                 }))
             }
@@ -186,6 +188,7 @@ pub async fn measure(
         "rss_mb": mb(field("rss_kb").into_iter().fold(0.0, f64::max)),
         "rss_runs_mb": field("rss_kb").iter().map(|v| mb(*v)).collect::<Vec<_>>(),
         "hwm_mb": mb(field("hwm_kb").into_iter().fold(0.0, f64::max)),
+        "anon_mb": mb(field("anon_kb").into_iter().fold(0.0, f64::max)),
         "floor_rss_mb": mb(field("floor_rss_kb").into_iter().fold(0.0, f64::max)),
         "floor_rss_runs_mb": field("floor_rss_kb").iter().map(|v| mb(*v)).collect::<Vec<_>>(),
         "floor_hwm_mb": mb(field("floor_hwm_kb").into_iter().fold(0.0, f64::max)),
