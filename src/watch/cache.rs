@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use kube::ResourceExt;
-use kube::api::DynamicObject;
 use kube::runtime::watcher;
 
 use crate::labels::hsd_label_value;
@@ -161,9 +160,9 @@ pub struct HsdNames {
 }
 
 impl HsdNames {
-    pub fn apply(&self, event: &watcher::Event<DynamicObject>) {
+    pub fn apply<K: kube::Resource>(&self, event: &watcher::Event<K>) {
         let mut names = self.by_label.write().expect("names lock");
-        let key = |hsd: &DynamicObject| {
+        let key = |hsd: &K| {
             (
                 hsd.namespace().unwrap_or_default(),
                 hsd_label_value(&hsd.name_any()),

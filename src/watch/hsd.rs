@@ -16,6 +16,7 @@ use kube::{Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
 use super::cache::{Cache, DeploymentFiler, HsdNames, PodFiler, SharedIndex, SyncGate};
+use super::cached::CachedHsd;
 use super::probes::{self, Probes};
 use super::{
     SHUTDOWN_GRACE, Shard, UNSYNCED_RETRY, WatchOptions, backoff_delay, cache_is_behind,
@@ -103,11 +104,10 @@ pub(super) async fn run(
     let hsd_gate = gate.clone();
     let hsd_names = names.clone();
     let hsd_stream = watcher(
-        scoped::<DynamicObject>(&client, scope, &hsd_resource),
+        scoped::<CachedHsd>(&client, scope, &hsd_resource),
         watcher::Config::default(),
     )
     .backoff(watch_backoff())
-    .modify(|hsd: &mut DynamicObject| strip_meta(&mut hsd.metadata))
     .try_filter(move |event| {
         // The shard's HSDs only (HSD objects without managedFields are small: every shard
         // watches them all).
@@ -132,7 +132,7 @@ pub(super) async fn run(
         .with_config(ControllerConfig::default().concurrency(16))
         .trigger_backoff(watch_backoff());
     let (probe_trigger, probe_triggers) =
-        tokio::sync::mpsc::unbounded_channel::<ObjectRef<DynamicObject>>();
+        tokio::sync::mpsc::unbounded_channel::<ObjectRef<CachedHsd>>();
     let probes = Probes::new(
         options.probe_concurrency,
         client.clone(),
@@ -318,12 +318,12 @@ async fn confirm_scale_down(
 }
 
 async fn reconcile(
-    object: Arc<DynamicObject>,
+    cached: Arc<CachedHsd>,
     context: Arc<Context>,
 ) -> std::result::Result<Action, Error> {
     let started = Instant::now();
-    let key = (object.namespace().unwrap_or_default(), object.name_any());
-    if object.metadata.deletion_timestamp.is_some() {
+    let key = (cached.namespace().unwrap_or_default(), cached.name_any());
+    if cached.metadata.deletion_timestamp.is_some() {
         context.metrics.forget(&key.0, &key.1);
         return Ok(Action::await_change());
     }
@@ -332,6 +332,7 @@ async fn reconcile(
     if !context.gate.synced() {
         return Ok(Action::requeue(UNSYNCED_RETRY));
     }
+    let object = cached.expand();
     let (mut hsd, pods) = observe_hsd(&object, &context).await?;
     let mut plan = crate::plan::plan(&hsd, jiff::Timestamp::now());
     if confirm_scale_down(&mut hsd, &pods, &object, &plan, &context).await {
@@ -423,7 +424,7 @@ fn test_write_delay() -> Option<Duration> {
     })
 }
 
-fn error_policy(object: Arc<DynamicObject>, error: &Error, context: Arc<Context>) -> Action {
+fn error_policy(object: Arc<CachedHsd>, error: &Error, context: Arc<Context>) -> Action {
     let key = (object.namespace().unwrap_or_default(), object.name_any());
     let attempt = {
         let mut failures = context.failures.lock().expect("failures lock");
@@ -439,7 +440,7 @@ fn error_policy(object: Arc<DynamicObject>, error: &Error, context: Arc<Context>
 /// Forgets what belonged to deleted HSDs (their metric series above all: a gauge of an HSD that
 /// no longer exists would be a false number) every few seconds.
 async fn prune_loop(
-    hsds: Store<DynamicObject>,
+    hsds: Store<CachedHsd>,
     context: Arc<Context>,
     shard: Shard,
     stop: CancellationToken,

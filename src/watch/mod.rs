@@ -7,6 +7,7 @@
 //! runs the active-standby Service controller ([`services`]), under the same Lease and fence.
 
 mod cache;
+mod cached;
 mod hsd;
 mod hsj;
 mod lease;

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
-use kube::api::DynamicObject;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use super::cached::CachedHsd;
 use crate::api::hsd::HotStandbyDeploymentSpec;
 use crate::metrics::Metrics;
 use crate::observe;
@@ -165,11 +165,9 @@ impl Probes {
 
 /// Whether the raw object asks for probes (http or exec), read without parsing the whole spec
 /// (most objects are in annotation mode).
-pub fn wants_probe(object: &DynamicObject) -> bool {
+pub fn wants_probe(data: &serde_json::Value) -> bool {
     matches!(
-        object
-            .data
-            .pointer("/spec/busyProbe/mode")
+        data.pointer("/spec/busyProbe/mode")
             .and_then(|mode| mode.as_str()),
         Some("http" | "exec")
     )
@@ -183,10 +181,10 @@ fn period(spec: &HotStandbyDeploymentSpec) -> Duration {
 /// triggers a reconcile of its HSD at once. Probes run as their own tasks, so the loop never
 /// waits for a slow endpoint.
 pub async fn probe_loop(
-    hsds: Store<DynamicObject>,
+    hsds: Store<CachedHsd>,
     index: super::cache::SharedIndex,
     probes: Arc<Probes>,
-    trigger: tokio::sync::mpsc::UnboundedSender<ObjectRef<DynamicObject>>,
+    trigger: tokio::sync::mpsc::UnboundedSender<ObjectRef<CachedHsd>>,
     stop: CancellationToken,
 ) {
     let mut running = tokio::task::JoinSet::new();
@@ -200,11 +198,11 @@ pub async fn probe_loop(
         while running.try_join_next().is_some() {}
         let mut live_hsds = HashSet::new();
         let mut live_pods = HashSet::new();
-        for object in hsds.state() {
-            if !wants_probe(&object) {
+        for cached in hsds.state() {
+            if !cached.wants_probe() {
                 continue;
             }
-            let hsd = observe::hsd_facts(&object);
+            let hsd = observe::hsd_facts(&cached.expand());
             let Ok(spec) = &hsd.spec else { continue };
             if !spec.busy_probe.mode.is_probed() {
                 continue;
