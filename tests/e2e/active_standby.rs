@@ -540,6 +540,52 @@ async fn the_master_is_busy_for_its_hsd_and_the_hsd_keeps_standbys_warm() {
         Vec::<String>::new(),
         "a master was deleted by a scale-down"
     );
+
+    // A failover ranks the HSD's busy pods last (the watcher keeps each HSD's busy rule): the
+    // standby that would win on Ready time and name alone is made busy, and the master's
+    // deletion must pass it over for an idle one.
+    let ready_since = |pod: &Pod| {
+        pod.status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == "Ready" && c.status == "True")?
+            .last_transition_time
+            .as_ref()
+            .map(|t| t.0)
+    };
+    let mut standbys: Vec<Pod> = ns
+        .live_pods("app=db")
+        .await
+        .into_iter()
+        .filter(|p| p.name_any() != master)
+        .collect();
+    standbys.sort_by_key(|p| {
+        let since = ready_since(p);
+        (since.is_none(), since, p.name_any())
+    });
+    let favourite = standbys[0].name_any();
+    pods.patch(
+        &favourite,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"paia.tech/busy": "true"}}})),
+    )
+    .await
+    .unwrap();
+    wait_for("4 replicas for the busy standby", TIMEOUT, || async {
+        (crate::common::replicas(&ns, "db-workload").await == Some(4)).then_some(())
+    })
+    .await;
+    ready_pods(&ns, "app=db", 4).await;
+    pods.delete(&master, &DeleteParams::default())
+        .await
+        .unwrap();
+    let successor = wait_new_master(&ns, "db", &master).await;
+    assert_ne!(
+        successor, favourite,
+        "the busy standby was made master over idle ones"
+    );
     assert!(!watcher.log().contains("panicked"));
 }
 
