@@ -393,28 +393,29 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-/// RssAnon in kB from /proc: the private heap and stacks, without the binary's mapped pages.
-pub fn proc_anon_kb(pid: u32) -> Res<u64> {
+/// Fields of /proc/<pid>/status in kB (`"VmRSS:"`, ...), read at one moment.
+fn proc_status_kb<const N: usize>(pid: u32, names: [&str; N]) -> Res<[u64; N]> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ctx(format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| format!("no RssAnon in /proc/{pid}/status"))
-}
-
-pub fn proc_memory_kb(pid: u32) -> Res<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ctx(format!("reading /proc/{pid}/status"))?;
-    let field = |name: &str| -> Res<u64> {
-        status
+    let mut values = [0; N];
+    for (value, name) in values.iter_mut().zip(names) {
+        *value = status
             .lines()
             .find_map(|l| l.strip_prefix(name))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
+            .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))?;
+    }
+    Ok(values)
+}
+
+/// RssAnon in kB from /proc: the private heap and stacks, without the binary's mapped pages.
+pub fn proc_anon_kb(pid: u32) -> Res<u64> {
+    proc_status_kb(pid, ["RssAnon:"]).map(|[anon]| anon)
+}
+
+/// (VmRSS, VmHWM) in kB from /proc.
+pub fn proc_memory_kb(pid: u32) -> Res<(u64, u64)> {
+    proc_status_kb(pid, ["VmRSS:", "VmHWM:"]).map(|[rss, hwm]| (rss, hwm))
 }
 
 /// A plain HTTP/1.1 GET to a loopback address: (status, body).
@@ -455,4 +456,20 @@ pub async fn http_get(authority: &str, path: &str) -> Res<(u16, String)> {
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    /// Reads this test process's own /proc status: every field is there and plausible.
+    #[test]
+    fn proc_status_fields_are_read() {
+        let pid = std::process::id();
+        let (rss, hwm) = super::proc_memory_kb(pid).unwrap();
+        let anon = super::proc_anon_kb(pid).unwrap();
+        assert!(
+            rss > 0 && hwm >= rss && anon > 0 && anon <= rss,
+            "{rss} {hwm} {anon}"
+        );
+        assert!(super::proc_status_kb(pid, ["NoSuchField:"]).is_err());
+    }
 }
