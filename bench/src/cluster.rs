@@ -175,7 +175,7 @@ impl Cluster {
         let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .ctx("loading the kubeconfig")?;
-        Client::try_from(config).ctx("building a client")
+        kubectl_hsd::client::nodelay_client(config).map_err(|e| format!("building a client: {e}"))
     }
 
     /// Stops the cluster if this process started it.

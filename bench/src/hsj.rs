@@ -568,7 +568,7 @@ async fn floor_client(kubeconfig: &Path) -> Res<Client> {
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
         .await
         .ctx("loading the kubeconfig")?;
-    Client::try_from(config).ctx("a client")
+    kubectl_hsd::client::nodelay_client(config).map_err(|e| format!("building a client: {e}"))
 }
 
 /// A `reconcile --watch` of the release binary over the flip namespace only.

@@ -468,8 +468,15 @@ pub(crate) async fn until_pod_ready(
 
 /// Cold starts, in milliseconds, alternating: the floor (scale PATCH, then a pod watch until a
 /// pod is Ready) and the product (connect through the proxy, one byte each way).
-async fn wakes(client: &Client, proxy: &Process, samples: usize) -> Res<[Vec<f64>; 2]> {
+/// Cold starts: the floor's and the product's times, and for each of the product's, where the
+/// time went (`WakeParts`).
+async fn wakes(
+    client: &Client,
+    proxy: &Process,
+    samples: usize,
+) -> Res<([Vec<f64>; 2], Vec<WakeParts>)> {
     let mut times: [Vec<f64>; 2] = Default::default();
+    let mut parts = Vec::new();
     for _ in 0..samples {
         // The floor.
         let resource_version = put_to_sleep(client, proxy).await?;
@@ -483,7 +490,9 @@ async fn wakes(client: &Client, proxy: &Process, samples: usize) -> Res<[Vec<f64
             let client = client.clone();
             tokio::spawn(async move {
                 until_pod_ready(&client, NAMESPACE, APP, &resource_version).await?;
-                set_ready(&client, true).await
+                let seen_ready = Instant::now();
+                set_ready(&client, true).await?;
+                Ok::<_, String>((seen_ready, Instant::now()))
             })
         };
         let started = Instant::now();
@@ -494,11 +503,29 @@ async fn wakes(client: &Client, proxy: &Process, samples: usize) -> Res<[Vec<f64
             .read_exact(&mut byte)
             .await
             .ctx("the first byte back from the woken app")?;
-        times[1].push(started.elapsed().as_secs_f64() * 1e3);
+        let answered = Instant::now();
+        times[1].push((answered - started).as_secs_f64() * 1e3);
         drop(stream);
-        mirror.await.ctx("the endpoint mirror")??;
+        let (seen_ready, written) = mirror.await.ctx("the endpoint mirror")??;
+        let ms =
+            |from: Instant, to: Instant| to.saturating_duration_since(from).as_secs_f64() * 1e3;
+        parts.push(WakeParts {
+            to_pod_ready: ms(started, seen_ready),
+            slice_write: ms(seen_ready, written),
+            after_slice: ms(written, answered),
+        });
     }
-    Ok(times)
+    Ok((times, parts))
+}
+
+/// Where one of the product's cold starts went, in milliseconds: until the benchmark's pod watch
+/// saw a Ready pod (the floor's span, plus the connect and the proxy's scale write), the
+/// benchmark's own EndpointSlice write (the EndpointSlice controller's part, not the proxy's),
+/// and from that write to the first byte back (the proxy's watch event, dial and forward).
+struct WakeParts {
+    to_pod_ready: f64,
+    slice_write: f64,
+    after_slice: f64,
 }
 
 pub(crate) async fn connect(addr: SocketAddr, mode: u8) -> Res<TcpStream> {
@@ -741,11 +768,19 @@ pub async fn measure(quick: bool, client: &Client, product: &Product, work: &Pat
     }
 
     // Cold starts, last: they put the app to sleep.
-    let wake = wakes(client, &proxy, sizes.wakes).await?;
+    let (wake, wake_parts) = wakes(client, &proxy, sizes.wakes).await?;
+    let part = |f: fn(&WakeParts) -> f64| wake_parts.iter().map(f).collect::<Vec<_>>();
+    let to_pod_ready = part(|p| p.to_pod_ready);
+    let slice_write = part(|p| p.slice_write);
+    let after_slice = part(|p| p.after_slice);
+    let without_mirror = part(|p| p.to_pod_ready + p.after_slice);
     say(format!(
-        "proxy: wake p99 floor {:.0} ms / product {:.0} ms",
+        "proxy: wake p99 floor {:.0} ms / product {:.0} ms (p50 {:.0} ms to a Ready pod, {:.0} ms the benchmark's slice write, {:.0} ms after it)",
         percentile(&wake[0], 99.0),
-        percentile(&wake[1], 99.0)
+        percentile(&wake[1], 99.0),
+        percentile(&to_pod_ready, 50.0),
+        percentile(&slice_write, 50.0),
+        percentile(&after_slice, 50.0),
     ));
     scale(client, 1).await?;
 
@@ -811,6 +846,14 @@ pub async fn measure(quick: bool, client: &Client, product: &Product, work: &Pat
             "product_p50_ms": round(percentile(&wake[1], 50.0), 1),
             "product_p99_ms": round(percentile(&wake[1], 99.0), 1),
             "ratio_p99": round(percentile(&wake[1], 99.0) / percentile(&wake[0], 99.0), 2),
+            "product_to_pod_ready_p50_ms": p(&to_pod_ready, 50.0),
+            "product_to_pod_ready_p99_ms": p(&to_pod_ready, 99.0),
+            "slice_write_p50_ms": p(&slice_write, 50.0),
+            "slice_write_p99_ms": p(&slice_write, 99.0),
+            "after_slice_p50_ms": p(&after_slice, 50.0),
+            "after_slice_p99_ms": p(&after_slice, 99.0),
+            "without_slice_write_p99_ms": p(&without_mirror, 99.0),
+            "without_slice_write_ratio_p99": round(percentile(&without_mirror, 99.0) / percentile(&wake[0], 99.0), 2),
         },
         "rounds": sizes.rounds,
     }))
