@@ -243,7 +243,12 @@ struct LeanList<P, U> {
 }
 
 /// Lists a resource page by page straight into lean objects: one request per page, and the
-/// memory of one page's raw JSON at a time.
+/// memory of one page's raw JSON (and the next one's, in flight) at a time.
+///
+/// The next page is requested as soon as its continue token is read off the head of this one,
+/// and arrives while this one is parsed: at 500 pods a page the API server's work for one page
+/// and the parse of the previous one overlap instead of taking turns. The token is checked
+/// against the parsed page; where it cannot be read early, pages go one after another.
 pub async fn list_lean<P, U>(
     client: &Client,
     scope: &Scope,
@@ -256,41 +261,83 @@ where
 {
     let url = <Object<P, U> as Resource>::url_path(resource, scope.namespace());
     let request = kube::core::Request::new(url);
-    let mut items = Vec::new();
-    let mut params = ListParams::default()
+    let params = ListParams::default()
         .limit(PAGE_SIZE)
         .labels(label_selector);
+    let fetch = |continue_token: Option<&str>| {
+        let params = match continue_token {
+            Some(token) => params.clone().continue_token(token),
+            None => params.clone(),
+        };
+        let http_request = request.list(&params).map_err(kube::Error::BuildRequest);
+        let client = client.clone();
+        tokio::spawn(async move { client.request_text(http_request?).await })
+    };
+    let mut items = Vec::new();
+    let mut pending = fetch(None);
     loop {
-        let http_request = request.list(&params).map_err(kube::Error::BuildRequest)?;
-        let page: LeanList<P, U> = client.request(http_request).await?;
-        items.extend(page.items.into_iter().map(|item| {
-            let mut annotations = item.metadata.annotations;
-            if let Some(annotations) = annotations.as_mut() {
-                annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+        let text = pending.await.map_err(|error| {
+            kube::Error::Service(format!("a list page's request task failed: {error}").into())
+        })??;
+        let early = continue_token_of(&text);
+        let prefetched = early
+            .as_deref()
+            .map(|token| (token.to_string(), fetch(Some(token))));
+        let page: LeanList<P, U> = serde_json::from_str(&text).map_err(kube::Error::SerdeError)?;
+        drop(text);
+        items.extend(page.items.into_iter().map(lean_object));
+        let token = page.metadata.continue_.filter(|token| !token.is_empty());
+        pending = match (prefetched, token) {
+            (Some((early, next)), Some(token)) if early == token => next,
+            (prefetched, token) => {
+                if let Some((_, next)) = prefetched {
+                    next.abort();
+                }
+                match token {
+                    Some(token) => fetch(Some(&token)),
+                    None => return Ok(items),
+                }
             }
-            Object {
-                types: None,
-                metadata: kube::api::ObjectMeta {
-                    name: item.metadata.name,
-                    namespace: item.metadata.namespace,
-                    uid: item.metadata.uid,
-                    resource_version: item.metadata.resource_version,
-                    creation_timestamp: item.metadata.creation_timestamp,
-                    deletion_timestamp: item.metadata.deletion_timestamp,
-                    labels: item.metadata.labels,
-                    annotations,
-                    owner_references: item.metadata.owner_references,
-                    ..Default::default()
-                },
-                spec: item.spec,
-                status: item.status,
-            }
-        }));
-        match page.metadata.continue_.filter(|token| !token.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => return Ok(items),
-        }
+        };
     }
+}
+
+fn lean_object<P: Clone, U: Clone>(item: LeanItem<P, U>) -> Object<P, U> {
+    let mut annotations = item.metadata.annotations;
+    if let Some(annotations) = annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    Object {
+        types: None,
+        metadata: kube::api::ObjectMeta {
+            name: item.metadata.name,
+            namespace: item.metadata.namespace,
+            uid: item.metadata.uid,
+            resource_version: item.metadata.resource_version,
+            creation_timestamp: item.metadata.creation_timestamp,
+            deletion_timestamp: item.metadata.deletion_timestamp,
+            labels: item.metadata.labels,
+            annotations,
+            owner_references: item.metadata.owner_references,
+            ..Default::default()
+        },
+        spec: item.spec,
+        status: item.status,
+    }
+}
+
+/// The continue token of a list page, read from the list's `metadata`, which the API server
+/// writes before `items` (`{"kind":..,"apiVersion":..,"metadata":{..},"items":[..]}`). `None`
+/// when the page has no token, or its head is not laid out so.
+pub fn continue_token_of(page: &str) -> Option<String> {
+    let at = page.find("\"metadata\":")?;
+    if page.find("\"items\":").is_some_and(|items| items < at) {
+        return None;
+    }
+    let rest = &page[at + "\"metadata\":".len()..];
+    let mut head = serde_json::Deserializer::from_str(rest);
+    let metadata = kube::core::ListMeta::deserialize(&mut head).ok()?;
+    metadata.continue_.filter(|token| !token.is_empty())
 }
 
 /// A raw object's spec, or why it cannot be read (an unknown probe mode is named as such,
@@ -668,6 +715,34 @@ mod tests {
         assert_eq!(names, ["mine"]);
         assert_eq!(lean.len(), 1);
         assert!(observed.deployment.is_none());
+    }
+
+    #[test]
+    fn a_list_page_yields_its_continue_token_from_its_head() {
+        let cases: &[(&str, Option<&str>)] = &[
+            (
+                r#"{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"7","continue":"abc","remainingItemCount":3},"items":[{"metadata":{"name":"p"}}]}"#,
+                Some("abc"),
+            ),
+            (
+                r#"{"kind":"PodList","apiVersion":"v1","metadata":{"resourceVersion":"7"},"items":[]}"#,
+                None,
+            ),
+            (
+                r#"{"metadata":{"resourceVersion":"7","continue":""},"items":[]}"#,
+                None,
+            ),
+            // An item's metadata must never pass for the list's.
+            (
+                r#"{"items":[{"metadata":{"continue":"not-this"}}],"metadata":{"continue":"abc"}}"#,
+                None,
+            ),
+            (r#"{"metadata":{"continue":"#, None),
+            ("", None),
+        ];
+        for (page, expected) in cases {
+            assert_eq!(continue_token_of(page).as_deref(), *expected, "page {page}");
+        }
     }
 
     #[test]

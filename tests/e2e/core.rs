@@ -548,3 +548,64 @@ fn completion_and_version() {
     let usage = crate::common::hsd(&["reconcile", "--no-such-flag"]);
     assert_eq!(usage.status.code(), Some(2), "usage errors exit 2");
 }
+
+/// A list of several pages reads every object once, and the next page's token is read off each
+/// page's head (so that the next page is requested while this one is parsed): checked against
+/// the real API server's layout, since the early read falls back silently where it fails.
+#[tokio::test]
+async fn a_list_of_several_pages_reads_every_object_once() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::ApiResource;
+    use kube::core::object::NotUsed;
+    use kubectl_hsd::observe::{Scope, continue_token_of, list_lean};
+
+    let ns = TestNs::new("core-pages").await;
+    let config_maps: Api<ConfigMap> = ns.api();
+    let count = 1_001;
+    let created: Vec<_> = futures::stream::iter(0..count)
+        .map(|i| {
+            let config_maps = config_maps.clone();
+            async move {
+                let object: ConfigMap = serde_json::from_value(json!({
+                    "metadata": {"name": format!("page-{i:04}"), "labels": {"pages": "yes"}},
+                }))
+                .unwrap();
+                config_maps.create(&PostParams::default(), &object).await
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert!(created.iter().all(Result::is_ok), "creating the ConfigMaps");
+
+    let resource = ApiResource::erase::<ConfigMap>(&());
+    let scope = Scope::Namespace(ns.name.clone());
+    let listed = list_lean::<kubectl_hsd::observe::LeanPodSpec, NotUsed>(
+        &ns.client,
+        &scope,
+        &resource,
+        "pages=yes",
+    )
+    .await
+    .expect("the paginated list");
+    let mut names: Vec<String> = listed.iter().map(|o| o.name_any()).collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), count, "every object once");
+
+    // The first page, raw: its token read early equals the parsed one.
+    let request = http::Request::get(format!(
+        "/api/v1/namespaces/{}/configmaps?limit=500&labelSelector=pages%3Dyes",
+        ns.name
+    ))
+    .body(Vec::new())
+    .unwrap();
+    let page = ns.client.request_text(request).await.unwrap();
+    let parsed: kube::core::ObjectList<ConfigMap> = serde_json::from_str(&page).unwrap();
+    let token = parsed
+        .metadata
+        .continue_
+        .expect("a first page of 500 has a continue token");
+    assert_eq!(continue_token_of(&page).as_deref(), Some(token.as_str()));
+}
