@@ -4,7 +4,8 @@
 //! the proxy's caches show it (the deadline moved), when that plan only raises the child's
 //! replicas from 0: one round trip to the child, as a watcher's. A pass over one fresh read
 //! ([`crate::once::reconcile_read`]) follows, and writes the status and whatever the caches
-//! missed. Both go through the plan and the reconciler's field manager: the proxy never decides
+//! missed: at once when the caches could not wake the child, else half a second later, out of
+//! the cold start's way. Both go through the plan and the reconciler's field manager: the proxy never decides
 //! replicas itself, and never puts the HSD to sleep: the plan does, once the deadline has
 //! passed and nothing is busy.
 
@@ -190,11 +191,15 @@ pub(super) async fn write(
     let body = Patch::Merge(&body);
     let patch = api.patch(name, &params, &body);
     // A wake applies the child from the caches beside the deadline write: one round trip.
+    let mut child_applied = None;
     let patched = if kind == ScaleWrite::Wake {
         let (patched, applied) = tokio::join!(patch, apply_from_caches(client, caches, deadline));
         match applied {
-            Ok(true) => scaler.metrics.scale_write(ScaleWrite::WakeChild, "ok"),
-            Ok(false) => {}
+            Ok(Some(replicas)) => {
+                scaler.metrics.scale_write(ScaleWrite::WakeChild, "ok");
+                child_applied = Some(replicas);
+            }
+            Ok(None) => {}
             Err(error) => {
                 scaler.metrics.scale_write(ScaleWrite::WakeChild, "error");
                 tracing::debug!(hsd = %name, %error, "the wake from the caches failed: the pass decides");
@@ -216,21 +221,42 @@ pub(super) async fn write(
             return Err(WriteError::Failed(error.to_string()));
         }
     };
+    // The child's replicas as the wake applied them, before the child's watch shows them: a
+    // decision made meanwhile would see 0 and wake again.
+    let replicas = child_applied.unwrap_or(view.shared.replicas);
     publish(
         &scaler.sender,
         &scaler.metrics,
-        self::view(&hsd, view.shared.replicas, scaler.guard),
+        self::view(&hsd, replicas, scaler.guard),
     );
     if kind == ScaleWrite::Extend {
         scaler.metrics.scale_write(kind, "ok");
         tracing::debug!(hsd = %name, %deadline, "moved the sleep deadline");
         return Ok(());
     }
+    if child_applied.is_some() && deadline_moved(&hsd, deadline) {
+        // The child is scaling up and the deadline is ahead: the cold start is under way. The
+        // pass that writes the status comes once the new pod has had time to start, so that its
+        // reads and writes do not compete with the pod's creation for the API server (on the
+        // benchmark's 2 cores they did, inside the wake's critical path).
+        scaler.metrics.scale_write(kind, "ok");
+        scaler.activity.woke();
+        tracing::info!(
+            hsd = %name,
+            held = scaler.activity.held_count(),
+            "woke the HotStandbyDeployment: its plan, from the proxy's caches, scaled it up from 0"
+        );
+        let (client, api, namespace, name) =
+            (client.clone(), api.clone(), namespace.clone(), name.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(WAKE_PASS_DELAY).await;
+            if let Err(error) = follow_up_pass(&client, &api, &namespace, &name).await {
+                tracing::warn!(hsd = %name, %error, "the pass after the wake failed: the next pass writes the status");
+            }
+        });
+        return Ok(());
+    }
     // The wake: the HSD's own plan, now that the deadline is ahead, scales it up.
-    let options = crate::once::PassOptions {
-        deadline: Some(Duration::from_secs(20)),
-        ..Default::default()
-    };
     let failed = |error: &dyn std::fmt::Display| {
         scaler.metrics.scale_write(kind, "error");
         WriteError::Failed(format!(
@@ -241,7 +267,7 @@ pub(super) async fn write(
         Ok(read) => read,
         Err(error) => return Err(failed(&error)),
     };
-    let outcome = crate::once::reconcile_read(client, &hsd, read, &options).await;
+    let outcome = crate::once::reconcile_read(client, &hsd, read, &wake_pass_options()).await;
     match outcome.result {
         Ok(_) => {
             scaler.metrics.scale_write(kind, "ok");
@@ -259,17 +285,59 @@ pub(super) async fn write(
     }
 }
 
+/// How long after a wake from the caches its follow-up pass waits: a cold start on the local
+/// control plane takes 25 to 70 ms, and nothing in that pass is urgent (the child is applied).
+const WAKE_PASS_DELAY: Duration = Duration::from_millis(500);
+
+fn wake_pass_options() -> crate::once::PassOptions {
+    crate::once::PassOptions {
+        deadline: Some(Duration::from_secs(20)),
+        ..Default::default()
+    }
+}
+
+/// Whether the HSD as written carries the deadline the wake set.
+fn deadline_moved(hsd: &DynamicObject, deadline: jiff::Timestamp) -> bool {
+    hsd.annotations()
+        .get(SLEEP_DEADLINE_ANNOTATION)
+        .is_some_and(|value| *value == format_deadline(deadline))
+}
+
+/// The pass after a wake from the caches, on a fresh read of the HSD: it writes the status, and
+/// whatever the caches missed.
+async fn follow_up_pass(
+    client: &Client,
+    api: &Api<DynamicObject>,
+    namespace: &str,
+    name: &str,
+) -> crate::error::Result<()> {
+    let Some(hsd) = api.get_opt(name).await.map_err(crate::error::kube_error(
+        format!("reading HotStandbyDeployment {namespace}/{name}"),
+        "get",
+        "hotstandbydeployments.apps.paia.tech",
+        Some(namespace),
+    ))?
+    else {
+        return Ok(());
+    };
+    let read = crate::once::read_for_one(client, namespace, name).await?;
+    crate::once::reconcile_read(client, &hsd, read, &wake_pass_options())
+        .await
+        .result
+        .map(|_| ())
+}
+
 /// The wake's first write, planned from the proxy's caches as a watcher plans from its own: the
 /// HSD's plan with the deadline moved, carried out at once when the child is at 0 and the plan
 /// only raises its replicas (no pod can leave). It runs beside the deadline write; the pass
-/// after it writes the status. Returns whether the child was applied.
+/// after it writes the status. Returns the replicas the child was applied with, if it was.
 async fn apply_from_caches(
     client: &Client,
     caches: &HsdCaches,
     deadline: jiff::Timestamp,
-) -> crate::error::Result<bool> {
+) -> crate::error::Result<Option<i32>> {
     let Some(hsd) = caches.hsd.state().into_iter().next() else {
-        return Ok(false);
+        return Ok(None);
     };
     let mut object = (*hsd).clone();
     object
@@ -296,15 +364,18 @@ async fn apply_from_caches(
         .as_ref()
         .is_some_and(|child| child.replicas == Some(0));
     if !at_zero || !crate::execute::only_raises_replicas(&observed, &plan) {
-        return Ok(false);
+        return Ok(None);
     }
     // The proxy's own write moves the deadline, and the pass after this one writes the status
     // (the status write would make that compare-and-swap fail).
     plan.sleep.move_deadline_to = None;
     plan.status_changed = false;
-    Ok(crate::execute::execute(client, &observed, &plan)
-        .await?
-        .deployment)
+    let replicas = match &plan.deployment {
+        crate::plan::DeploymentAction::Apply { replicas, .. } => *replicas,
+        _ => return Ok(None),
+    };
+    let written = crate::execute::execute(client, &observed, &plan).await?;
+    Ok(written.deployment.then_some(replicas))
 }
 
 /// A watched object in the lean form the index holds.

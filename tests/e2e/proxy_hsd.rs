@@ -240,22 +240,27 @@ async fn one_shot_passes_put_an_hsd_to_sleep_and_the_proxy_wakes_it() {
         Some(1.0)
     );
     // The child was applied from the proxy's caches beside the deadline write, and the pass
-    // after it wrote the status.
+    // after it (half a second later, out of the cold start's way) wrote the status.
     assert_eq!(
         proxy
             .metric("hsd_proxy_scale_writes_total{kind=\"wake_child\",result=\"ok\"}")
             .await,
         Some(1.0)
     );
-    let status = hsd_status(&ns, "arena").await;
-    assert!(
-        status["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c["type"] != "Asleep" || c["status"] != "True"),
-        "still Asleep after the wake: {status}"
-    );
+    wait_for(
+        "the pass after the wake to clear Asleep",
+        TIMEOUT,
+        || async {
+            let status = hsd_status(&ns, "arena").await;
+            status["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|c| c["type"] != "Asleep" || c["status"] != "True")
+                .then_some(())
+        },
+    )
+    .await;
     // An open connection keeps it awake past the period, across passes.
     tokio::time::sleep(Duration::from_secs(4)).await;
     ns.hsd_ok(&["reconcile"]);
