@@ -465,7 +465,11 @@ pub async fn connect(options: &ClientOptions) -> Result<(Client, Arc<RequestStat
 /// polled the watch, end up spread over several half-empty heaps: at 20,000 pods one arena kept
 /// RSS 18 MB lower (`MALLOC_ARENA_MAX=1`, 102 against 120 MB), with the thread caches still
 /// serving the small allocations without a lock. Called before the runtime's threads start.
+/// glibc's own `MALLOC_ARENA_MAX` in the environment wins: an operator can trade memory back.
 pub fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets a tunable; no allocation is in flight on another thread yet.
     unsafe {
