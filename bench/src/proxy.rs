@@ -467,9 +467,8 @@ pub(crate) async fn until_pod_ready(
 }
 
 /// Cold starts, in milliseconds, alternating: the floor (scale PATCH, then a pod watch until a
-/// pod is Ready) and the product (connect through the proxy, one byte each way).
-/// Cold starts: the floor's and the product's times, and for each of the product's, where the
-/// time went (`WakeParts`).
+/// pod is Ready) and the product (connect through the proxy, one byte each way); and for each of
+/// the product's, where the time went (`WakeParts`).
 async fn wakes(
     client: &Client,
     proxy: &Process,
@@ -773,7 +772,7 @@ pub async fn measure(quick: bool, client: &Client, product: &Product, work: &Pat
     let to_pod_ready = part(|p| p.to_pod_ready);
     let slice_write = part(|p| p.slice_write);
     let after_slice = part(|p| p.after_slice);
-    let without_mirror = part(|p| p.to_pod_ready + p.after_slice);
+    let without_slice_write = part(|p| p.to_pod_ready + p.after_slice);
     say(format!(
         "proxy: wake p99 floor {:.0} ms / product {:.0} ms (p50 {:.0} ms to a Ready pod, {:.0} ms the benchmark's slice write, {:.0} ms after it)",
         percentile(&wake[0], 99.0),
@@ -852,8 +851,8 @@ pub async fn measure(quick: bool, client: &Client, product: &Product, work: &Pat
             "slice_write_p99_ms": p(&slice_write, 99.0),
             "after_slice_p50_ms": p(&after_slice, 50.0),
             "after_slice_p99_ms": p(&after_slice, 99.0),
-            "without_slice_write_p99_ms": p(&without_mirror, 99.0),
-            "without_slice_write_ratio_p99": round(percentile(&without_mirror, 99.0) / percentile(&wake[0], 99.0), 2),
+            "without_slice_write_p99_ms": p(&without_slice_write, 99.0),
+            "without_slice_write_ratio_p99": round(percentile(&without_slice_write, 99.0) / percentile(&wake[0], 99.0), 2),
         },
         "rounds": sizes.rounds,
     }))

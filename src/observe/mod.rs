@@ -271,7 +271,11 @@ where
         };
         let http_request = request.list(&params).map_err(kube::Error::BuildRequest);
         let client = client.clone();
-        tokio::spawn(async move { client.request_text(http_request?).await })
+        // Aborted when dropped: a page fetched ahead of a list that fails or ends differently
+        // is not left running.
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            client.request_text(http_request?).await
+        }))
     };
     let mut items = Vec::new();
     let mut pending = fetch(None);
@@ -289,15 +293,8 @@ where
         let token = page.metadata.continue_.filter(|token| !token.is_empty());
         pending = match (prefetched, token) {
             (Some((early, next)), Some(token)) if early == token => next,
-            (prefetched, token) => {
-                if let Some((_, next)) = prefetched {
-                    next.abort();
-                }
-                match token {
-                    Some(token) => fetch(Some(&token)),
-                    None => return Ok(items),
-                }
-            }
+            (_, Some(token)) => fetch(Some(&token)),
+            (_, None) => return Ok(items),
         };
     }
 }

@@ -5,9 +5,9 @@
 //! replicas from 0: one round trip to the child, as a watcher's. A pass over one fresh read
 //! ([`crate::once::reconcile_read`]) follows, and writes the status and whatever the caches
 //! missed: at once when the caches could not wake the child, else half a second later, out of
-//! the cold start's way. Both go through the plan and the reconciler's field manager: the proxy never decides
-//! replicas itself, and never puts the HSD to sleep: the plan does, once the deadline has
-//! passed and nothing is busy.
+//! the cold start's way. Both go through the plan and the reconciler's field manager: the proxy
+//! never decides replicas itself, and never puts the HSD to sleep: the plan does, once the
+//! deadline has passed and nothing is busy.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,7 +234,7 @@ pub(super) async fn write(
         tracing::debug!(hsd = %name, %deadline, "moved the sleep deadline");
         return Ok(());
     }
-    if child_applied.is_some() && deadline_moved(&hsd, deadline) {
+    if child_applied.is_some() {
         // The child is scaling up and the deadline is ahead: the cold start is under way. The
         // pass that writes the status comes once the new pod has had time to start, so that its
         // reads and writes do not compete with the pod's creation for the API server (on the
@@ -294,13 +294,6 @@ fn wake_pass_options() -> crate::once::PassOptions {
         deadline: Some(Duration::from_secs(20)),
         ..Default::default()
     }
-}
-
-/// Whether the HSD as written carries the deadline the wake set.
-fn deadline_moved(hsd: &DynamicObject, deadline: jiff::Timestamp) -> bool {
-    hsd.annotations()
-        .get(SLEEP_DEADLINE_ANNOTATION)
-        .is_some_and(|value| *value == format_deadline(deadline))
 }
 
 /// The pass after a wake from the caches, on a fresh read of the HSD: it writes the status, and
