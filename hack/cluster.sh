@@ -61,9 +61,9 @@ KWOK_STAGES=(node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heart
   pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml)
 KWOK_CRDS=(kwok.x-k8s.io_execs.yaml)
 # The stages a cluster runs: kwok's, except pod-complete, which this repo's hack/kwok/ replaces
-# (Jobs whose pods keep running until told to finish).
+# (Jobs whose pods keep running until told to finish); and kwok's options (kwok-config.yaml).
 CLUSTER_STAGES=(node-initialize.yaml node-heartbeat-with-lease.yaml pod-ready.yaml pod-delete.yaml)
-REPO_STAGES=(pod-complete.yaml pod-finish-on-request.yaml)
+REPO_STAGES=(pod-complete.yaml pod-finish-on-request.yaml kwok-config.yaml)
 # The data node: tainted, pod IPs from a range EndpointSlices accept (data only, never dialled).
 DATA_NODE=hsd-data-node
 DATA_NODE_CIDR=198.18.0.0/24
