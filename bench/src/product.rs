@@ -101,6 +101,10 @@ impl Product {
             .env_remove("HSD_LOG")
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        // For a diagnosis only: the product's log filter (its logs go to the work dir's files).
+        if let Ok(filter) = std::env::var("HSD_BENCH_PRODUCT_LOG") {
+            command.env("HSD_LOG", filter);
+        }
         command
     }
 
