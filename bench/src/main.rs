@@ -844,14 +844,16 @@ fn goals(results: &Value) -> Vec<Goal> {
         });
     }
     if let Some(largest) = passes.iter().max_by_key(|p| p["pods"].as_u64()) {
-        // Three paginated lists (500 a page) and the Lease checks: nothing per HSD.
+        // Paginated lists only (500 a page), nothing per HSD: the HSDs, their Deployments and pods,
+        // plus one GET of the leader Lease and a page each of the HSJs, the Services and the pods
+        // labelled as masters (active-standby), which hold nothing in this benchmark.
         let (pods, hsds) = (
             largest["pods"].as_u64().unwrap_or(0),
             largest["hsds"].as_u64().unwrap_or(0),
         );
         let requests = largest["requests"].as_u64().unwrap_or(u64::MAX);
         let pages = |n: u64| n.div_ceil(500).max(1);
-        let bound = pages(hsds) * 2 + pages(pods) + 2;
+        let bound = pages(hsds) * 2 + pages(pods) + 4;
         goals.push(Goal {
             name: format!("pass API requests (at {pods} pods)"),
             target: "O(namespaces), not O(HSDs): paginated lists only".into(),
