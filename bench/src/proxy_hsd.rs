@@ -194,7 +194,8 @@ async fn start_proxy(product: &Product, work: &Path) -> Res<Process> {
 }
 
 pub async fn measure(quick: bool, client: &Client, product: &Product, work: &Path) -> Res<Value> {
-    let samples = if quick { 8 } else { 30 };
+    // As ZPA mode's wake: 100, so that the p99 is not the second slowest of a few.
+    let samples = if quick { 8 } else { 100 };
     let port = port();
     say(format!(
         "proxy-hsd: {samples} cold starts through `proxy --hsd`, floor vs product"
