@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Event, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -263,13 +263,11 @@ async fn one_shot_passes_put_an_hsd_to_sleep_and_the_proxy_wakes_it() {
     .await;
     // The wake reports the scale it made, with the numbers it acted on.
     wait_for("the wake's ScaledUp event", TIMEOUT, || async {
-        let events: kube::Api<Event> = ns.api();
-        let events = events.list(&Default::default()).await.unwrap().items;
-        events
+        crate::common::event_reasons(&ns)
+            .await
             .iter()
-            .any(|e| {
-                e.reason.as_deref() == Some("ScaledUp")
-                    && e.message.as_deref() == Some("from 0 to 1: 0 busy + idle target 1")
+            .any(|(_, reason, message)| {
+                reason == "ScaledUp" && message == "from 0 to 1: 0 busy + idle target 1"
             })
             .then_some(())
     })
