@@ -426,13 +426,15 @@ async fn max_busy_seconds_removes_a_retired_pod_that_stays_busy() {
         "not before maxBusySeconds: {:?}",
         retired.elapsed()
     );
-    let events = crate::common::event_reasons(&ns).await;
-    assert!(
-        events
+    // The event follows the deletion: the pass records it after its writes.
+    wait_for("the RetiredPodRemoved warning", TIMEOUT, || async {
+        crate::common::event_reasons(&ns)
+            .await
             .iter()
-            .any(|(t, r, m)| t == "Warning" && r == "RetiredPodRemoved" && m.contains(&name)),
-        "{events:?}"
-    );
+            .any(|(t, r, m)| t == "Warning" && r == "RetiredPodRemoved" && m.contains(&name))
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
