@@ -77,6 +77,25 @@ pub struct HsdOutcome {
 }
 
 impl HsdOutcome {
+    /// This outcome and a later one of the same HSD in the same pass, as one: the later plan,
+    /// with the pods drained and the replicas changed by both, and the writes of both.
+    fn followed_by(self, mut later: HsdOutcome) -> HsdOutcome {
+        later.plan.scale = match (self.plan.scale, later.plan.scale) {
+            (Some((from, _)), Some((_, to))) => Some((from, to)),
+            (earlier, latest) => latest.or(earlier),
+        };
+        if let (Some(earlier), Some(decision)) = (&self.plan.decision, &mut later.plan.decision) {
+            let mut drained = earlier.drained.clone();
+            drained.append(&mut decision.drained);
+            decision.drained = drained;
+        }
+        later.result = match (self.result, later.result) {
+            (Ok(earlier), Ok(latest)) => Ok(earlier.followed_by(latest)),
+            (_, latest) => latest,
+        };
+        later
+    }
+
     /// One word for the summary table.
     pub fn action(&self) -> String {
         match (&self.result, self.plan.scale) {
@@ -86,6 +105,8 @@ impl HsdOutcome {
             }
             (Ok(_), Some((from, to))) => format!("scaled {from}->{to}"),
             (Ok(w), None) if w.deployment => "applied".into(),
+            // A drop held for its drain to settle, and not followed up (a dry run never drains).
+            (Ok(w), None) if !w.drained.is_empty() => format!("drained {}", w.drained.len()),
             (Ok(w), None) if w.count() > 0 => "status".into(),
             (Ok(_), None) => "unchanged".into(),
         }
@@ -418,6 +439,69 @@ pub async fn reconcile_read(
     outcome
 }
 
+/// How many times one pass looks at an HSD again for a drop held by its own drain.
+const SETTLE_ROUNDS: usize = 3;
+
+/// A scale-down marks its pods draining and drops replicas only once the ReplicaSet has had
+/// `DRAIN_SETTLE` to see the marks. So that one pass still takes a scale-down to its end, the
+/// pass waits that long and looks at the HSD again: a fresh read, fresh probes, a fresh plan
+/// (a pod that turned busy meanwhile counts as busy). Within the pass's deadline; an error of
+/// the follow-up leaves the drop to the next pass.
+async fn settle_drains(
+    client: &Client,
+    mut outcome: HsdOutcome,
+    options: &PassOptions,
+    deadline: tokio::time::Instant,
+) -> HsdOutcome {
+    for _ in 0..SETTLE_ROUNDS {
+        let held = outcome
+            .plan
+            .decision
+            .as_ref()
+            .is_some_and(|decision| decision.held_for_drain.is_some());
+        if options.dry_run || outcome.result.is_err() || !held {
+            break;
+        }
+        let wake = tokio::time::Instant::now()
+            + plan::DRAIN_SETTLE.unsigned_abs()
+            + Duration::from_millis(50);
+        if wake >= deadline {
+            break;
+        }
+        tokio::time::sleep_until(wake).await;
+        let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
+            client.clone(),
+            &outcome.namespace,
+            &observe::hsd_resource(),
+        );
+        let (namespace, name) = (outcome.namespace.clone(), outcome.name.clone());
+        let fresh = async {
+            // A list by name: the one-shot pass's role may list HSDs, not get them.
+            let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
+            let listed = api.list(&by_name).await.map_err(crate::error::kube_error(
+                format!("reading HotStandbyDeployment {namespace}/{name}"),
+                "list",
+                "hotstandbydeployments.apps.paia.tech",
+                Some(&namespace),
+            ))?;
+            let Some(object) = listed.items.into_iter().next() else {
+                return Ok(None);
+            };
+            let read = read_for_one(client, &namespace, &name).await?;
+            Ok::<_, Error>(Some(reconcile_read(client, &object, read, options).await))
+        };
+        match fresh.await {
+            Ok(Some(next)) => outcome = outcome.followed_by(next),
+            Ok(None) => break,
+            Err(error) => {
+                tracing::warn!(%namespace, %name, %error, "the drop after the drain is left to the next pass");
+                break;
+            }
+        }
+    }
+    outcome
+}
+
 /// The HSD side of a pass: its outcomes and probes, or the error of reading the scope.
 async fn run_hsd_pass(
     client: &Client,
@@ -450,8 +534,8 @@ async fn run_hsd_pass(
     let execute_slots = tokio::sync::Semaphore::new(EXECUTE_CONCURRENCY);
 
     let results: Vec<(HsdOutcome, Vec<ProbeResult>)> = stream::iter(work)
-        .map(|(hsd, targets)| {
-            reconcile_observed(
+        .map(|(hsd, targets)| async {
+            let (outcome, probes) = reconcile_observed(
                 client,
                 hsd,
                 targets,
@@ -459,6 +543,11 @@ async fn run_hsd_pass(
                 (probe_deadline, deadline),
                 options,
                 &execute_slots,
+            )
+            .await;
+            (
+                settle_drains(client, outcome, options, deadline).await,
+                probes,
             )
         })
         .buffer_unordered(PROBE_HSD_CONCURRENCY)

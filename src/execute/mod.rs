@@ -73,6 +73,26 @@ pub struct Written {
 }
 
 impl Written {
+    /// The writes of two passes over one HSD, the later one's versions kept.
+    pub fn followed_by(mut self, later: Written) -> Written {
+        self.pod_costs += later.pod_costs;
+        self.deployment |= later.deployment;
+        self.status |= later.status;
+        self.events += later.events;
+        self.deployment_version = later.deployment_version.or(self.deployment_version);
+        self.status_version = later.status_version.or(self.status_version);
+        self.cost_versions.extend(later.cost_versions);
+        self.events_failed += later.events_failed;
+        self.drained.extend(later.drained);
+        self.retired.extend(later.retired);
+        self.removed.extend(later.removed);
+        self.refused.extend(later.refused);
+        self.state_labels += later.state_labels;
+        self.sleep_deadline |= later.sleep_deadline;
+        self.applied_replicas = later.applied_replicas.or(self.applied_replicas);
+        self
+    }
+
     pub fn count(&self) -> usize {
         self.pod_costs
             + usize::from(self.deployment)
@@ -185,7 +205,7 @@ pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<
     if only_raises_replicas(hsd, plan) {
         let (costs, applied) = futures::future::join(
             write_costs(client, hsd, plan, &mut written),
-            apply_deployment(client, hsd, plan, 0),
+            apply_deployment(client, hsd, plan),
         )
         .await;
         costs?;
@@ -211,7 +231,6 @@ pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<
         }
     }
     let mut drained = Vec::new();
-    let mut undrained = 0;
     for (pod, detach) in fates
         .drain
         .iter()
@@ -228,17 +247,12 @@ pub async fn execute(client: &Client, hsd: &ObservedHsd, plan: &Plan) -> Result<
                 ..pod.clone()
             }),
             Some(_) => written.drained.push(pod.pod.clone()),
-            None => {
-                undrained += i32::from(!detach);
-                written.refused.push(pod.pod.clone());
-            }
+            // A pod that changed since it was read stays, and keeps its place: replicas drop
+            // past a drained pod only in a later pass, once it is seen drained.
+            None => written.refused.push(pod.pod.clone()),
         }
     }
-    // A pod that changed since it was read stays: the Deployment keeps its place.
-    record_applied(
-        &mut written,
-        apply_deployment(client, hsd, plan, undrained).await?,
-    );
+    record_applied(&mut written, apply_deployment(client, hsd, plan).await?);
     for pod in &drained {
         if fates::delete(client, hsd, pod).await? {
             written.drained.push(pod.pod.clone());
@@ -335,13 +349,11 @@ fn record_applied(written: &mut Written, applied: Option<Applied>) {
     }
 }
 
-/// Applies the child Deployment when the plan says so. `undrained`: pods the plan meant to
-/// drain that changed since they were read, which keep their places (a scale-down drops less).
+/// Applies the child Deployment when the plan says so.
 async fn apply_deployment(
     client: &Client,
     hsd: &ObservedHsd,
     plan: &Plan,
-    undrained: i32,
 ) -> Result<Option<Applied>> {
     let (
         DeploymentAction::Apply {
@@ -354,10 +366,7 @@ async fn apply_deployment(
     else {
         return Ok(None);
     };
-    let replicas = match plan.scale {
-        Some((from, to)) if to < from => (to + undrained).min(from),
-        _ => *replicas,
-    };
+    let replicas = *replicas;
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &hsd.namespace, &deployment_resource());
     if *relabel {

@@ -509,10 +509,10 @@ mod tests {
         // the ReplicaSet's ranking puts the two cost-0 pods first.
         pods[1].deletion_cost = Some(BUSY_DELETION_COST);
         pods.push(pod("idle-3", true, None));
-        let plan = plan_for(spec(2, 0, None), Some(4), pods.clone());
+        let (after, plan) = settled(&observed(spec(2, 0, None), Some(4), pods.clone()), now());
         assert_eq!(plan.scale, Some((4, 3)));
         let costs: BTreeMap<String, i32> = costs_of(&plan).into_iter().collect();
-        let victims = replicaset_victims(&pods, &costs, 1);
+        let victims = replicaset_victims(&after.pods, &costs, 1);
         assert!(victims.iter().all(|p| !p.designated_active), "{victims:?}");
         // Deposed (label gone), it is an idle pod again: its cost drops in a pass that keeps
         // the replicas.
@@ -542,7 +542,7 @@ mod tests {
         // Without the Service, the same gap is a scale-down.
         hsd.master_slot = false;
         hsd.pods[2].designated_active = false;
-        assert_eq!(plan(&hsd, now()).scale, Some((4, 3)));
+        assert_eq!(settled_plan(&hsd, now()).scale, Some((4, 3)));
     }
 
     #[test]

@@ -20,11 +20,27 @@ use super::protect::{effective_cost, is_protected};
 use super::step::deletion_rank;
 use crate::api::hsd::HotStandbyDeploymentSpec;
 
+/// How long a drained pod's mark is left for the ReplicaSet controller to see before replicas
+/// drop past it. The controller reads pods from its own cache, which a loaded API server can
+/// feed later than the replica change; its watch of pods would have to lag this much for it to
+/// choose without the mark.
+pub const DRAIN_SETTLE: SignedDuration = SignedDuration::from_secs(1);
+
 /// How long a drained pod of the current template is left to its ReplicaSet before this tool
-/// deletes it itself. The ReplicaSet deletes it within milliseconds of the drop; one still there
-/// after this was kept because replicas went up again before the ReplicaSet acted (it counts
-/// the pod as one of its own): deleted, it is replaced by a pod that can take work.
-pub const DRAIN_GRACE: SignedDuration = SignedDuration::from_secs(2);
+/// deletes it itself: the settle, then 2 s. The ReplicaSet deletes it within milliseconds of
+/// the drop; one still there after this was kept because replicas went up again before the
+/// ReplicaSet acted (it counts the pod as one of its own): deleted, it is replaced by a pod
+/// that can take work.
+pub const DRAIN_GRACE: SignedDuration = SignedDuration::from_secs(3);
+
+/// Whether a drained pod was marked less than `DRAIN_SETTLE` ago (a pod whose mark has no
+/// readable time has settled: it was not written by this version).
+pub fn settling(pod: &ObservedPod, now: Timestamp) -> bool {
+    pod.draining
+        && pod
+            .draining_since
+            .is_some_and(|since| now.duration_since(since) < DRAIN_SETTLE)
+}
 
 /// The deletion cost of a pod chosen to go: below every other pod's.
 pub const DRAINING_DELETION_COST: i32 = i32::MIN;
@@ -118,12 +134,15 @@ pub fn state_label(state: PodState, draining: bool) -> &'static str {
 }
 
 /// The fates of the pods this pass: `victims` to drain, the old and detached pods' fates, and
-/// the state labels. `retire_busy` is false in a pass that only relabels (nothing moves).
+/// the state labels. `replicas_drop`: this pass lowers replicas, so the ReplicaSet deletes the
+/// drained pods it keeps; this tool deletes only those a pass without a drop finds past the
+/// grace.
 pub fn fates(
     classified: &[(&ObservedPod, PodState)],
     victims: &[&ObservedPod],
     spec: &HotStandbyDeploymentSpec,
     current_template: &str,
+    replicas_drop: bool,
     now: Timestamp,
 ) -> PodFates {
     let mut fates = PodFates {
@@ -140,6 +159,7 @@ pub fn fates(
             // Drained by an earlier pass, and its ReplicaSet has not deleted it within the
             // grace (replicas went up again meanwhile, say): deleted, on what was read.
             if pod.draining
+                && !replicas_drop
                 && *state == PodState::Leaving
                 && pod
                     .draining_since
@@ -266,7 +286,7 @@ mod tests {
             max_busy_seconds: Some(3600),
         });
         let counted = crate::plan::count(&pods, &spec, "new", now);
-        let fates = fates(&counted.classified, &[], &spec, "new", now);
+        let fates = fates(&counted.classified, &[], &spec, "new", false, now);
         let names = |refs: &[PodRef]| refs.iter().map(|r| r.pod.clone()).collect::<Vec<_>>();
         assert_eq!(names(&fates.drain_old), ["old-idle"]);
         assert!(fates.drain.is_empty());
@@ -302,7 +322,7 @@ mod tests {
         };
         let pods = [
             drained("fresh", 1),
-            drained("stale", 3),
+            drained("stale", 4),
             pod("idle", true, None),
         ];
         let spec = spec(1, 0, None);
@@ -315,7 +335,7 @@ mod tests {
             })
             .collect();
         let counted = crate::plan::count(&pods, &spec, &current, now);
-        let fates = fates(&counted.classified, &[], &spec, &current, now);
+        let fates = fates(&counted.classified, &[], &spec, &current, false, now);
         let removed: Vec<(String, Removal)> = fates
             .remove
             .iter()
@@ -337,7 +357,7 @@ mod tests {
         let fresh = pod("fresh", true, None);
         let pods = [busy, idle, fresh];
         let counted = crate::plan::count(&pods, &spec, "t", now);
-        let fates = fates(&counted.classified, &[], &spec, "t", now);
+        let fates = fates(&counted.classified, &[], &spec, "t", false, now);
         let labels: Vec<(String, Option<&str>)> = fates
             .state_labels
             .iter()
@@ -352,7 +372,7 @@ mod tests {
         );
         // Routing switched off: the labels go.
         spec.routing = None;
-        let fates = super::fates(&counted.classified, &[], &spec, "t", now);
+        let fates = super::fates(&counted.classified, &[], &spec, "t", false, now);
         let removed: Vec<String> = fates
             .state_labels
             .iter()

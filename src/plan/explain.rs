@@ -47,6 +47,9 @@ pub struct Decision {
     /// Held at the current count: busy pods' deletion costs are written this pass and must
     /// be visible before replicas drop.
     pub held_for_costs: Option<i32>,
+    /// Held at the pods that stay plus the drained ones: pods drained this pass (or less than
+    /// `DRAIN_SETTLE` ago) go when the ReplicaSet has had time to see their marks.
+    pub held_for_drain: Option<i32>,
     /// Held at the current count: the pods belong to more than one ReplicaSet (a rollout).
     pub held_for_rollout: Option<i32>,
     /// Held at the current count: some probes did not run before the probe deadline.
@@ -135,6 +138,12 @@ pub fn explain_steps(decision: &Decision, paused: bool, action: &DeploymentActio
     if let Some(held) = decision.held_for_costs {
         why.push(format!(
             "held at {held}: busy pods' deletion costs are written first; replicas drop on the next pass"
+        ));
+    }
+    if let Some(held) = decision.held_for_drain {
+        why.push(format!(
+            "held at {held}: drained pods keep their places until the ReplicaSet has had {}s to see their marks; replicas drop on a later pass",
+            super::DRAIN_SETTLE.as_secs()
         ));
     }
     if !decision.drained.is_empty() {

@@ -169,3 +169,51 @@ pub fn replicaset_victims<'a>(
     });
     ranked.into_iter().take(deletions).collect()
 }
+
+/// The HSD as a pass `DRAIN_SETTLE` after `plan` reads it: the pods the plan drained marked
+/// draining with the lowest cost, its cost writes read back, its replicas applied.
+pub fn after_drain(hsd: &ObservedHsd, plan: &Plan, planned_at: Timestamp) -> ObservedHsd {
+    let mut next = hsd.clone();
+    for pod in &mut next.pods {
+        if plan
+            .fates
+            .drain
+            .iter()
+            .any(|drained| drained.uid == pod.uid)
+        {
+            pod.draining = true;
+            pod.draining_since = Some(planned_at);
+            pod.deletion_cost = Some(DRAINING_DELETION_COST);
+        }
+        if let Some(write) = plan.cost_writes.iter().find(|w| w.uid == pod.uid) {
+            pod.deletion_cost = Some(write.cost);
+        }
+    }
+    if let (Some((_, to)), Some(deployment)) = (plan.scale, next.deployment.as_mut()) {
+        deployment.replicas = Some(to);
+        deployment.applied_replicas = Some(to);
+    }
+    next.status = Some(plan.status.clone());
+    next
+}
+
+/// A scale-down across its passes: the HSD as the pass after the drain settled reads it, and
+/// that pass's plan (the first pass's own when it drained nothing).
+pub fn settled(hsd: &ObservedHsd, now: Timestamp) -> (ObservedHsd, Plan) {
+    let first = plan(hsd, now);
+    let held = first
+        .decision
+        .as_ref()
+        .is_some_and(|d| d.held_for_drain.is_some());
+    if !held {
+        return (hsd.clone(), first);
+    }
+    let next = after_drain(hsd, &first, now);
+    let second = plan(&next, now + DRAIN_SETTLE);
+    (next, second)
+}
+
+/// The plan of the pass that drops replicas once the drain has settled.
+pub fn settled_plan(hsd: &ObservedHsd, now: Timestamp) -> Plan {
+    settled(hsd, now).1
+}

@@ -33,7 +33,7 @@ pub use count::{
     BusyAnnotation, Counted, Counts, PodState, UNSCHEDULABLE_WARNING_AFTER, classify, count,
     is_counted, parse_busy_annotation,
 };
-pub use drain::{DRAIN_GRACE, DRAINING_DELETION_COST, PodFates, PodRef, Removal};
+pub use drain::{DRAIN_GRACE, DRAIN_SETTLE, DRAINING_DELETION_COST, PodFates, PodRef, Removal};
 pub use explain::Decision;
 pub use input::{ObservedDeployment, ObservedHsd, ObservedPod, PodPhase, ProbeOutcome};
 pub use protect::{
@@ -593,6 +593,7 @@ fn decide_child(
     decision.old_busy = outside;
     let active = i32::try_from(rs_pods.len()).unwrap_or(i32::MAX);
     let mut victims = Vec::new();
+    let mut draining_now = false;
     if relabel {
         // Pods made before the labels were injected are not the HSD's by label yet: this pass
         // only relabels; the next one, which sees them, decides.
@@ -622,22 +623,47 @@ fn decide_child(
         if desired < active {
             victims = drain::victims(&rs_pods, usize::try_from(active - desired).unwrap_or(0));
         }
-        // Replicas drop to the pods that stay, no further: the pods this pass saw, less those
-        // drained. Pods the ReplicaSet owes beyond them (made after this pass read, or not made
-        // yet) are then its surplus: it removes those itself, unmade or Pending, so before any
-        // work could reach them. Holding replicas for them instead stalled scale-downs for as
-        // long as the controller-manager was slow to make them (after an etcd restart, > 60 s).
-        let victims_count = i32::try_from(victims.len()).unwrap_or(i32::MAX);
+        // Replicas drop to the pods that stay, no further, and only past drained pods the
+        // ReplicaSet has had `DRAIN_SETTLE` to see: this pass's victims are marked now and
+        // dropped by a later pass. A drop in the same pass as the mark let a ReplicaSet whose
+        // pod cache lagged choose among pods that all looked idle, and once (CI, 2026-12-03)
+        // it took one that had just turned busy. Pods the ReplicaSet owes beyond these (made
+        // after this pass read, or not made yet) are its surplus: it removes those itself,
+        // unmade or Pending, so before any work could reach them. Holding replicas for them
+        // instead stalled scale-downs for as long as the controller-manager was slow to make
+        // them (after an etcd restart, > 60 s).
+        let settling = counted
+            .classified
+            .iter()
+            .filter(|(pod, state)| {
+                *state == PodState::Leaving
+                    && !count::is_old(pod, &current_template)
+                    && drain::settling(pod, now)
+            })
+            .count();
+        let settling = i32::try_from(settling).unwrap_or(i32::MAX);
         if desired < current {
-            desired = desired.max(active - victims_count);
+            let floor = (active + settling).min(current);
+            if floor > desired && (settling > 0 || !victims.is_empty()) {
+                decision.held_for_drain = Some(floor);
+            }
+            desired = desired.max(floor);
         }
+        draining_now = settling > 0 || !victims.is_empty();
     }
-    let lowers = desired < current || desired < active || current < active;
+    let lowers = desired < current || desired < active || current < active || draining_now;
     let cost_writes = protect::cost_changes(&counted.classified, !lowers);
     let fates = if relabel {
         PodFates::default()
     } else {
-        drain::fates(&counted.classified, &victims, spec, &current_template, now)
+        drain::fates(
+            &counted.classified,
+            &victims,
+            spec,
+            &current_template,
+            desired < current,
+            now,
+        )
     };
     decision.drained = fates.drained().map(|d| d.pod.clone()).collect();
     if !fates.retire.is_empty() {

@@ -143,7 +143,7 @@ mod tests {
 
         // Seen: the drop goes ahead; an idle pod's high cost stays (no lowering while dropping).
         pods[0].deletion_cost = Some(BUSY_DELETION_COST);
-        let second = plan(&observed(spec(3, 0, None), Some(7), pods.clone()), now());
+        let second = settled_plan(&observed(spec(3, 0, None), Some(7), pods.clone()), now());
         assert_eq!(second.scale, Some((7, 5)));
         assert!(second.cost_writes.is_empty(), "{:?}", second.cost_writes);
 

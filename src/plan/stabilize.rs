@@ -125,7 +125,7 @@ mod tests {
         assert!(!third.status_changed, "nothing new to record: no write");
         // Pass 4, after the window of the last 5: released.
         hsd.status = Some(third.status.clone());
-        let fourth = plan(&hsd, now() + SignedDuration::from_secs(181));
+        let fourth = settled_plan(&hsd, now() + SignedDuration::from_secs(181));
         assert_eq!(fourth.scale, Some((5, 3)));
         // Scale-up is never delayed.
         hsd.status = Some(fourth.status.clone());

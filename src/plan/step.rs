@@ -124,9 +124,15 @@ mod tests {
                     pod.deletion_cost = Some(BUSY_DELETION_COST);
                 }
             }
-            let plan = plan_for(spec(3, 0, None), Some(current), pods);
-            assert_eq!(plan.decision.as_ref().unwrap().replicas, expected, "{name}");
-            let held = plan.decision.as_ref().unwrap().held_to_protect_busy;
+            let hsd = observed(spec(3, 0, None), Some(current), pods);
+            let first = plan(&hsd, now());
+            let dropped = settled_plan(&hsd, now());
+            assert_eq!(
+                dropped.decision.as_ref().unwrap().replicas,
+                expected,
+                "{name}"
+            );
+            let held = first.decision.as_ref().unwrap().held_to_protect_busy;
             assert_eq!(
                 held.is_some(),
                 expected > 4 || name.contains("not-ready busy pod") || name.contains("unscheduled"),
@@ -155,11 +161,13 @@ mod tests {
                 .collect();
             let active = pods.len() as i32;
             let current = active + current_extra;
-            let plan = plan_for(spec(idle_target, 0, None), Some(current), pods.clone());
+            // The pass that drops replicas, after the drain settled: the ReplicaSet ranks the
+            // pods as that pass left them.
+            let (after, plan) = settled(&observed(spec(idle_target, 0, None), Some(current), pods.clone()), now());
             let replicas = plan.decision.as_ref().unwrap().replicas;
             let costs: BTreeMap<String, i32> = costs_of(&plan).into_iter().collect();
             let deletions = (active - replicas).max(0) as usize;
-            for victim in replicaset_victims(&pods, &costs, deletions) {
+            for victim in replicaset_victims(&after.pods, &costs, deletions) {
                 // A Pending pod runs nothing: never busy, whatever its annotation says.
                 let busy = victim.busy_annotation.as_deref() == Some("true") && victim.phase != PodPhase::Pending;
                 prop_assert!(!busy, "busy victim {}", victim.name);

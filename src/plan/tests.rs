@@ -42,10 +42,13 @@ fn two_busy_pods_scale_three_to_five_with_an_event() {
 
 #[test]
 fn scale_down_event_names_the_numbers() {
-    let plan = plan(
-        &observed(spec(3, 0, Some(50)), Some(5), idle_pods(5)),
-        now(),
+    let hsd = observed(spec(3, 0, Some(50)), Some(5), idle_pods(5));
+    let drained = plan(&hsd, now());
+    assert!(
+        !drained.events.iter().any(|e| e.reason == "ScaledDown"),
+        "the pass that drains drops nothing yet"
     );
+    let plan = settled_plan(&hsd, now());
     assert_eq!(plan.scale, Some((5, 3)));
     let event = plan
         .events
@@ -401,7 +404,7 @@ fn explain_says_why() {
 fn another_writer_changing_replicas_is_reverted_with_a_warning() {
     let mut hsd = observed(spec(3, 0, None), Some(7), idle_pods(7));
     hsd.deployment.as_mut().unwrap().applied_replicas = Some(3);
-    let plan = plan(&hsd, now());
+    let plan = settled_plan(&hsd, now());
     assert_eq!(plan.scale, Some((7, 3)));
     let event = plan
         .events
@@ -422,10 +425,42 @@ fn another_writer_changing_replicas_is_reverted_with_a_warning() {
 
 #[test]
 fn replicas_drop_by_the_pods_drained_and_no_further() {
-    // 7 pods seen, 4 drained: replicas drop by exactly those.
-    let seen = plan(&observed(spec(3, 0, None), Some(7), idle_pods(7)), now());
-    assert_eq!(seen.scale, Some((7, 3)));
+    // 7 pods seen, 4 drained: replicas drop by exactly those, once the ReplicaSet has had
+    // DRAIN_SETTLE to see the marks.
+    let hsd = observed(spec(3, 0, None), Some(7), idle_pods(7));
+    let seen = plan(&hsd, now());
+    assert_eq!(seen.scale, None, "the drop waits for the drain to settle");
     assert_eq!(seen.decision.as_ref().unwrap().drained.len(), 4);
+    assert_eq!(seen.decision.as_ref().unwrap().held_for_drain, Some(7));
+    let marked = after_drain(&hsd, &seen, now());
+    // Read back at once (the watch delivers the marks in milliseconds): still held, and the
+    // drained pods are neither drained again nor deleted.
+    let early = plan(&marked, now() + SignedDuration::from_millis(20));
+    assert_eq!(early.scale, None);
+    assert_eq!(early.decision.as_ref().unwrap().held_for_drain, Some(7));
+    assert!(early.fates.is_empty(), "{:?}", early.fates);
+    // Settled: the drop, by exactly the drained pods, which the ReplicaSet deletes (not this
+    // tool, even past the grace: the drop is what removes them).
+    let dropped = plan(&marked, now() + DRAIN_SETTLE);
+    assert_eq!(dropped.scale, Some((7, 3)));
+    assert_eq!(dropped.decision.as_ref().unwrap().held_for_drain, None);
+    let late = plan(&marked, now() + DRAIN_GRACE + SignedDuration::from_secs(1));
+    assert_eq!(late.scale, Some((7, 3)));
+    assert!(late.fates.remove.is_empty(), "{:?}", late.fates.remove);
+    // A pod that turned busy after the drain was planned but before its mark (the mark's
+    // compare-and-swap refused it) is busy in the pass that drops: it keeps its place.
+    let mut refused = marked.clone();
+    let turned = refused.pods.iter_mut().find(|p| p.draining).unwrap();
+    turned.draining = false;
+    turned.draining_since = None;
+    turned.deletion_cost = None;
+    turned.busy_annotation = Some("true".into());
+    let after_refusal = plan(&refused, now() + DRAIN_SETTLE);
+    assert_eq!(
+        after_refusal.decision.as_ref().unwrap().held_for_costs,
+        Some(7),
+        "its cost goes first"
+    );
 
     // Replicas 7, 3 pods seen: the 4 owed are not made or not seen yet; the ReplicaSet drops
     // those itself (unmade or Pending). Nothing seen is drained.
@@ -444,14 +479,16 @@ fn sleepy_spec(min: i32) -> HotStandbyDeploymentSpec {
 fn scale_to_zero_sleeps_below_min_replicas_once_the_deadline_passed_and_nothing_is_busy() {
     let mut hsd = observed(sleepy_spec(1), Some(2), idle_pods(2));
     hsd.sleep_deadline = Some(now() - SignedDuration::from_secs(1));
-    let asleep = plan(&hsd, now());
-    assert!(asleep.sleep.asleep);
-    assert_eq!(asleep.scale, Some((2, 0)), "below minReplicas 1");
+    let draining = plan(&hsd, now());
+    assert!(draining.sleep.asleep);
     assert_eq!(
-        asleep.fates.drain.len(),
+        draining.fates.drain.len(),
         2,
         "the pods go through the drain handshake"
     );
+    let asleep = settled_plan(&hsd, now());
+    assert!(asleep.sleep.asleep);
+    assert_eq!(asleep.scale, Some((2, 0)), "below minReplicas 1");
     assert_eq!(asleep.status.desired_replicas, 0);
     assert_eq!(
         asleep.desired(),

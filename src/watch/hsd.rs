@@ -287,7 +287,7 @@ async fn confirm_scale_down(
     let Ok(spec) = hsd.spec.clone() else {
         return false;
     };
-    let lowers = plan.scale.is_some_and(|(from, to)| to < from);
+    let lowers = plan.scale.is_some_and(|(from, to)| to < from) || !plan.fates.drain.is_empty();
     if !spec.busy_probe.mode.is_probed() || !lowers {
         return false;
     }
@@ -390,6 +390,16 @@ async fn reconcile(
         .is_some_and(|d| d.held_for_costs.is_some())
     {
         return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    // A drop held for drained pods to settle goes on once they have.
+    if plan
+        .decision
+        .as_ref()
+        .is_some_and(|d| d.held_for_drain.is_some())
+    {
+        return Ok(Action::requeue(
+            crate::plan::DRAIN_SETTLE.unsigned_abs() + Duration::from_millis(50),
+        ));
     }
     // Drained pods the ReplicaSet may keep are looked at again once their grace is over.
     let drained_in_replica_set = !plan.fates.drain.is_empty()

@@ -92,6 +92,70 @@ async fn mark_busy_refuses_a_draining_pod_with_its_own_exit_code() {
     assert!(stderr.contains("is terminating"), "{stderr}");
 }
 
+/// A watcher's scale-down marks the pods it chose, and drops replicas only once the
+/// ReplicaSet controller has had `DRAIN_SETTLE` to see the marks in its own pod cache; the
+/// ReplicaSet then deletes exactly the marked pods.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_drops_replicas_only_once_the_drain_has_settled() {
+    ensure_crd();
+    let ns = TestNs::new("settle").await;
+    create_hsd(&ns, &manifest(&ns, 3)).await.unwrap();
+    let (deletions, recorder) = spawn_deletion_recorder(&ns);
+    let watcher = Watcher::start(&ns.name, "settle", &[]);
+    ready(&ns, 3).await;
+    let hsds: Api<DynamicObject> =
+        Api::namespaced_with(ns.client.clone(), &ns.name, &hsd_resource());
+    hsds.patch(
+        "game-ws",
+        &PatchParams::default(),
+        &Patch::Merge(&json!({"spec": {"idleTarget": 1}})),
+    )
+    .await
+    .unwrap();
+    // The marks as written (their value is when the watcher wrote them), and when the drop was
+    // first seen here.
+    let mut marked: std::collections::BTreeMap<String, jiff::Timestamp> = Default::default();
+    let started = Instant::now();
+    let dropped_seen = loop {
+        assert!(
+            started.elapsed() < TIMEOUT,
+            "no drop to 1 replica\n{}",
+            watcher.log()
+        );
+        for pod in ns.live_pods("app=game-ws").await {
+            if let Some(since) = pod.annotations().get(DRAINING_ANNOTATION) {
+                marked
+                    .entry(pod.name_any())
+                    .or_insert_with(|| since.parse().expect("an RFC 3339 mark"));
+            }
+        }
+        if replicas(&ns, "game-ws-workload").await == Some(1) {
+            break jiff::Timestamp::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        marked.len(),
+        2,
+        "two pods marked before the drop: {marked:?}"
+    );
+    let last_mark = marked.values().max().copied().unwrap();
+    assert!(
+        dropped_seen.duration_since(last_mark) >= kubectl_hsd::plan::DRAIN_SETTLE,
+        "replicas dropped {} after the last mark\n{}",
+        dropped_seen.duration_since(last_mark),
+        watcher.log()
+    );
+    ready(&ns, 1).await;
+    let deleted: BTreeSet<String> = deletions.lock().unwrap().keys().cloned().collect();
+    assert_eq!(
+        deleted,
+        marked.keys().cloned().collect::<BTreeSet<_>>(),
+        "the ReplicaSet deleted exactly the marked pods"
+    );
+    recorder.abort();
+}
+
 /// Flips pods busy and idle with the real `mark-busy`/`mark-idle` (separate processes, at
 /// random moments, never waiting for the watcher) while the watcher scales up and down.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -100,6 +100,36 @@ async fn a_namespace_scoped_reconciler_works_with_exactly_its_verbs() {
     );
     assert_eq!(replicas(&ns, "game-ws-workload").await, Some(3));
 
+    // A scale-down drains its pods, waits for the ReplicaSet to see the marks and reads the HSD
+    // again, all within the one pass and with only these verbs.
+    wait_for("3 ready pods", Duration::from_secs(30), || async {
+        let pods: Api<Pod> = ns.api();
+        let listed = pods.list(&Default::default()).await.ok()?;
+        (listed.items.iter().filter(|pod| is_ready(pod)).count() == 3).then_some(())
+    })
+    .await;
+    let patched = crate::common::kubectl(&[
+        "patch",
+        "hotstandbydeployments.apps.paia.tech",
+        "game-ws",
+        "-n",
+        &ns.name,
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"idleTarget":1}}"#,
+    ]);
+    assert!(patched.status.success(), "{patched:?}");
+    let output = run_with(&config, &["reconcile", "-n", &ns.name], &in_pod);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stderr}");
+    assert!(stdout.contains("scaled 3->1"), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("next pass"), "{stderr}");
+    assert_eq!(replicas(&ns, "game-ws-workload").await, Some(1));
+
     // Beyond its namespace it has no rights, and says which one it lacks.
     // A pass that cannot tell whether a watcher leads does nothing (fails closed): run from a
     // laptop without POD_NAMESPACE, it looks for the cluster-wide watcher's Lease in hsd-system,
