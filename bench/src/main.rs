@@ -794,26 +794,47 @@ fn goals(results: &Value) -> Vec<Goal> {
         });
     }
     if let (Some(p99), Some(floor)) = (r["p99_ms"].as_f64(), r["floor_p99_ms"].as_f64()) {
+        // Half the flips are scale-downs, which wait DRAIN_SETTLE (1 s) after the drain by
+        // design (the ReplicaSet's pod cache must see the marks): this p99 is one of those.
         goals.push(Goal {
-            name: "reaction p99 vs floor".into(),
+            name: "reaction p99 vs floor (busy and idle flips)".into(),
             target: "<= 1.3x the floor's p99".into(),
-            value: format!("{:.2}x ({p99:.1} / {floor:.1} ms)", p99 / floor),
+            value: format!(
+                "{:.2}x ({p99:.1} / {floor:.1} ms; scale-downs wait the 1 s drain settle by design)",
+                p99 / floor
+            ),
             met: Some(p99 <= 1.3 * floor),
         });
+        if let (Some(down), Some(floor_down)) =
+            (r["down_p99_ms"].as_f64(), r["floor_down_p99_ms"].as_f64())
+        {
+            goals.push(Goal {
+                name: "idle flip to scale-down, p99".into(),
+                target: "measured (no goal): the 1 s drain settle, then the drop".into(),
+                value: format!(
+                    "{down:.1} ms, of which 1,000 the settle (the floor's bare PATCH: {floor_down:.1} ms)"
+                ),
+                met: None,
+            });
+        }
+    }
+    // Against a cluster with other pods: the scale-ups, where the watcher's machinery is all
+    // of the latency (a scale-down's is mostly the settle, the same with or without them).
+    if let (Some(up), Some(floor_up)) = (r["up_p99_ms"].as_f64(), r["floor_up_p99_ms"].as_f64()) {
         let o = &results["reaction_others"];
-        if let Some(others) = o["p99_ms"].as_f64() {
+        if let Some(others) = o["up_p99_ms"].as_f64() {
             goals.push(Goal {
                 name: format!(
-                    "reaction p99 with {} other pods vs with none",
+                    "busy flip to scale-up p99 with {} other pods vs with none",
                     o["other_pods"]
                 ),
                 target: "<= 1.2x (20,000 other pods)".into(),
                 value: format!(
-                    "{:.2}x ({others:.1} / {p99:.1} ms; the floor's: {:.2}x)",
-                    others / p99,
-                    f(&o["floor_p99_ms"]) / floor
+                    "{:.2}x ({others:.1} / {up:.1} ms; the floor's: {:.2}x)",
+                    others / up,
+                    f(&o["floor_up_p99_ms"]) / floor_up
                 ),
-                met: Some(others <= 1.2 * p99),
+                met: Some(others <= 1.2 * up),
             });
         }
     }
@@ -878,14 +899,18 @@ fn goals(results: &Value) -> Vec<Goal> {
     if let (Some(replicas), Some(rss), Some(p99)) = (
         pair["replicas"].as_array(),
         single["watcher_rss_mb"].as_f64(),
-        single["p99_ms"].as_f64(),
+        single["up_p99_ms"].as_f64(),
     ) {
         let at = format!(
             " ({} pods on 2 replicas vs {} on one)",
             pair["pods"], single["pods"]
         );
         let worst_rss = replicas.iter().map(|r| f(&r["rss_mb"])).fold(0.0, f64::max);
-        let worst_p99 = replicas.iter().map(|r| f(&r["p99_ms"])).fold(0.0, f64::max);
+        // Scale-ups: a scale-down's latency is mostly the drain settle, the same everywhere.
+        let worst_p99 = replicas
+            .iter()
+            .map(|r| f(&r["up_p99_ms"]))
+            .fold(0.0, f64::max);
         goals.push(Goal {
             name: format!("2 shards: each replica's RSS{at}"),
             target: "as with one shard: <= 1.1x the one watcher's".into(),
@@ -900,17 +925,17 @@ fn goals(results: &Value) -> Vec<Goal> {
             met: Some(worst_rss <= 1.1 * rss),
         });
         goals.push(Goal {
-            name: format!("2 shards: each replica's reaction p99{at}"),
+            name: format!("2 shards: each replica's scale-up reaction p99{at}"),
             target: "as with one shard: <= 1.2x the one watcher's".into(),
             value: format!(
                 "{} ms vs {p99:.1} ms (floors {:.1} and {:.1} ms)",
                 replicas
                     .iter()
-                    .map(|r| format!("{:.1}", f(&r["p99_ms"])))
+                    .map(|r| format!("{:.1}", f(&r["up_p99_ms"])))
                     .collect::<Vec<_>>()
                     .join(" and "),
-                f(&pair["floor_p99_ms"]),
-                f(&single["floor_p99_ms"])
+                f(&pair["floor_up_p99_ms"]),
+                f(&single["floor_up_p99_ms"])
             ),
             met: Some(worst_p99 <= 1.2 * p99),
         });

@@ -153,6 +153,7 @@ pub async fn measure(
         "up_p50_ms": p(&samples.up, 50.0),
         "up_p99_ms": p(&samples.up, 99.0),
         "down_p50_ms": p(&samples.down, 50.0),
+        "down_p99_ms": p(&samples.down, 99.0),
         "timeouts": samples.timeouts,
         "floor_samples": floor_samples.all.len(),
         "floor_p50_ms": p(&floor_samples.all, 50.0),
@@ -161,6 +162,7 @@ pub async fn measure(
         "floor_up_p50_ms": p(&floor_samples.up, 50.0),
         "floor_up_p99_ms": p(&floor_samples.up, 99.0),
         "floor_down_p50_ms": p(&floor_samples.down, 50.0),
+        "floor_down_p99_ms": p(&floor_samples.down, 99.0),
         "floor_timeouts": floor_samples.timeouts,
         "pod_watch_p50_ms": p(&samples.pod_watch, 50.0),
         "pod_watch_p99_ms": p(&samples.pod_watch, 99.0),
@@ -193,6 +195,15 @@ pub async fn measure(
                 .filter(|(_, h)| Pair::shard_of(&bench.layout, **h) == *shard)
                 .map(|(ms, _)| *ms)
                 .collect();
+            // The scale-ups alone: a scale-down waits the drain's settle (1 s) by design.
+            let mine_up: Vec<f64> = samples
+                .all
+                .iter()
+                .zip(&samples.hsd)
+                .zip(&samples.busy)
+                .filter(|((_, h), busy)| **busy && Pair::shard_of(&bench.layout, **h) == *shard)
+                .map(|((ms, _), _)| *ms)
+                .collect();
             let (rss, hwm) = memory.get(identity).copied().unwrap_or_default();
             replicas.push(json!({
                 "identity": identity,
@@ -200,6 +211,7 @@ pub async fn measure(
                 "samples": mine.len(),
                 "p50_ms": p(&mine, 50.0),
                 "p99_ms": p(&mine, 99.0),
+                "up_p99_ms": p(&mine_up, 99.0),
                 "rss_mb": round(rss as f64 / 1024.0, 1),
                 "hwm_mb": round(hwm as f64 / 1024.0, 1),
             }));
@@ -227,6 +239,8 @@ pub struct Samples {
     pub pod_watch: Vec<f64>,
     /// The HSD (index in the layout) of each of `all`.
     pub hsd: Vec<usize>,
+    /// Whether each of `all` was a busy flip (replicas up).
+    pub busy: Vec<bool>,
     pub timeouts: usize,
 }
 
@@ -237,6 +251,7 @@ impl Samples {
         self.down.extend(other.down);
         self.pod_watch.extend(other.pod_watch);
         self.hsd.extend(other.hsd);
+        self.busy.extend(other.busy);
         self.timeouts += other.timeouts;
     }
 }
@@ -289,6 +304,7 @@ async fn flip_series(
                 let ms = seen.saturating_duration_since(acknowledged).as_secs_f64() * 1000.0;
                 samples.all.push(ms);
                 samples.hsd.push(h);
+                samples.busy.push(busy);
                 if let Some(pod_seen) = tracker.busy_seen(&namespace, &pod, busy) {
                     samples.pod_watch.push(
                         pod_seen

@@ -64,6 +64,7 @@ fn reaction_rows(r: &Value, label: &str) -> Vec<Vec<String>> {
             "up_p50_ms",
             "up_p99_ms",
             "down_p50_ms",
+            "down_p99_ms",
             "pod_watch_p50_ms",
             "pod_watch_p99_ms",
         ] {
@@ -76,7 +77,7 @@ fn reaction_rows(r: &Value, label: &str) -> Vec<Vec<String>> {
         fmt(&r["ratio_p50"]),
         fmt(&r["ratio_p99"]),
     ];
-    ratio.extend(std::iter::repeat_n(String::new(), 6));
+    ratio.extend(std::iter::repeat_n(String::new(), 7));
     vec![
         row("kubectl-hsd --watch", ""),
         row("floor", "floor_"),
@@ -148,6 +149,7 @@ fn tables(results: &Value, goals: &[Goal]) -> Vec<Table3> {
         "busy p50",
         "busy p99",
         "idle p50",
+        "idle p99",
         "pod watch p50",
         "pod watch p99",
     ]);
