@@ -702,3 +702,53 @@ pub async fn execute_hsj_plan(
         other => other,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::fixtures::*;
+
+    #[test]
+    fn a_scale_down_and_its_follow_up_read_as_one() {
+        // The pass that drains: 5 idle pods, target 3, replicas held at 5.
+        let hsd = observed(spec(3, 0, None), Some(5), idle_pods(5));
+        let drained = plan::plan(&hsd, now());
+        assert_eq!(drained.scale, None);
+        let (_, dropped) = settled(&hsd, now());
+        assert_eq!(dropped.scale, Some((5, 3)));
+        let outcome = |plan: Plan, written: Written| HsdOutcome {
+            namespace: "default".into(),
+            name: "game-ws".into(),
+            plan,
+            result: Ok(written),
+        };
+        let first = outcome(
+            drained.clone(),
+            Written {
+                drained: drained.decision.as_ref().unwrap().drained.clone(),
+                events: 1,
+                ..Written::default()
+            },
+        );
+        assert_eq!(
+            first.action(),
+            "drained 2",
+            "a pass that only drained says so"
+        );
+        let second = outcome(
+            dropped,
+            Written {
+                deployment: true,
+                events: 1,
+                ..Written::default()
+            },
+        );
+        let whole = first.followed_by(second);
+        assert_eq!(whole.action(), "scaled 5->3");
+        let decision = whole.plan.decision.as_ref().unwrap();
+        assert_eq!(decision.drained, drained.decision.unwrap().drained);
+        let written = whole.result.unwrap();
+        assert_eq!((written.drained.len(), written.events), (2, 2));
+        assert!(written.deployment);
+    }
+}
