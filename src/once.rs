@@ -453,27 +453,17 @@ async fn settle_drains(
     options: &PassOptions,
     deadline: tokio::time::Instant,
 ) -> HsdOutcome {
+    let api: kube::Api<kube::api::DynamicObject> =
+        kube::Api::namespaced_with(client.clone(), &outcome.namespace, &observe::hsd_resource());
     for _ in 0..SETTLE_ROUNDS {
-        let held = outcome
-            .plan
-            .decision
-            .as_ref()
-            .is_some_and(|decision| decision.held_for_drain.is_some());
-        if options.dry_run || outcome.result.is_err() || !held {
+        let Some(settled) = outcome.plan.drop_held_for() else {
             break;
-        }
-        let wake = tokio::time::Instant::now()
-            + plan::DRAIN_SETTLE.unsigned_abs()
-            + Duration::from_millis(50);
-        if wake >= deadline {
+        };
+        let wake = tokio::time::Instant::now() + settled;
+        if options.dry_run || outcome.result.is_err() || wake >= deadline {
             break;
         }
         tokio::time::sleep_until(wake).await;
-        let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(
-            client.clone(),
-            &outcome.namespace,
-            &observe::hsd_resource(),
-        );
         let (namespace, name) = (outcome.namespace.clone(), outcome.name.clone());
         let fresh = async {
             // A list by name: the one-shot pass's role may list HSDs, not get them.

@@ -137,6 +137,15 @@ impl Plan {
         self.recommendation
             .map(|r| if self.sleep.asleep { 0 } else { r.replicas })
     }
+
+    /// When to look at the HSD again for a drop held by its drain: once the drained pods'
+    /// marks are `DRAIN_SETTLE` old (every mark is at most as old as this plan).
+    pub fn drop_held_for(&self) -> Option<std::time::Duration> {
+        self.decision
+            .as_ref()
+            .and_then(|d| d.held_for_drain)
+            .map(|_| DRAIN_SETTLE.unsigned_abs() + std::time::Duration::from_millis(50))
+    }
 }
 
 /// Plans one HSD: count, target, stabilize, then protect and step for the child Deployment.

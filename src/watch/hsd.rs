@@ -275,8 +275,8 @@ async fn observe_hsd(
     Ok((hsd, pods))
 }
 
-/// In http and exec mode a scale-down needs a fresh idle answer from every pod it may remove:
-/// probe them again now, then observe again.
+/// In http and exec mode a scale-down (a drop or a drain) needs a fresh idle answer from every
+/// pod it may remove: probe them again now, then observe again.
 async fn confirm_scale_down(
     hsd: &mut ObservedHsd,
     pods: &[Arc<LeanPod>],
@@ -287,8 +287,9 @@ async fn confirm_scale_down(
     let Ok(spec) = hsd.spec.clone() else {
         return false;
     };
-    let lowers = plan.scale.is_some_and(|(from, to)| to < from) || !plan.fates.drain.is_empty();
-    if !spec.busy_probe.mode.is_probed() || !lowers {
+    let scales_down =
+        plan.scale.is_some_and(|(from, to)| to < from) || !plan.fates.drain.is_empty();
+    if !spec.busy_probe.mode.is_probed() || !scales_down {
         return false;
     }
     let removable: std::collections::HashSet<&str> = plan
@@ -392,14 +393,8 @@ async fn reconcile(
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     // A drop held for drained pods to settle goes on once they have.
-    if plan
-        .decision
-        .as_ref()
-        .is_some_and(|d| d.held_for_drain.is_some())
-    {
-        return Ok(Action::requeue(
-            crate::plan::DRAIN_SETTLE.unsigned_abs() + Duration::from_millis(50),
-        ));
+    if let Some(settled) = plan.drop_held_for() {
+        return Ok(Action::requeue(settled));
     }
     // Drained pods the ReplicaSet may keep are looked at again once their grace is over.
     let drained_in_replica_set = !plan.fates.drain.is_empty()
