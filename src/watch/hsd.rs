@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::cache::{Cache, DeploymentFiler, HsdNames, PodFiler, SharedIndex, SyncGate};
 use super::cached::CachedHsd;
+use super::pace::{self, StatusWrite};
 use super::probes::{self, Probes};
 use super::{
     SHUTDOWN_GRACE, Shard, UNSYNCED_RETRY, WatchOptions, backoff_delay, cache_is_behind,
@@ -33,6 +34,11 @@ use crate::plan::{ObservedDeployment, ObservedHsd, PodState};
 struct OwnWrite {
     deployment: Option<(String, ObservedDeployment)>,
     status: Option<(String, crate::api::hsd::HotStandbyDeploymentStatus)>,
+    /// A status planned and held back (see [`pace`]): this watcher's passes read it, as if
+    /// written, until it is.
+    held_status: Option<crate::api::hsd::HotStandbyDeploymentStatus>,
+    /// When this watcher last wrote the status.
+    status_written_at: Option<Instant>,
 }
 
 struct Context {
@@ -271,6 +277,9 @@ async fn observe_hsd(
         {
             hsd.status = Some(status);
         }
+        if let Some(held) = own.held_status {
+            hsd.status = Some(held);
+        }
     }
     Ok((hsd, pods))
 }
@@ -339,6 +348,17 @@ async fn reconcile(
     if confirm_scale_down(&mut hsd, &pods, &object, &plan, &context).await {
         plan = crate::plan::plan(&hsd, jiff::Timestamp::now());
     }
+    let status_write = {
+        let own_writes = context.own_writes.lock().expect("own writes lock");
+        let own = own_writes.get(&key);
+        pace::status_write(
+            plan.status_changed,
+            own.is_some_and(|own| own.held_status.is_some()),
+            own.and_then(|own| own.status_written_at),
+            Instant::now(),
+        )
+    };
+    plan.status_changed = status_write == StatusWrite::Now;
     if let Some(delay) = test_write_delay()
         && plan.deployment != crate::plan::DeploymentAction::Keep
     {
@@ -357,7 +377,7 @@ async fn reconcile(
             own_costs.insert(uid.clone(), (version.clone(), *cost));
         }
     }
-    if written.deployment || written.status {
+    if written.deployment || written.status || matches!(status_write, StatusWrite::Later(_)) {
         let mut own_writes = context.own_writes.lock().expect("own writes lock");
         let entry = own_writes.entry(key).or_default();
         if let (
@@ -383,18 +403,33 @@ async fn reconcile(
         if let Some(version) = written.status_version {
             entry.status = Some((version, plan.status.clone()));
         }
+        if written.status {
+            entry.held_status = None;
+            entry.status_written_at = Some(Instant::now());
+        } else if matches!(status_write, StatusWrite::Later(_)) {
+            entry.held_status = Some(plan.status.clone());
+        }
     }
+    let next = next_look(&plan, &hsd, &context);
+    Ok(Action::requeue(match status_write {
+        StatusWrite::Later(after) => next.min(after),
+        StatusWrite::Now | StatusWrite::Skip => next,
+    }))
+}
+
+/// When to look at an HSD again, without a change to trigger it.
+fn next_look(plan: &crate::plan::Plan, hsd: &ObservedHsd, context: &Context) -> Duration {
     // A scale-down held for its costs to be seen goes on as soon as they are: soon.
     if plan
         .decision
         .as_ref()
         .is_some_and(|d| d.held_for_costs.is_some())
     {
-        return Ok(Action::requeue(Duration::from_secs(1)));
+        return Duration::from_secs(1);
     }
     // A drop held for drained pods to settle goes on once they have.
     if let Some(settled) = plan.drop_held_for() {
-        return Ok(Action::requeue(settled));
+        return settled;
     }
     // Drained pods the ReplicaSet may keep are looked at again once their grace is over.
     let drained_in_replica_set = !plan.fates.drain.is_empty()
@@ -403,17 +438,15 @@ async fn reconcile(
             .iter()
             .any(|pod| pod.draining && !pod.detached && !pod.terminating);
     if drained_in_replica_set {
-        return Ok(Action::requeue(
-            crate::plan::DRAIN_GRACE.unsigned_abs() + Duration::from_millis(100),
-        ));
+        return crate::plan::DRAIN_GRACE.unsigned_abs() + Duration::from_millis(100);
     }
     // An HSD that may fall asleep is looked at again when its deadline passes.
     if let Some(at) = plan.sleep.sleeps_at {
         let left = at.duration_since(jiff::Timestamp::now());
         let left = Duration::try_from(left).unwrap_or(Duration::ZERO) + Duration::from_millis(100);
-        return Ok(Action::requeue(left.min(context.resync)));
+        return left.min(context.resync);
     }
-    Ok(Action::requeue(context.resync))
+    context.resync
 }
 
 /// Tests only: `HSD_TEST_WRITE_DELAY_MS` holds each Deployment write of a reconcile that long

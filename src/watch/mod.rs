@@ -11,6 +11,7 @@ mod cached;
 mod hsd;
 mod hsj;
 mod lease;
+mod pace;
 mod probes;
 mod services;
 pub mod shards;

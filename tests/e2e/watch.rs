@@ -258,3 +258,96 @@ async fn a_burst_of_pod_changes_coalesces_into_few_writes() {
         "6 flips in a burst should coalesce, got {scaled} scale writes"
     );
 }
+
+/// A watcher writes an HSD's status at most once a second (src/watch/pace.rs): the changes of a
+/// burst of flips are folded into a write at the interval's end, and the last one lands with
+/// nothing further to trigger it.
+#[tokio::test]
+async fn status_writes_keep_their_interval_and_the_last_one_lands() {
+    use futures::StreamExt;
+    use kube::api::{DynamicObject, WatchEvent, WatchParams};
+    ensure_crd();
+    let ns = TestNs::new("watch-pace").await;
+    let mut manifest = example("hsd-annotation.yaml");
+    manifest["metadata"]["namespace"] = json!(ns.name);
+    manifest["spec"]["idleTarget"] = json!(6);
+    create_hsd(&ns, &manifest).await.unwrap();
+    let watcher = Watcher::start(&ns.name, "pace", &[]);
+    let pods = ready_pods(&ns, "app=game-ws", 6).await;
+    wait_for(
+        "the status to show 6 idle",
+        Duration::from_secs(10),
+        || async { (hsd_status(&ns, "game-ws").await["idleCount"] == 6).then_some(()) },
+    )
+    .await;
+    let hsds: Api<DynamicObject> = Api::namespaced_with(
+        ns.client.clone(),
+        &ns.name,
+        &kubectl_hsd::observe::hsd_resource(),
+    );
+    let version = hsds
+        .get("game-ws")
+        .await
+        .unwrap()
+        .resource_version()
+        .unwrap();
+    let mut stream = hsds
+        .watch(
+            &WatchParams::default().fields("metadata.name=game-ws"),
+            &version,
+        )
+        .await
+        .unwrap()
+        .boxed();
+    let writes = std::sync::Arc::new(std::sync::Mutex::new(
+        Vec::<(Instant, serde_json::Value)>::new(),
+    ));
+    let recorder = {
+        let writes = writes.clone();
+        tokio::spawn(async move {
+            let mut last = serde_json::Value::Null;
+            while let Some(Ok(event)) = stream.next().await {
+                if let WatchEvent::Modified(hsd) = event {
+                    let status = hsd.data["status"].clone();
+                    if status != last {
+                        writes
+                            .lock()
+                            .unwrap()
+                            .push((Instant::now(), status.clone()));
+                        last = status;
+                    }
+                }
+            }
+        })
+    };
+    for pod in &pods {
+        annotate(&ns, &pod.name_any(), "paia.tech/busy", "true").await;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    wait_for(
+        "the status to show 6 busy and 6 idle",
+        Duration::from_secs(20),
+        || async {
+            let status = hsd_status(&ns, "game-ws").await;
+            (status["busyCount"] == 6 && status["idleCount"] == 6).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    recorder.abort();
+    let writes = writes.lock().unwrap().clone();
+    let gaps: Vec<Duration> = writes.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    eprintln!("{} status writes, gaps {gaps:?}", writes.len());
+    // The watcher reacted to the burst, with more than one write: the flips and the new pods'
+    // starts take about two seconds.
+    assert!(writes.len() >= 2, "{writes:?}\n{}", watcher.log());
+    // One second apart, less what the watch delivery may shift (the burst's unpaced writes
+    // would be about 150 ms apart).
+    for gap in &gaps {
+        assert!(
+            *gap >= Duration::from_millis(600),
+            "status writes {gap:?} apart: {gaps:?}"
+        );
+    }
+    assert_eq!(writes.last().unwrap().1["busyCount"], 6);
+}
