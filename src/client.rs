@@ -49,6 +49,14 @@ pub fn set_process_defaults(defaults: ProcessDefaults) {
     let _ = PROCESS_DEFAULTS.set(defaults);
 }
 
+/// The field manager the product's writes go out under: `--field-manager`, or
+/// [`crate::execute::FIELD_MANAGER`].
+pub fn product_field_manager() -> String {
+    process_defaults()
+        .field_manager
+        .unwrap_or_else(|| crate::execute::FIELD_MANAGER.to_string())
+}
+
 fn process_defaults() -> ProcessDefaults {
     PROCESS_DEFAULTS.get().cloned().unwrap_or_default()
 }

@@ -33,7 +33,10 @@ use crate::plan::{self, ObservedDeployment, ObservedHsd, ObservedPod, PodPhase};
 
 /// The annotation on the child Deployment that holds the applied template's hash.
 pub const TEMPLATE_HASH_ANNOTATION: &str = "paia.tech/template-hash";
-/// The annotation on the child Deployment that holds the replicas this tool last applied.
+/// The annotation on the child Deployment that held the replicas this tool last applied, before
+/// `metadata.managedFields` told another writer's change (see [`replicas_writer`]). The
+/// Deployment controller copies a Deployment's annotations to its ReplicaSet, so a changing one
+/// cost a ReplicaSet update per scale. A replicas write removes it from children that have it.
 pub const APPLIED_REPLICAS_ANNOTATION: &str = "paia.tech/applied-replicas";
 /// The annotation on a child Deployment that this tool paused to relabel it without a rollout:
 /// a pass that finds it finishes the relabel and unpauses it.
@@ -392,14 +395,43 @@ pub fn deployment_facts(deployment: &LeanDeployment, hsd_uid: &str) -> ObservedD
             .annotations()
             .get(TEMPLATE_HASH_ANNOTATION)
             .cloned(),
-        applied_replicas: deployment
-            .annotations()
-            .get(APPLIED_REPLICAS_ANNOTATION)
-            .and_then(|v| v.parse().ok()),
+        replicas_writer: replicas_writer(&deployment.metadata),
         relabelling: deployment
             .annotations()
             .contains_key(RELABELLING_ANNOTATION),
     }
+}
+
+/// The field manager that set a Deployment's `spec.replicas`, when it is not this tool: the API
+/// server records in `metadata.managedFields` which manager owns each field, and a write that
+/// changes a field moves it to its writer. `None` when this tool owns it (alone or shared, as
+/// when another applier set the same value) or no entry says.
+pub fn replicas_writer(meta: &kube::api::ObjectMeta) -> Option<String> {
+    let ours = crate::client::product_field_manager();
+    let owners: Vec<&str> = meta
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|entry| owns_replicas(entry))
+        .map(|entry| entry.manager.as_deref().unwrap_or("(unnamed)"))
+        .collect();
+    if owners.is_empty() || owners.contains(&ours.as_str()) {
+        return None;
+    }
+    Some(owners.join(", "))
+}
+
+/// Whether a managed-fields entry owns `spec.replicas`.
+pub fn owns_replicas(
+    entry: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry,
+) -> bool {
+    entry.fields_v1.as_ref().is_some_and(|fields| {
+        fields
+            .0
+            .get("f:spec")
+            .and_then(|spec| spec.get("f:replicas"))
+            .is_some()
+    })
 }
 
 /// The plan's view of one pod for an HSD whose busy annotation is `annotation_key`.

@@ -109,7 +109,7 @@ pub fn observed(
             owned: true,
             replicas: Some(replicas),
             template_hash: Some(hash),
-            applied_replicas: Some(replicas),
+            replicas_writer: None,
             relabelling: false,
         }),
         pods,
@@ -191,7 +191,7 @@ pub fn after_drain(hsd: &ObservedHsd, plan: &Plan, planned_at: Timestamp) -> Obs
     }
     if let (Some((_, to)), Some(deployment)) = (plan.scale, next.deployment.as_mut()) {
         deployment.replicas = Some(to);
-        deployment.applied_replicas = Some(to);
+        deployment.replicas_writer = None;
     }
     next.status = Some(plan.status.clone());
     next

@@ -39,8 +39,9 @@ pub struct ObservedDeployment {
     pub replicas: Option<i32>,
     /// The hash of the selector and template this tool last applied (an annotation).
     pub template_hash: Option<String>,
-    /// The replicas this tool last applied (an annotation), to tell another writer's change.
-    pub applied_replicas: Option<i32>,
+    /// The field manager that set `spec.replicas`, when it is not this tool (from
+    /// `metadata.managedFields`).
+    pub replicas_writer: Option<String>,
     /// A relabel without a rollout was started and not finished (the child is paused).
     pub relabelling: bool,
 }

@@ -705,14 +705,11 @@ fn decide_child(
     let mut scale = None;
     if current != desired {
         scale = Some((current, desired));
-        if let Some(applied) = deployment
-            .applied_replicas
-            .filter(|applied| *applied != current)
-        {
+        if let Some(writer) = &deployment.replicas_writer {
             events.push(warning(
                 "ReplicasOverridden",
                 format!(
-                    "spec.replicas of {}-workload was set to {current} by another writer (this tool set {applied}); setting it to {desired}. Scale the HotStandbyDeployment's bounds instead",
+                    "spec.replicas of {}-workload was set to {current} by another writer (field manager {writer}); setting it to {desired}. Scale the HotStandbyDeployment's bounds instead",
                     observed.name
                 ),
             ));

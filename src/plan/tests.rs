@@ -403,7 +403,7 @@ fn explain_says_why() {
 #[test]
 fn another_writer_changing_replicas_is_reverted_with_a_warning() {
     let mut hsd = observed(spec(3, 0, None), Some(7), idle_pods(7));
-    hsd.deployment.as_mut().unwrap().applied_replicas = Some(3);
+    hsd.deployment.as_mut().unwrap().replicas_writer = Some("kubectl-scale".into());
     let plan = settled_plan(&hsd, now());
     assert_eq!(plan.scale, Some((7, 3)));
     let event = plan
@@ -414,7 +414,7 @@ fn another_writer_changing_replicas_is_reverted_with_a_warning() {
     assert!(
         event
             .note
-            .contains("set to 7 by another writer (this tool set 3)"),
+            .contains("set to 7 by another writer (field manager kubectl-scale); setting it to 3"),
         "{}",
         event.note
     );

@@ -21,7 +21,7 @@ use super::pace::{self, StatusWrite};
 use super::probes::{self, Probes};
 use super::{
     SHUTDOWN_GRACE, Shard, UNSYNCED_RETRY, WatchOptions, backoff_delay, cache_is_behind,
-    lean_hsd_pod, receiver_stream, scoped, strip_meta, watch_backoff,
+    lean_deployment_meta, lean_hsd_pod, receiver_stream, scoped, watch_backoff,
 };
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -99,7 +99,7 @@ pub(super) async fn run(
         owned,
     )
     .backoff(watch_backoff())
-    .modify(|d: &mut LeanDeployment| strip_meta(&mut d.metadata))
+    .modify(|d: &mut LeanDeployment| lean_deployment_meta(&mut d.metadata))
     .inspect_ok(move |event| {
         deployment_filer.apply(event);
         deployment_gate.observe(Cache::Deployments, event);
@@ -395,7 +395,7 @@ async fn reconcile(
                     owned: true,
                     replicas: Some(written.applied_replicas.unwrap_or(*replicas)),
                     template_hash: Some(template_hash.clone()),
-                    applied_replicas: Some(written.applied_replicas.unwrap_or(*replicas)),
+                    replicas_writer: None,
                     relabelling: false,
                 },
             ));

@@ -41,6 +41,26 @@ async fn a_busy_pod_scales_the_deployment_without_any_command() {
         "reacted in {:?} (generous bound 5 s; speed is measured by hack/bench.sh)",
         started.elapsed()
     );
+    // The count is not kept in an annotation: the Deployment controller would copy it to the
+    // ReplicaSet, one more ReplicaSet update per scale.
+    let child: k8s_openapi::api::apps::v1::Deployment =
+        ns.api().get("game-ws-workload").await.unwrap();
+    let sets: Api<k8s_openapi::api::apps::v1::ReplicaSet> = ns.api();
+    let set_annotations: Vec<_> = sets
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|set| set.annotations().clone())
+        .collect();
+    assert_eq!(set_annotations.len(), 1);
+    for annotations in set_annotations.iter().chain([child.annotations()]) {
+        assert!(
+            !annotations.contains_key(kubectl_hsd::observe::APPLIED_REPLICAS_ANNOTATION),
+            "{annotations:?}"
+        );
+    }
 
     // /metrics matches the status once the status has settled.
     ready_pods(&ns, "app=game-ws", 4).await;

@@ -293,7 +293,10 @@ async fn another_writer_changing_replicas_is_reverted_with_an_event() {
     })
     .await;
     assert_eq!(type_, "Warning");
-    assert!(message.contains("set to 7 by another writer"), "{message}");
+    assert!(
+        message.contains("set to 7 by another writer (field manager someone-else)"),
+        "{message}"
+    );
     assert_alive(&mut watcher);
 }
 
