@@ -456,7 +456,7 @@ async fn settle_drains(
     let api: kube::Api<kube::api::DynamicObject> =
         kube::Api::namespaced_with(client.clone(), &outcome.namespace, &observe::hsd_resource());
     for _ in 0..SETTLE_ROUNDS {
-        let Some(settled) = outcome.plan.drop_held_for() else {
+        let Some(settled) = outcome.plan.drop_held_for(jiff::Timestamp::now()) else {
             break;
         };
         let wake = tokio::time::Instant::now() + settled;

@@ -50,6 +50,8 @@ pub struct Decision {
     /// Held at the pods that stay plus the drained ones: pods drained this pass (or less than
     /// `DRAIN_SETTLE` ago) go when the ReplicaSet has had time to see their marks.
     pub held_for_drain: Option<i32>,
+    /// While the drop is held for its drain: when the youngest mark is `DRAIN_SETTLE` old.
+    pub drain_settles_at: Option<jiff::Timestamp>,
     /// Held at the current count: the pods belong to more than one ReplicaSet (a rollout).
     pub held_for_rollout: Option<i32>,
     /// Held at the current count: some probes did not run before the probe deadline.

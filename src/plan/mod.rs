@@ -138,13 +138,20 @@ impl Plan {
             .map(|r| if self.sleep.asleep { 0 } else { r.replicas })
     }
 
-    /// When to look at the HSD again for a drop held by its drain: once the drained pods'
-    /// marks are `DRAIN_SETTLE` old (every mark is at most as old as this plan).
-    pub fn drop_held_for(&self) -> Option<std::time::Duration> {
-        self.decision
-            .as_ref()
-            .and_then(|d| d.held_for_drain)
-            .map(|_| DRAIN_SETTLE.unsigned_abs() + std::time::Duration::from_millis(50))
+    /// When to look at the HSD again for a drop held by its drain: once the youngest drained
+    /// pod's mark is `DRAIN_SETTLE` old, and never later than a settle from `now` (a pass in
+    /// between, for another change, must not restart the wait; a mark ahead of this clock is
+    /// looked at again after one settle).
+    pub fn drop_held_for(&self, now: Timestamp) -> Option<std::time::Duration> {
+        let decision = self.decision.as_ref()?;
+        decision.held_for_drain?;
+        let settle = DRAIN_SETTLE.unsigned_abs();
+        let left = decision.drain_settles_at.map_or(settle, |at| {
+            std::time::Duration::try_from(at.duration_since(now))
+                .unwrap_or(std::time::Duration::ZERO)
+                .min(settle)
+        });
+        Some(left + std::time::Duration::from_millis(50))
     }
 }
 
@@ -641,7 +648,7 @@ fn decide_child(
         // unmade or Pending, so before any work could reach them. Holding replicas for them
         // instead stalled scale-downs for as long as the controller-manager was slow to make
         // them (after an etcd restart, > 60 s).
-        let settling = counted
+        let settling_marks: Vec<Option<Timestamp>> = counted
             .classified
             .iter()
             .filter(|(pod, state)| {
@@ -649,12 +656,20 @@ fn decide_child(
                     && !count::is_old(pod, &current_template)
                     && drain::settling(pod, now)
             })
-            .count();
-        let settling = i32::try_from(settling).unwrap_or(i32::MAX);
+            .map(|(pod, _)| pod.draining_since)
+            .collect();
+        let settling = i32::try_from(settling_marks.len()).unwrap_or(i32::MAX);
         if desired < current {
             let floor = (active + settling).min(current);
             if floor > desired && (settling > 0 || !victims.is_empty()) {
                 decision.held_for_drain = Some(floor);
+                // This pass's victims are marked now: theirs are the youngest marks.
+                let youngest = if victims.is_empty() {
+                    settling_marks.into_iter().flatten().max()
+                } else {
+                    Some(now)
+                };
+                decision.drain_settles_at = youngest.map(|at| at + DRAIN_SETTLE);
             }
             desired = desired.max(floor);
         }

@@ -439,6 +439,21 @@ fn replicas_drop_by_the_pods_drained_and_no_further() {
     assert_eq!(early.scale, None);
     assert_eq!(early.decision.as_ref().unwrap().held_for_drain, Some(7));
     assert!(early.fates.is_empty(), "{:?}", early.fates);
+    // The wait: a settle from the marks, not from each pass that looks in between.
+    let settle = DRAIN_SETTLE.unsigned_abs();
+    let margin = std::time::Duration::from_millis(50);
+    assert_eq!(seen.drop_held_for(now()), Some(settle + margin));
+    let between = now() + SignedDuration::from_millis(600);
+    assert_eq!(
+        plan(&marked, between).drop_held_for(between),
+        Some(settle - std::time::Duration::from_millis(600) + margin)
+    );
+    let ahead = now() - SignedDuration::from_secs(5);
+    assert_eq!(
+        early.drop_held_for(ahead),
+        Some(settle + margin),
+        "never more than a settle"
+    );
     // Settled: the drop, by exactly the drained pods, which the ReplicaSet deletes (not this
     // tool, even past the grace: the drop is what removes them).
     let dropped = plan(&marked, now() + DRAIN_SETTLE);

@@ -428,7 +428,7 @@ fn next_look(plan: &crate::plan::Plan, hsd: &ObservedHsd, context: &Context) -> 
         return Duration::from_secs(1);
     }
     // A drop held for drained pods to settle goes on once they have.
-    if let Some(settled) = plan.drop_held_for() {
+    if let Some(settled) = plan.drop_held_for(jiff::Timestamp::now()) {
         return settled;
     }
     // Drained pods the ReplicaSet may keep are looked at again once their grace is over.
