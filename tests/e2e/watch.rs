@@ -11,8 +11,13 @@ use crate::common::{TestNs, Watcher, ensure_crd, http_get, wait_for};
 use crate::core::{annotate, create_hsd, example, hsd_status, ready_pods, replicas};
 
 async fn annotation_hsd(ns: &TestNs) {
+    annotation_hsd_with_idle_target(ns, 3).await;
+}
+
+async fn annotation_hsd_with_idle_target(ns: &TestNs, idle_target: i32) {
     let mut manifest = example("hsd-annotation.yaml");
     manifest["metadata"]["namespace"] = json!(ns.name);
+    manifest["spec"]["idleTarget"] = json!(idle_target);
     create_hsd(ns, &manifest).await.unwrap();
 }
 
@@ -244,10 +249,7 @@ async fn sigterm_exits_zero_and_releases_the_lease() {
 async fn a_burst_of_pod_changes_coalesces_into_few_writes() {
     ensure_crd();
     let ns = TestNs::new("watch-burst").await;
-    let mut manifest = example("hsd-annotation.yaml");
-    manifest["metadata"]["namespace"] = json!(ns.name);
-    manifest["spec"]["idleTarget"] = json!(6);
-    create_hsd(&ns, &manifest).await.unwrap();
+    annotation_hsd_with_idle_target(&ns, 6).await;
     let _watcher = Watcher::start(&ns.name, "burst", &[]);
     let pods = ready_pods(&ns, "app=game-ws", 6).await;
     // Six pods turn busy at once.
@@ -288,10 +290,7 @@ async fn status_writes_keep_their_interval_and_the_last_one_lands() {
     use kube::api::{DynamicObject, WatchEvent, WatchParams};
     ensure_crd();
     let ns = TestNs::new("watch-pace").await;
-    let mut manifest = example("hsd-annotation.yaml");
-    manifest["metadata"]["namespace"] = json!(ns.name);
-    manifest["spec"]["idleTarget"] = json!(6);
-    create_hsd(&ns, &manifest).await.unwrap();
+    annotation_hsd_with_idle_target(&ns, 6).await;
     let watcher = Watcher::start(&ns.name, "pace", &[]);
     let pods = ready_pods(&ns, "app=game-ws", 6).await;
     wait_for(
