@@ -136,10 +136,28 @@ pub async fn watch(
                     continue;
                 }
                 // No child yet: 0 replicas (a wake's pass creates it).
-                let replicas = child_reader
-                    .state()
-                    .first()
+                let cached_child = child_reader.state().first().cloned();
+                let mut replicas = cached_child
+                    .as_ref()
                     .map_or(0, |d| d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1));
+                // A wake's own child write wins over a cache that has not seen it yet: the HSD's
+                // event of the same wake can come first, and a view of 0 replicas with
+                // connections held would wake again.
+                let child_written = sender
+                    .borrow()
+                    .child_written
+                    .clone()
+                    .filter(|(version, _)| {
+                        crate::watch::cache_is_behind(
+                            cached_child
+                                .as_ref()
+                                .and_then(|d| d.metadata.resource_version.as_deref()),
+                            version,
+                        )
+                    });
+                if let Some((_, written)) = &child_written {
+                    replicas = *written;
+                }
                 let next = match hsd_reader.state().first() {
                     None => {
                         tracing::warn!(%name, "the HotStandbyDeployment does not exist: connections are held until --max-wait");
@@ -149,7 +167,10 @@ pub async fn watch(
                         }
                     }
                     Some(_) if !sleeps => ScaleView::never_sleeps(replicas),
-                    Some(hsd) => view(hsd, replicas, guard),
+                    Some(hsd) => ScaleView {
+                        child_written,
+                        ..view(hsd, replicas, guard)
+                    },
                 };
                 publish(&sender, &metrics, next);
             }
@@ -195,9 +216,9 @@ pub(super) async fn write(
     let patched = if kind == ScaleWrite::Wake {
         let (patched, applied) = tokio::join!(patch, apply_from_caches(client, caches, deadline));
         match applied {
-            Ok(Some(replicas)) => {
+            Ok(Some(applied)) => {
                 scaler.metrics.scale_write(ScaleWrite::WakeChild, "ok");
-                child_applied = Some(replicas);
+                child_applied = Some(applied);
             }
             Ok(None) => {}
             Err(error) => {
@@ -223,11 +244,18 @@ pub(super) async fn write(
     };
     // The child's replicas as the wake applied them, before the child's watch shows them: a
     // decision made meanwhile would see 0 and wake again.
-    let replicas = child_applied.unwrap_or(view.shared.replicas);
+    let replicas = child_applied
+        .as_ref()
+        .map_or(view.shared.replicas, |(replicas, _)| *replicas);
     publish(
         &scaler.sender,
         &scaler.metrics,
-        self::view(&hsd, replicas, scaler.guard),
+        ScaleView {
+            child_written: child_applied
+                .as_ref()
+                .and_then(|(replicas, version)| Some((version.clone()?, *replicas))),
+            ..self::view(&hsd, replicas, scaler.guard)
+        },
     );
     if kind == ScaleWrite::Extend {
         scaler.metrics.scale_write(kind, "ok");
@@ -328,7 +356,7 @@ async fn apply_from_caches(
     client: &Client,
     caches: &HsdCaches,
     deadline: jiff::Timestamp,
-) -> crate::error::Result<Option<i32>> {
+) -> crate::error::Result<Option<(i32, Option<String>)>> {
     let Some(hsd) = caches.hsd.state().into_iter().next() else {
         return Ok(None);
     };
@@ -368,7 +396,9 @@ async fn apply_from_caches(
         _ => return Ok(None),
     };
     let written = crate::execute::execute(client, &observed, &plan).await?;
-    Ok(written.deployment.then_some(replicas))
+    Ok(written
+        .deployment
+        .then(|| (replicas, written.deployment_version.clone())))
 }
 
 /// A watched object in the lean form the index holds.

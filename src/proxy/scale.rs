@@ -165,6 +165,9 @@ pub struct ScaleView {
     pub resource_version: Option<String>,
     /// New connections may be forwarded without waiting for an extension until then.
     pub forward_until: Option<Instant>,
+    /// HSD mode: the child's replicas as this proxy's wake wrote them, with the resourceVersion
+    /// the write left, until the child's cache has caught up with it.
+    pub child_written: Option<(String, i32)>,
 }
 
 impl ScaleView {
@@ -209,6 +212,7 @@ impl ScaleView {
             resource_version,
             forward_until: forward_window(Timestamp::now(), deadline, guard)
                 .map(|w| Instant::now() + w),
+            child_written: None,
         }
     }
 
@@ -224,6 +228,7 @@ impl ScaleView {
             },
             resource_version: None,
             forward_until: Some(Instant::now() + Duration::from_secs(10 * 365 * 24 * 3600)),
+            child_written: None,
         }
     }
 
