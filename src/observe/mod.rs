@@ -227,6 +227,104 @@ struct LeanMeta {
     labels: Option<BTreeMap<String, String>>,
     annotations: Option<BTreeMap<String, String>>,
     owner_references: Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>,
+    /// Of the managed fields, who owns `spec.replicas` (what [`replicas_writer`] reads); the
+    /// rest is skipped unbuilt.
+    #[serde(default, deserialize_with = "replicas_owners")]
+    managed_fields: Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry>>,
+}
+
+/// A managed-fields entry read for its manager and whether it owns `spec.replicas` only.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManagedEntryHead {
+    manager: Option<String>,
+    operation: Option<String>,
+    fields_type: Option<String>,
+    #[serde(default)]
+    fields_v1: OwnsReplicas,
+}
+
+/// Whether a `fieldsV1` tree holds `f:spec` -> `f:replicas`, found without building the tree.
+#[derive(Default)]
+struct OwnsReplicas(bool);
+
+impl<'de> Deserialize<'de> for OwnsReplicas {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Finds `wanted` among a map's keys; with `inner`, `wanted`'s value must hold `inner`.
+        struct Find {
+            wanted: &'static str,
+            inner: Option<&'static str>,
+        }
+        impl<'de> serde::de::Visitor<'de> for Find {
+            type Value = bool;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a managed-fields tree")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+                let mut found = false;
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == self.wanted {
+                        found |= match self.inner {
+                            Some(inner) => map.next_value_seed(Find {
+                                wanted: inner,
+                                inner: None,
+                            })?,
+                            None => {
+                                map.next_value::<serde::de::IgnoredAny>()?;
+                                true
+                            }
+                        };
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(found)
+            }
+        }
+        impl<'de> serde::de::DeserializeSeed<'de> for Find {
+            type Value = bool;
+            fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+                d.deserialize_map(self)
+            }
+        }
+        deserializer
+            .deserialize_map(Find {
+                wanted: "f:spec",
+                inner: Some("f:replicas"),
+            })
+            .map(OwnsReplicas)
+    }
+}
+
+fn replicas_owners<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry>>, D::Error>
+{
+    let entries = Option::<Vec<ManagedEntryHead>>::deserialize(deserializer)?.unwrap_or_default();
+    let owners: Vec<_> = entries
+        .into_iter()
+        .filter(|entry| entry.fields_v1.0)
+        .map(|entry| replicas_owner_entry(entry.manager, entry.operation, entry.fields_type))
+        .collect();
+    Ok((!owners.is_empty()).then_some(owners))
+}
+
+/// A managed-fields entry trimmed to what [`replicas_writer`] reads: its manager owns
+/// `spec.replicas`.
+pub(crate) fn replicas_owner_entry(
+    manager: Option<String>,
+    operation: Option<String>,
+    fields_type: Option<String>,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+        manager,
+        operation,
+        fields_type,
+        fields_v1: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(
+            serde_json::json!({"f:spec": {"f:replicas": {}}}),
+        )),
+        ..Default::default()
+    }
 }
 
 #[derive(Deserialize)]
@@ -319,6 +417,7 @@ fn lean_object<P: Clone, U: Clone>(item: LeanItem<P, U>) -> Object<P, U> {
             labels: item.metadata.labels,
             annotations,
             owner_references: item.metadata.owner_references,
+            managed_fields: item.metadata.managed_fields,
             ..Default::default()
         },
         spec: item.spec,
@@ -797,5 +896,118 @@ mod tests {
             Some("127.10.0.1"),
             "podIP, not podIp"
         );
+    }
+
+    fn managed_entry(
+        manager: &str,
+        operation: &str,
+        fields: serde_json::Value,
+    ) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some(operation.into()),
+            fields_type: Some("FieldsV1".into()),
+            fields_v1: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(
+                fields,
+            )),
+            ..Default::default()
+        }
+    }
+
+    /// Who set `spec.replicas`, read from the managed fields as the API server keeps them, the
+    /// same from a cached Deployment's lean metadata, and from a Deployment as a pass lists it.
+    #[test]
+    fn another_writer_is_told_by_the_owner_of_spec_replicas() {
+        let replicas = json!({"f:spec": {"f:replicas": {}}});
+        let template = json!({"f:metadata": {"f:annotations": {}}, "f:spec": {"f:template": {}}});
+        let status = json!({"f:status": {"f:replicas": {}}});
+        type Case = (
+            &'static str,
+            Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry>>,
+            Option<&'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            ("no managed fields", None, None),
+            (
+                "ours, applied",
+                Some(vec![managed_entry(
+                    "kubectl-hsd",
+                    "Apply",
+                    json!({"f:spec": {"f:replicas": {}, "f:template": {}}}),
+                )]),
+                None,
+            ),
+            (
+                "ours, merge-patched after our apply",
+                Some(vec![
+                    managed_entry("kubectl-hsd", "Apply", template.clone()),
+                    managed_entry("kubectl-hsd", "Update", replicas.clone()),
+                    managed_entry("kube-controller-manager", "Update", status.clone()),
+                ]),
+                None,
+            ),
+            (
+                "kubectl scale took it",
+                Some(vec![
+                    managed_entry("kubectl-hsd", "Apply", template.clone()),
+                    managed_entry("kubectl", "Update", replicas.clone()),
+                ]),
+                Some("kubectl"),
+            ),
+            (
+                "shared with another applier of the same value",
+                Some(vec![
+                    managed_entry("kubectl-hsd", "Apply", replicas.clone()),
+                    managed_entry("someone-else", "Apply", replicas.clone()),
+                ]),
+                None,
+            ),
+            (
+                "status replicas are not spec replicas",
+                Some(vec![managed_entry(
+                    "kube-controller-manager",
+                    "Update",
+                    status,
+                )]),
+                None,
+            ),
+        ];
+        for (name, managed_fields, expected) in cases {
+            let listed = format!(
+                r#"{{"metadata": {{}}, "items": [{{"metadata": {{"name": "d", "managedFields": {}}}, "spec": {{"replicas": 3}}}}]}}"#,
+                serde_json::to_string(&managed_fields).unwrap()
+            );
+            let page: LeanList<LeanDeploymentSpec, NotUsed> =
+                serde_json::from_str(&listed).unwrap();
+            let read = lean_object(page.items.into_iter().next().unwrap());
+            assert_eq!(
+                replicas_writer(&read.metadata).as_deref(),
+                expected,
+                "{name}, listed by a pass"
+            );
+            assert!(
+                read.metadata
+                    .managed_fields
+                    .iter()
+                    .flatten()
+                    .all(owns_replicas),
+                "{name}: a pass keeps only owners of spec.replicas"
+            );
+            let mut meta = kube::api::ObjectMeta {
+                managed_fields,
+                ..Default::default()
+            };
+            assert_eq!(replicas_writer(&meta).as_deref(), expected, "{name}");
+            crate::watch::lean_deployment_meta(&mut meta);
+            assert_eq!(
+                replicas_writer(&meta).as_deref(),
+                expected,
+                "{name}, cached"
+            );
+            assert!(
+                meta.managed_fields.iter().flatten().all(owns_replicas),
+                "{name}: the cache keeps only owners of spec.replicas"
+            );
+        }
     }
 }

@@ -228,17 +228,13 @@ pub(crate) fn lean_deployment_meta(meta: &mut kube::api::ObjectMeta) {
         entries
             .into_iter()
             .filter(crate::observe::owns_replicas)
-            .map(
-                |entry| k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
-                    manager: entry.manager,
-                    operation: entry.operation,
-                    fields_type: entry.fields_type,
-                    fields_v1: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1(
-                        serde_json::json!({"f:spec": {"f:replicas": {}}}),
-                    )),
-                    ..Default::default()
-                },
-            )
+            .map(|entry| {
+                crate::observe::replicas_owner_entry(
+                    entry.manager,
+                    entry.operation,
+                    entry.fields_type,
+                )
+            })
             .collect()
     });
     strip_meta(meta);
@@ -420,103 +416,6 @@ mod tests {
                 1
             };
             assert_eq!(kept, expected, "{owners:?}");
-        }
-    }
-}
-
-#[cfg(test)]
-mod replicas_writer_tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
-    use kube::api::ObjectMeta;
-    use serde_json::json;
-
-    fn entry(manager: &str, operation: &str, fields: serde_json::Value) -> ManagedFieldsEntry {
-        ManagedFieldsEntry {
-            manager: Some(manager.into()),
-            operation: Some(operation.into()),
-            fields_type: Some("FieldsV1".into()),
-            fields_v1: Some(FieldsV1(fields)),
-            ..Default::default()
-        }
-    }
-
-    /// Who set `spec.replicas`, read from the managed fields as the API server keeps them, and
-    /// the same from a cached Deployment's lean metadata.
-    #[test]
-    fn another_writer_is_told_by_the_owner_of_spec_replicas() {
-        let replicas = json!({"f:spec": {"f:replicas": {}}});
-        let template = json!({"f:metadata": {"f:annotations": {}}, "f:spec": {"f:template": {}}});
-        let status = json!({"f:status": {"f:replicas": {}}});
-        type Case = (
-            &'static str,
-            Option<Vec<ManagedFieldsEntry>>,
-            Option<&'static str>,
-        );
-        let cases: Vec<Case> = vec![
-            ("no managed fields", None, None),
-            (
-                "ours, applied",
-                Some(vec![entry(
-                    "kubectl-hsd",
-                    "Apply",
-                    json!({"f:spec": {"f:replicas": {}, "f:template": {}}}),
-                )]),
-                None,
-            ),
-            (
-                "ours, merge-patched after our apply",
-                Some(vec![
-                    entry("kubectl-hsd", "Apply", template.clone()),
-                    entry("kubectl-hsd", "Update", replicas.clone()),
-                    entry("kube-controller-manager", "Update", status.clone()),
-                ]),
-                None,
-            ),
-            (
-                "kubectl scale took it",
-                Some(vec![
-                    entry("kubectl-hsd", "Apply", template.clone()),
-                    entry("kubectl", "Update", replicas.clone()),
-                ]),
-                Some("kubectl"),
-            ),
-            (
-                "shared with another applier of the same value",
-                Some(vec![
-                    entry("kubectl-hsd", "Apply", replicas.clone()),
-                    entry("someone-else", "Apply", replicas.clone()),
-                ]),
-                None,
-            ),
-            (
-                "status replicas are not spec replicas",
-                Some(vec![entry("kube-controller-manager", "Update", status)]),
-                None,
-            ),
-        ];
-        for (name, managed_fields, expected) in cases {
-            let mut meta = ObjectMeta {
-                managed_fields,
-                ..Default::default()
-            };
-            assert_eq!(
-                crate::observe::replicas_writer(&meta).as_deref(),
-                expected,
-                "{name}"
-            );
-            super::lean_deployment_meta(&mut meta);
-            assert_eq!(
-                crate::observe::replicas_writer(&meta).as_deref(),
-                expected,
-                "{name}, cached"
-            );
-            assert!(
-                meta.managed_fields
-                    .iter()
-                    .flatten()
-                    .all(crate::observe::owns_replicas),
-                "{name}: the cache keeps only owners of spec.replicas"
-            );
         }
     }
 }

@@ -128,6 +128,45 @@ async fn clamped_at_max_replicas_with_scaling_limited() {
     );
 }
 
+/// A one-shot pass tells another writer of the child's replicas by `metadata.managedFields`,
+/// as the watcher does (tests/faults), sets them back, and says who it was.
+#[tokio::test]
+async fn a_pass_sets_back_replicas_another_writer_set_and_names_it() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::{Api, Patch, PatchParams};
+    ensure_crd();
+    let ns = TestNs::new("core-writer").await;
+    let manifest = with_namespace(example("hsd-annotation.yaml"), &ns);
+    create_hsd(&ns, &manifest).await.unwrap();
+    ns.hsd_ok(&["reconcile"]);
+    assert_eq!(replicas(&ns, "game-ws-workload").await, Some(3));
+    let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
+    deployments
+        .patch(
+            "game-ws-workload",
+            &PatchParams::apply("someone-else").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 7},
+            })),
+        )
+        .await
+        .unwrap();
+    ns.hsd_ok(&["reconcile"]);
+    assert_eq!(replicas(&ns, "game-ws-workload").await, Some(3));
+    let events = event_reasons(&ns).await;
+    let overridden = events
+        .iter()
+        .find(|(_, reason, _)| reason == "ReplicasOverridden")
+        .unwrap_or_else(|| panic!("no ReplicasOverridden event: {events:?}"));
+    assert_eq!(overridden.0, "Warning");
+    assert!(
+        overridden
+            .2
+            .contains("set to 7 by another writer (field manager someone-else)"),
+        "{overridden:?}"
+    );
+}
+
 #[tokio::test]
 async fn a_pass_with_nothing_to_change_writes_nothing() {
     ensure_crd();
