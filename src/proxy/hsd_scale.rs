@@ -111,7 +111,9 @@ pub async fn watch(
         watcher::Config::default().fields(&format!("metadata.name={child}")),
     )
     .backoff(super::watch_backoff())
-    .modify(|d: &mut Deployment| d.metadata.managed_fields = None)
+    // Who owns spec.replicas stays: a wake planned from this cache tells another writer as a
+    // pass does.
+    .modify(|d: &mut Deployment| crate::watch::lean_deployment_meta(&mut d.metadata))
     .reflect(child_writer)
     .map(|event| event.map(|e| (false, matches!(e, watcher::Event::InitDone))));
     let mut events = futures::stream::select(hsd_events.boxed(), child_events.boxed());
