@@ -132,25 +132,13 @@ async fn clamped_at_max_replicas_with_scaling_limited() {
 /// as the watcher does (tests/faults), sets them back, and says who it was.
 #[tokio::test]
 async fn a_pass_sets_back_replicas_another_writer_set_and_names_it() {
-    use k8s_openapi::api::apps::v1::Deployment;
-    use kube::api::{Api, Patch, PatchParams};
     ensure_crd();
     let ns = TestNs::new("core-writer").await;
     let manifest = with_namespace(example("hsd-annotation.yaml"), &ns);
     create_hsd(&ns, &manifest).await.unwrap();
     ns.hsd_ok(&["reconcile"]);
     assert_eq!(replicas(&ns, "game-ws-workload").await, Some(3));
-    let deployments: Api<Deployment> = Api::namespaced(ns.client.clone(), &ns.name);
-    deployments
-        .patch(
-            "game-ws-workload",
-            &PatchParams::apply("someone-else").force(),
-            &Patch::Apply(json!({
-                "apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 7},
-            })),
-        )
-        .await
-        .unwrap();
+    crate::common::set_replicas_as(&ns, "game-ws-workload", "someone-else", 7).await;
     ns.hsd_ok(&["reconcile"]);
     assert_eq!(replicas(&ns, "game-ws-workload").await, Some(3));
     let events = event_reasons(&ns).await;

@@ -273,17 +273,7 @@ async fn another_writer_changing_replicas_is_reverted_with_an_event() {
     create_hsd(&ns, "game-ws", "game-ws").await;
     let mut watcher = Watcher::start(&ns.name, "reverter", &[]);
     wait_replicas(&ns, "game-ws-workload", 3, "the Deployment").await;
-    let deployments: Api<Deployment> = ns.api();
-    deployments
-        .patch(
-            "game-ws-workload",
-            &PatchParams::apply("someone-else").force(),
-            &Patch::Apply(json!({
-                "apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": 7},
-            })),
-        )
-        .await
-        .unwrap();
+    common::set_replicas_as(&ns, "game-ws-workload", "someone-else", 7).await;
     wait_replicas(&ns, "game-ws-workload", 3, "the watcher to set it back").await;
     let (type_, _, message) = wait_for("a ReplicasOverridden warning", TIMEOUT, || async {
         common::event_reasons(&ns)

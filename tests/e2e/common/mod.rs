@@ -537,6 +537,22 @@ pub async fn replicas(ns: &TestNs, deployment: &str) -> Option<i32> {
         .and_then(|d| d.spec?.replicas)
 }
 
+/// Sets a Deployment's `spec.replicas` as another writer would: a server-side apply under the
+/// field manager `manager`, which then owns the field.
+pub async fn set_replicas_as(ns: &TestNs, deployment: &str, manager: &str, replicas: i32) {
+    let deployments: Api<Deployment> = ns.api();
+    deployments
+        .patch(
+            deployment,
+            &kube::api::PatchParams::apply(manager).force(),
+            &kube::api::Patch::Apply(serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment", "spec": {"replicas": replicas},
+            })),
+        )
+        .await
+        .unwrap();
+}
+
 /// (type, reason, message) of every event in the test namespace.
 pub async fn event_reasons(ns: &TestNs) -> Vec<(String, String, String)> {
     events(ns)
