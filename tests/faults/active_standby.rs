@@ -17,9 +17,9 @@ use kube::{Api, ResourceExt};
 use kubectl_hsd::api::active_standby::{ACTIVE, DESIGNATION_LABEL};
 use serde_json::json;
 
+use crate::cluster;
 use crate::common::active_standby::*;
 use crate::common::{self, TestNs, Watcher, ensure_crd, wait_for};
-use crate::{SERIAL, cluster};
 
 const FAILOVERS: usize = 210;
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -102,7 +102,7 @@ impl Watchers {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_two_ready_masters_over_200_failovers_with_leader_kills_and_an_api_server_restart() {
-    let _serial = SERIAL.lock().await;
+    let _serial = crate::serial().await;
     ensure_crd();
     let ns = TestNs::new("as-invariant").await;
     let mut manifest = common::example("hsd-annotation.yaml");

@@ -22,7 +22,7 @@ use crate::common::{
     self, TestNs, Watcher, busy_victims, ensure_crd, is_ready, spawn_deletion_recorder,
     spawn_deletion_recorder_with, wait_for,
 };
-use crate::{SERIAL, TIMEOUT, mark, wait_replicas};
+use crate::{TIMEOUT, mark, wait_replicas};
 
 /// Other pods in the cluster: a watcher with `-A` must list them all before it may decide.
 const OTHER_PODS: usize = 2000;
@@ -291,7 +291,7 @@ async fn one_more_busy(
 }
 
 async fn busy_pods_survive_starts_handovers_and_failovers(mode: &str) {
-    let _serial = SERIAL.lock().await;
+    let _serial = crate::serial().await;
     ensure_crd();
     ensure_other_pods().await;
     let ns = TestNs::new(&format!("failover-{mode}")).await;
@@ -464,7 +464,7 @@ fn signal(pid: u32, signal: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_frozen_past_its_lease_writes_nothing_once_it_resumes() {
-    let _serial = SERIAL.lock().await;
+    let _serial = crate::serial().await;
     ensure_crd();
     let ns = TestNs::new("frozen-leader").await;
     let mut manifest = common::example("hsd-annotation.yaml");

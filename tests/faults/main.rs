@@ -32,6 +32,42 @@ use common::{
 /// One fault at a time: they stop shared components.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Takes the fault lock, then waits until the controllers work again: after a test that
+/// restarted the API server or etcd, the controller-manager's informers can take a while to
+/// relist (CI once saw a ReplicaSet scaled to 3 make no pod for 60 s in the next test). The
+/// proof is a Deployment of this lock's own that makes its pod.
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    let guard = SERIAL.lock().await;
+    let ns = TestNs::new("fault-canary").await;
+    let deployments: Api<Deployment> = ns.api();
+    deployments
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "canary"},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": {"app": "canary"}},
+                    "template": {
+                        "metadata": {"labels": {"app": "canary"}},
+                        "spec": {"containers": [{"name": "c", "image": "canary:1"}]},
+                    },
+                },
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    ns.wait_for(
+        "the controllers to make a canary pod",
+        Duration::from_secs(180),
+        || async { (!ns.live_pods("app=canary").await.is_empty()).then_some(()) },
+    )
+    .await;
+    guard
+}
+
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn cluster(args: &[&str]) {
@@ -99,7 +135,7 @@ fn assert_alive(watcher: &mut Watcher) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watcher_survives_an_api_server_restart_and_an_etcd_restart() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     ensure_crd();
     let ns = TestNs::new("fault-watch").await;
     create_hsd(&ns, "game-ws", "game-ws").await;
@@ -156,7 +192,7 @@ async fn the_watcher_survives_an_api_server_restart_and_an_etcd_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_shot_passes_fail_clearly_while_the_api_server_restarts_then_converge() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     ensure_crd();
     let ns = TestNs::new("fault-pass").await;
     for i in 0..5 {
@@ -196,7 +232,7 @@ async fn one_shot_passes_fail_clearly_while_the_api_server_restarts_then_converg
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconciler_killed_mid_pass_leaves_nothing_duplicated() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     ensure_crd();
     let ns = TestNs::new("fault-kill").await;
     let count = 40;
@@ -267,7 +303,7 @@ async fn a_reconciler_killed_mid_pass_leaves_nothing_duplicated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_writer_changing_replicas_is_reverted_with_an_event() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     ensure_crd();
     let ns = TestNs::new("fault-writer").await;
     create_hsd(&ns, "game-ws", "game-ws").await;
@@ -292,7 +328,7 @@ async fn another_writer_changing_replicas_is_reverted_with_an_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_hsd_deleted_during_a_pass_is_not_an_error_and_leaves_nothing_behind() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     ensure_crd();
     let ns = TestNs::new("fault-delete").await;
     create_hsd(&ns, "doomed", "doomed").await;
@@ -332,7 +368,7 @@ async fn an_hsd_deleted_during_a_pass_is_not_an_error_and_leaves_nothing_behind(
 
 #[tokio::test]
 async fn a_cluster_without_the_crd_gets_told_how_to_install_it() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     // A cluster of its own, where nothing was installed.
     let dir = common::repo_root().join(format!("target/faults-no-crd-{}", std::process::id()));
     let up = Command::new(common::repo_root().join("hack/cluster.sh"))

@@ -14,11 +14,11 @@ use crate::common::TestNs;
 use crate::common::proxy::{
     EndpointState, Proxy, StandIn, create_deployment, read_exactly, wait_replicas, write_slice,
 };
-use crate::{SERIAL, TIMEOUT, cluster};
+use crate::{TIMEOUT, cluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_proxy_connections_survive_an_api_server_restart() {
-    let _serial = SERIAL.lock().await;
+    let _serial = crate::serial().await;
     let ns = TestNs::new("fault-proxy").await;
     create_deployment(&ns, "app", 0).await;
     write_slice(&ns, "app", &[]).await;
